@@ -1,0 +1,1 @@
+//! Ferrum: an Electrum protocol server.

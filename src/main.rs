@@ -1,0 +1,3 @@
+fn main() {
+    println!("ferrum {}", env!("CARGO_PKG_VERSION"));
+}

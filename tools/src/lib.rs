@@ -1,0 +1,1 @@
+//! Shared code for Ferrum's test and benchmark tools.
