@@ -17,7 +17,10 @@ pub const MAX_FRAME_PAYLOAD: usize = 1 << 30;
 
 /// Appends one frame holding `payload` to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(payload.len() <= MAX_FRAME_PAYLOAD, "frame payload too large");
+    assert!(
+        payload.len() <= MAX_FRAME_PAYLOAD,
+        "frame payload too large"
+    );
     let len = (payload.len() as u32).to_le_bytes();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len);
@@ -94,7 +97,9 @@ mod tests {
         let mut buf = Vec::new();
         encode_frame(&mut buf, b"payload");
         for cut in 0..buf.len() {
-            let err = decode_frame(&buf[..cut], 0, path()).unwrap_err().to_string();
+            let err = decode_frame(&buf[..cut], 0, path())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("truncated frame"), "{err}");
         }
     }

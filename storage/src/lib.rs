@@ -3,6 +3,16 @@
 //! The crate knows nothing of Bitcoin or Electrum: it indexes opaque keys and numbers.
 
 pub mod error;
+pub mod file;
 pub mod frame;
+pub mod varint;
 
 pub use error::{Error, Result};
+
+/// Length of the script key the store indexes by (a prefix of the script's hash, chosen by the
+/// caller). 11 bytes, as ElectrumX's hashX: collisions are negligible at any chain size.
+pub const HASHX_LEN: usize = 11;
+pub type HashX = [u8; HASHX_LEN];
+
+/// A transaction id or any other 32-byte hash, as opaque bytes.
+pub type Hash32 = [u8; 32];
