@@ -2,9 +2,12 @@
 //!
 //! The crate knows nothing of Bitcoin or Electrum: it indexes opaque keys and numbers.
 
+mod array;
+mod decode;
 pub mod error;
 pub mod file;
 pub mod frame;
+mod txindex;
 pub mod varint;
 
 pub use error::{Error, Result};

@@ -1,0 +1,605 @@
+//! Txid -> tx number lookup without storing txids again: immutable sorted runs of
+//! (32-bit txid prefix, tx number) entries, candidates verified against the tx hash array.
+//!
+//! A run file is `entries | bucket table | footer frame`. The top `bits` bits of the prefix
+//! pick a bucket and are not stored; an entry holds the remaining prefix bits (`pb` bytes) and
+//! the tx number minus the run's base (`tb` bytes), so large runs cost 6 bytes per tx. The
+//! bucket table holds, per bucket, the index of its first entry (u32) and the crc32 of its
+//! entries (u32), checked whenever the bucket is read. A run written by one commit covers the
+//! tx numbers of that commit; the manifest gives each run a `cap`, and entries at or above it
+//! are ignored (a rollback lowers caps instead of rewriting files; a merge drops them).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::file::ImmutableFile;
+use crate::frame::{decode_frame, encode_frame, FRAME_OVERHEAD};
+use crate::Hash32;
+
+const MAGIC: &[u8; 4] = b"FTXI";
+const FOOTER_PAYLOAD: usize = 4 + 3 * 8 + 3;
+const FOOTER_LEN: usize = FOOTER_PAYLOAD + FRAME_OVERHEAD;
+/// Bucket count is chosen so an average bucket holds 128..256 entries.
+const BUCKET_TARGET: u64 = 128;
+const MAX_BITS: u32 = 24;
+
+pub fn file_name(id: u64) -> String {
+    format!("txi-{id}.run")
+}
+
+pub fn prefix(txid: &Hash32) -> u32 {
+    u32::from_be_bytes(txid[..4].try_into().expect("4 bytes"))
+}
+
+fn offset_bytes(span: u64) -> usize {
+    let max = span.saturating_sub(1);
+    (((64 - max.leading_zeros()) as usize).div_ceil(8)).max(1)
+}
+
+fn read_le(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+}
+
+/// One immutable run file, opened and its footer checked.
+pub struct Run {
+    file: ImmutableFile,
+    bits: u32,
+    pb: usize,
+    tb: usize,
+    base: u64,
+    end: u64,
+    count: u64,
+}
+
+impl Run {
+    pub fn open(path: &Path) -> Result<Run> {
+        let file = ImmutableFile::open(path)?;
+        let data = file.bytes();
+        if data.len() < FOOTER_LEN {
+            return Err(Error::corrupt(path, 0, "index run shorter than its footer"));
+        }
+        let at = data.len() - FOOTER_LEN;
+        let (p, _) = decode_frame(data, at, path)?;
+        let bad = |reason: &str| Error::corrupt(path, at as u64, reason.to_string());
+        if p.len() != FOOTER_PAYLOAD || &p[..4] != MAGIC {
+            return Err(bad("bad index run footer"));
+        }
+        let base = read_le(&p[4..12]);
+        let end = read_le(&p[12..20]);
+        let count = read_le(&p[20..28]);
+        let (bits, pb, tb) = (u32::from(p[28]), p[29] as usize, p[30] as usize);
+        let ok = bits <= MAX_BITS
+            && pb == (32 - bits as usize).div_ceil(8)
+            && base <= end
+            && tb == offset_bytes(end - base)
+            && count <= u64::from(u32::MAX)
+            && count * (pb + tb) as u64 + (8u64 << bits) == at as u64;
+        if !ok {
+            return Err(bad("index run footer does not match the file"));
+        }
+        Ok(Run {
+            file,
+            bits,
+            pb,
+            tb,
+            base,
+            end,
+            count,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    fn entry_size(&self) -> usize {
+        self.pb + self.tb
+    }
+
+    fn buckets(&self) -> usize {
+        1 << self.bits
+    }
+
+    fn bucket_of(&self, prefix: u32) -> usize {
+        if self.bits == 0 {
+            0
+        } else {
+            (prefix >> (32 - self.bits)) as usize
+        }
+    }
+
+    fn residual(&self, prefix: u32) -> u32 {
+        if self.bits == 0 {
+            prefix
+        } else {
+            prefix & ((1u32 << (32 - self.bits)) - 1)
+        }
+    }
+
+    /// The entries of bucket `b`, after checking its crc.
+    fn bucket(&self, b: usize) -> Result<&[u8]> {
+        let data = self.file.bytes();
+        let table = self.count as usize * self.entry_size();
+        let slot = table + b * 8;
+        let start = read_le(&data[slot..slot + 4]);
+        let crc = read_le(&data[slot + 4..slot + 8]) as u32;
+        let next = if b + 1 < self.buckets() {
+            read_le(&data[slot + 8..slot + 12])
+        } else {
+            self.count
+        };
+        let bad = |reason: &str| Error::corrupt(self.path(), slot as u64, reason.to_string());
+        if start > next || next > self.count {
+            return Err(bad("index bucket bounds out of order"));
+        }
+        let es = self.entry_size() as u64;
+        let body = &data[(start * es) as usize..(next * es) as usize];
+        if crc32fast::hash(body) != crc {
+            return Err(bad("index bucket checksum mismatch"));
+        }
+        Ok(body)
+    }
+
+    fn decode(&self, entry: &[u8]) -> (u32, u64) {
+        let residual = read_le(&entry[..self.pb]) as u32;
+        (residual, self.base + read_le(&entry[self.pb..]))
+    }
+
+    /// Pushes to `out` the tx numbers below `cap` stored under `prefix`.
+    fn find(&self, prefix: u32, cap: u64, out: &mut Vec<u64>) -> Result<()> {
+        let body = self.bucket(self.bucket_of(prefix))?;
+        let want = self.residual(prefix);
+        let es = self.entry_size();
+        let n = body.len() / es;
+        let entry = |i: usize| self.decode(&body[i * es..(i + 1) * es]);
+        let mut lo = 0;
+        let mut hi = n;
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if entry(mid).0 < want {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        while lo < n {
+            let (r, txnum) = entry(lo);
+            if r != want {
+                break;
+            }
+            if txnum < cap {
+                out.push(txnum);
+            }
+            lo += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Entries of a run in (prefix, tx number) order, each bucket checked as it is reached.
+struct RunIter<'a> {
+    run: &'a Run,
+    bucket: usize,
+    body: &'a [u8],
+}
+
+impl<'a> RunIter<'a> {
+    fn new(run: &'a Run) -> RunIter<'a> {
+        RunIter {
+            run,
+            bucket: 0,
+            body: &[],
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<(u32, u64)>> {
+        let run = self.run;
+        while self.body.is_empty() {
+            if self.bucket == run.buckets() {
+                return Ok(None);
+            }
+            self.body = run.bucket(self.bucket)?;
+            self.bucket += 1;
+        }
+        let (entry, rest) = self.body.split_at(run.entry_size());
+        self.body = rest;
+        let (residual, txnum) = run.decode(entry);
+        let high = if run.bits == 0 {
+            0
+        } else {
+            ((self.bucket - 1) as u32) << (32 - run.bits)
+        };
+        Ok(Some((high | residual, txnum)))
+    }
+}
+
+/// Writes a run holding `entries` (sorted by prefix, then tx number; tx numbers in
+/// `base..end`), at most `count_hint` of them. The file is fsynced but not yet committed.
+fn write_run(
+    path: &Path,
+    count_hint: u64,
+    base: u64,
+    end: u64,
+    memory: usize,
+    entries: &mut dyn FnMut() -> Result<Option<(u32, u64)>>,
+) -> Result<()> {
+    if count_hint > u64::from(u32::MAX) {
+        return Err(Error::Invalid(format!(
+            "index run of {count_hint} entries is too large"
+        )));
+    }
+    let mut bits = 0;
+    while bits < MAX_BITS
+        && (BUCKET_TARGET << (bits + 1)) <= count_hint
+        && (16usize << (bits + 1)) <= memory
+    {
+        bits += 1;
+    }
+    let pb = (32 - bits as usize).div_ceil(8);
+    let tb = offset_bytes(end - base);
+    let io = |e| Error::io(path, e);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io)?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    let mut table = vec![(0u32, 0u32); 1 << bits];
+    let mut count = 0u64;
+    let mut current = 0usize;
+    let mut crc = crc32fast::Hasher::new();
+    let mut entry = [0u8; 12];
+    while let Some((prefix, txnum)) = entries()? {
+        debug_assert!((base..end).contains(&txnum));
+        let bucket = if bits == 0 {
+            0
+        } else {
+            (prefix >> (32 - bits)) as usize
+        };
+        if bucket != current {
+            table[current].1 = std::mem::take(&mut crc).finalize();
+            for slot in &mut table[current + 1..=bucket] {
+                slot.0 = count as u32;
+            }
+            current = bucket;
+        }
+        let residual = if bits == 0 {
+            prefix
+        } else {
+            prefix & ((1u32 << (32 - bits)) - 1)
+        };
+        entry[..pb].copy_from_slice(&residual.to_le_bytes()[..pb]);
+        entry[pb..pb + tb].copy_from_slice(&(txnum - base).to_le_bytes()[..tb]);
+        crc.update(&entry[..pb + tb]);
+        out.write_all(&entry[..pb + tb]).map_err(io)?;
+        count += 1;
+    }
+    assert!(count <= count_hint, "index run larger than announced");
+    table[current].1 = crc.finalize();
+    for slot in &mut table[current + 1..] {
+        slot.0 = count as u32;
+    }
+    for (start, crc) in &table {
+        out.write_all(&start.to_le_bytes()).map_err(io)?;
+        out.write_all(&crc.to_le_bytes()).map_err(io)?;
+    }
+    let mut footer = Vec::with_capacity(FOOTER_PAYLOAD);
+    footer.extend_from_slice(MAGIC);
+    footer.extend_from_slice(&base.to_le_bytes());
+    footer.extend_from_slice(&end.to_le_bytes());
+    footer.extend_from_slice(&count.to_le_bytes());
+    footer.extend_from_slice(&[bits as u8, pb as u8, tb as u8]);
+    let mut framed = Vec::with_capacity(FOOTER_LEN);
+    encode_frame(&mut framed, &footer);
+    out.write_all(&framed).map_err(io)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)
+}
+
+/// The committed runs, as a snapshot sees them.
+#[derive(Clone, Default)]
+pub struct TxIndexView {
+    runs: Vec<(Arc<Run>, u64)>,
+}
+
+impl TxIndexView {
+    /// Tx numbers whose txid may be `txid` (same 32-bit prefix); verify each against the hash
+    /// array.
+    pub fn candidates(&self, txid: &Hash32) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for (run, cap) in &self.runs {
+            run.find(prefix(txid), *cap, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+struct RunRef {
+    id: u64,
+    cap: u64,
+    run: Arc<Run>,
+}
+
+/// The writer side: committed runs plus the txids of uncommitted blocks.
+pub struct TxIndexWriter {
+    dir: PathBuf,
+    runs: Vec<RunRef>,
+    pending: HashMap<Hash32, u64>,
+    dropped: Vec<Arc<Run>>,
+}
+
+impl TxIndexWriter {
+    /// `state` is the manifest's list of (file id, cap).
+    pub fn open(dir: &Path, state: &[(u64, u64)]) -> Result<TxIndexWriter> {
+        let mut runs = Vec::with_capacity(state.len());
+        for &(id, cap) in state {
+            let run = Run::open(&dir.join(file_name(id)))?;
+            runs.push(RunRef {
+                id,
+                cap,
+                run: Arc::new(run),
+            });
+        }
+        Ok(TxIndexWriter {
+            dir: dir.to_path_buf(),
+            runs,
+            pending: HashMap::new(),
+            dropped: Vec::new(),
+        })
+    }
+
+    pub fn state(&self) -> Vec<(u64, u64)> {
+        self.runs.iter().map(|r| (r.id, r.cap)).collect()
+    }
+
+    pub fn file_names(&self) -> Vec<String> {
+        self.runs.iter().map(|r| file_name(r.id)).collect()
+    }
+
+    pub fn view(&self) -> TxIndexView {
+        TxIndexView {
+            runs: self
+                .runs
+                .iter()
+                .map(|r| (Arc::clone(&r.run), r.cap))
+                .collect(),
+        }
+    }
+
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn add(&mut self, txid: Hash32, txnum: u64) {
+        self.pending.insert(txid, txnum);
+    }
+
+    /// The tx number of an uncommitted txid (the latest, should a txid repeat).
+    pub fn find_pending(&self, txid: &Hash32) -> Option<u64> {
+        self.pending.get(txid).copied()
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        // Hash map slot: key, value and about one control byte, at a load of ~7/8.
+        self.pending.capacity() * (32 + 8 + 1)
+    }
+
+    /// Writes the uncommitted txids as a new run (fsynced). Returns whether a file was made.
+    pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let mut entries: Vec<(u32, u64)> = self
+            .pending
+            .drain()
+            .map(|(txid, txnum)| (prefix(&txid), txnum))
+            .collect();
+        self.pending.shrink_to_fit();
+        entries.sort_unstable();
+        let base = entries.iter().map(|e| e.1).min().expect("not empty");
+        let end = entries.iter().map(|e| e.1).max().expect("not empty") + 1;
+        let id = alloc_id();
+        let mut it = entries.iter().copied();
+        write_run(
+            &self.dir.join(file_name(id)),
+            entries.len() as u64,
+            base,
+            end,
+            usize::MAX,
+            &mut || Ok(it.next()),
+        )?;
+        let run = Run::open(&self.dir.join(file_name(id)))?;
+        self.runs.push(RunRef {
+            id,
+            cap: end,
+            run: Arc::new(run),
+        });
+        Ok(true)
+    }
+
+    /// Forgets tx numbers `>= tx_count` (rollback; nothing may be pending): runs that start
+    /// there are dropped, others get their cap lowered.
+    pub fn truncate(&mut self, tx_count: u64) {
+        assert!(self.pending.is_empty());
+        let (keep, drop): (Vec<RunRef>, Vec<RunRef>) = std::mem::take(&mut self.runs)
+            .into_iter()
+            .partition(|r| r.run.base < tx_count && r.cap > r.run.base);
+        self.dropped.extend(drop.into_iter().map(|r| r.run));
+        self.runs = keep;
+        for r in &mut self.runs {
+            r.cap = r.cap.min(tx_count);
+        }
+    }
+
+    /// Merges the newest runs while the older neighbour is at most twice their combined size
+    /// (so run sizes grow geometrically and lookups touch O(log n) runs). Streams entries;
+    /// memory is the bucket table, bounded by `memory`.
+    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, memory: usize) -> Result<bool> {
+        if self.runs.len() < 2 {
+            return Ok(false);
+        }
+        let mut start = self.runs.len() - 1;
+        let mut total = self.runs[start].run.count;
+        while start > 0 && self.runs[start - 1].run.count <= total * 2 {
+            start -= 1;
+            total += self.runs[start].run.count;
+        }
+        if start == self.runs.len() - 1 {
+            return Ok(false);
+        }
+        let inputs = &self.runs[start..];
+        let base = inputs.iter().map(|r| r.run.base).min().expect("inputs");
+        let end = inputs
+            .iter()
+            .map(|r| r.cap.min(r.run.end))
+            .max()
+            .expect("inputs")
+            .max(base);
+        let mut iters: Vec<(RunIter, u64)> = inputs
+            .iter()
+            .map(|r| (RunIter::new(&r.run), r.cap))
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (n, (it, cap)) in iters.iter_mut().enumerate() {
+            if let Some(e) = next_below(it, *cap)? {
+                heap.push(Reverse((e, n)));
+            }
+        }
+        let id = alloc_id();
+        let path = self.dir.join(file_name(id));
+        write_run(&path, total, base, end, memory, &mut || {
+            let Some(Reverse((e, n))) = heap.pop() else {
+                return Ok(None);
+            };
+            let (it, cap) = &mut iters[n];
+            if let Some(next) = next_below(it, *cap)? {
+                heap.push(Reverse((next, n)));
+            }
+            Ok(Some(e))
+        })?;
+        let run = Arc::new(Run::open(&path)?);
+        let old = self.runs.drain(start..);
+        self.dropped.extend(old.map(|r| r.run));
+        self.runs.push(RunRef { id, cap: end, run });
+        Ok(true)
+    }
+
+    /// The manifest without the dropped runs is durable: let their files go.
+    pub fn committed(&mut self) {
+        for run in self.dropped.drain(..) {
+            run.file.mark_obsolete();
+        }
+    }
+}
+
+fn next_below(it: &mut RunIter, cap: u64) -> Result<Option<(u32, u64)>> {
+    while let Some(e) = it.next()? {
+        if e.1 < cap {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txid(n: u64) -> Hash32 {
+        let mut h = [0u8; 32];
+        // Spread prefixes, and give every fourth txid the same prefix as its neighbour.
+        let p = (n / 2).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h[..8].copy_from_slice(&p.to_be_bytes());
+        h[8..16].copy_from_slice(&n.to_le_bytes());
+        h
+    }
+
+    fn lookup(view: &TxIndexView, n: u64) -> Vec<u64> {
+        let mut c = view.candidates(&txid(n)).unwrap();
+        c.sort();
+        c
+    }
+
+    #[test]
+    fn flush_merge_truncate_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        let mut id = 0;
+        let mut alloc = || {
+            id += 1;
+            id
+        };
+        let mut n = 0;
+        for batch in [5000u64, 10, 1, 300, 400] {
+            for _ in 0..batch {
+                w.add(txid(n), n);
+                n += 1;
+            }
+            w.flush(&mut alloc).unwrap();
+        }
+        let check = |view: &TxIndexView, upto: u64| {
+            for k in 0..upto {
+                let c = lookup(view, k);
+                assert!(c.contains(&k), "{k}: {c:?}");
+                assert!(
+                    c.len() <= 2 && c.iter().all(|&t| t / 2 == k / 2),
+                    "{k}: {c:?}"
+                );
+            }
+        };
+        check(&w.view(), n);
+        w.truncate(5200);
+        assert_eq!(w.run_count(), 4, "the run starting past the cut is dropped");
+        assert!(lookup(&w.view(), 5250).is_empty());
+        assert!(w.compact(&mut alloc, 1 << 20).unwrap());
+        assert_eq!(w.run_count(), 2);
+        assert!(!w.compact(&mut alloc, 1 << 20).unwrap());
+        w.committed();
+        check(&w.view(), 5200);
+        assert!(lookup(&w.view(), 5250).is_empty());
+        let state = w.state();
+        drop(w);
+        let w = TxIndexWriter::open(dir.path(), &state).unwrap();
+        check(&w.view(), 5200);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn corrupt_bucket_and_footer_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        for n in 0..1000 {
+            w.add(txid(n), n);
+        }
+        w.flush(&mut || 1).unwrap();
+        let path = dir.path().join(file_name(1));
+        let good = std::fs::read(&path).unwrap();
+        let prefix = format!("corrupt store file {} at offset ", path.display());
+        for at in [0, good.len() / 2, good.len() - 5] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, &bad).unwrap();
+            let result = Run::open(&path).and_then(|run| {
+                let view = TxIndexView {
+                    runs: vec![(Arc::new(run), u64::MAX)],
+                };
+                (0..1000).try_for_each(|n| view.candidates(&txid(n)).map(drop))
+            });
+            let err = result.unwrap_err().to_string();
+            assert!(err.starts_with(&prefix), "{err}");
+        }
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(Run::open(&path).is_err());
+    }
+}
