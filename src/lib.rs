@@ -1,1 +1,5 @@
 //! Ferrum: an Electrum protocol server.
+
+pub mod coin;
+pub mod daemon;
+pub mod http;
