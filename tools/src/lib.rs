@@ -1,1 +1,5 @@
 //! Shared code for Ferrum's test and benchmark tools.
+
+pub mod chainfile;
+pub mod chaingen;
+pub mod regtest;
