@@ -8,9 +8,11 @@ pub mod error;
 pub mod file;
 pub mod frame;
 mod txindex;
+pub mod utxo;
 pub mod varint;
 
 pub use error::{Error, Result};
+pub use utxo::Utxo;
 
 /// Length of the script key the store indexes by (a prefix of the script's hash, chosen by the
 /// caller). 11 bytes, as ElectrumX's hashX: collisions are negligible at any chain size.

@@ -1,0 +1,362 @@
+//! The UTXO set: immutable sorted run files plus an in-memory write buffer. Spends are
+//! tombstones, the newest run wins, and compaction merges runs with bounded memory.
+//! Format and policy: docs/STORAGE-utxo-history.md.
+
+mod run;
+pub(crate) mod sorted_file;
+mod sorter;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::varint;
+use crate::HashX;
+use run::{Record, Run, RunWriter};
+
+/// An unspent output of a script, as listed by `UtxoView::list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Utxo {
+    pub txnum: u64,
+    pub vout: u32,
+    pub value: u64,
+}
+
+const STATE_VERSION: u8 = 1;
+
+/// What the buffer knows about one outpoint. `live` is an output added since the last flush;
+/// `tomb` hides the entry of older runs filed under that script key (the output was spent).
+/// Both can be set when an output was spent and the outpoint re-added (rollback) under
+/// another script key.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    live: Option<(HashX, u64)>,
+    tomb: Option<HashX>,
+}
+
+/// Outpoints are small integers; a multiply-rotate hash is far cheaper than SipHash and the
+/// keys are not attacker-chosen in a way that matters (they are chain positions).
+#[derive(Default)]
+struct OutpointHasher(u64);
+
+impl OutpointHasher {
+    fn mix(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+}
+
+impl Hasher for OutpointHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.mix(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.mix(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+type Buffer = HashMap<(u64, u32), Slot, BuildHasherDefault<OutpointHasher>>;
+
+/// The writer side: committed and flushed runs (oldest first) plus the write buffer.
+pub struct UtxoSet {
+    dir: PathBuf,
+    runs: Vec<Arc<Run>>,
+    buffer: Buffer,
+    /// Runs replaced by compaction, still named by the last committed manifest.
+    pending_obsolete: Vec<Arc<Run>>,
+}
+
+/// A consistent set of runs for readers. Holding it keeps the files alive.
+#[derive(Clone)]
+pub struct UtxoView {
+    runs: Arc<[Arc<Run>]>,
+}
+
+fn run_name(id: u64) -> String {
+    format!("utxo-{id}.run")
+}
+
+impl UtxoSet {
+    /// Opens the runs named by `state` (from a previous `state()`); empty `state` = new set.
+    pub fn open(dir: &Path, state: &[u8]) -> Result<UtxoSet> {
+        let mut runs = Vec::new();
+        if !state.is_empty() {
+            let bad = || Error::Invalid("utxo state is malformed".into());
+            let mut pos = 1;
+            if state[0] != STATE_VERSION {
+                return Err(Error::Invalid(format!(
+                    "utxo state version {} is not supported",
+                    state[0]
+                )));
+            }
+            let n = varint::get(state, &mut pos).ok_or_else(bad)?;
+            for _ in 0..n {
+                let id = varint::get(state, &mut pos).ok_or_else(bad)?;
+                runs.push(Arc::new(Run::open(&dir.join(run_name(id)), id)?));
+            }
+            if pos != state.len() {
+                return Err(bad());
+            }
+        }
+        Ok(UtxoSet {
+            dir: dir.to_path_buf(),
+            runs,
+            buffer: Buffer::default(),
+            pending_obsolete: Vec::new(),
+        })
+    }
+
+    /// Adds an unspent output. Adding an outpoint that is already unspent replaces it.
+    pub fn add(&mut self, hashx: HashX, txnum: u64, vout: u32, value: u64) {
+        self.buffer.entry((txnum, vout)).or_default().live = Some((hashx, value));
+    }
+
+    /// Spends an output, returning what it held; `None` if it is not unspent.
+    pub fn spend(&mut self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
+        if let Some(slot) = self.buffer.get_mut(&(txnum, vout)) {
+            let Some(live) = slot.live.take() else {
+                return Ok(None);
+            };
+            // An output added since the last flush simply disappears, unless it re-added
+            // a key whose tombstone must keep hiding an older run's entry.
+            if slot.tomb.is_none() {
+                self.buffer.remove(&(txnum, vout));
+            }
+            return Ok(Some(live));
+        }
+        let found = lookup(&self.runs, txnum, vout)?;
+        if let Some((hashx, _)) = found {
+            self.buffer.insert(
+                (txnum, vout),
+                Slot {
+                    live: None,
+                    tomb: Some(hashx),
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    /// Looks an outpoint up in the buffer, then in the runs newest first.
+    pub fn get(&self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
+        match self.buffer.get(&(txnum, vout)) {
+            Some(slot) => Ok(slot.live),
+            None => lookup(&self.runs, txnum, vout),
+        }
+    }
+
+    /// Memory held by the write buffer.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer.capacity() * (size_of::<((u64, u32), Slot)>() + 1)
+    }
+
+    /// Writes the buffer as a new run (fsynced) and empties it. Durable only once the caller
+    /// commits a manifest holding the new `state()`.
+    pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(self.buffer.len() + self.buffer.len() / 8);
+        for (&(txnum, vout), slot) in &self.buffer {
+            if let Some((hashx, value)) = slot.live {
+                records.push(Record {
+                    hashx,
+                    txnum,
+                    vout,
+                    value: Some(value),
+                });
+            }
+            // A tombstone under the live entry's own key is superseded by that entry.
+            if let Some(hashx) = slot.tomb.filter(|t| slot.live.is_none_or(|(h, _)| h != *t)) {
+                records.push(Record {
+                    hashx,
+                    txnum,
+                    vout,
+                    value: None,
+                });
+            }
+        }
+        records.sort_unstable_by_key(Record::key);
+        let id = alloc_id();
+        // The records are in memory already; sorting their outpoints in memory adds 1/2 more.
+        let mut writer = RunWriter::create(&self.dir.join(run_name(id)), usize::MAX)?;
+        for r in &records {
+            writer.push(r)?;
+        }
+        if writer.finish()?.is_some() {
+            let run = Run::open(&self.dir.join(run_name(id)), id)?;
+            self.runs.push(Arc::new(run));
+        }
+        self.buffer = Buffer::default();
+        Ok(())
+    }
+
+    /// Merges runs per the size-tiered policy until it asks for nothing more, with at most
+    /// about `memory` bytes of sort buffers. Replaced runs become pending obsolete.
+    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, memory: usize) -> Result<bool> {
+        let mut worked = false;
+        loop {
+            let sizes: Vec<u64> = self.runs.iter().map(|r| r.size()).collect();
+            let Some(range) = sorted_file::pick_merge(&sizes) else {
+                return Ok(worked);
+            };
+            self.merge_range(range, alloc_id, memory)?;
+            worked = true;
+        }
+    }
+
+    /// Merges `runs[range]` into one run; returns the peak bytes of its outpoint sort.
+    fn merge_range(
+        &mut self,
+        range: Range<usize>,
+        alloc_id: &mut dyn FnMut() -> u64,
+        memory: usize,
+    ) -> Result<usize> {
+        let id = alloc_id();
+        let path = self.dir.join(run_name(id));
+        let mut writer = RunWriter::create(&path, memory)?;
+        run::merge(&self.runs[range.clone()], range.start == 0, &mut |r| {
+            writer.push(r)
+        })?;
+        let written = writer.finish()?;
+        let merged = match &written {
+            Some(_) => vec![Arc::new(Run::open(&path, id)?)],
+            None => Vec::new(),
+        };
+        let old = self.runs.splice(range, merged);
+        self.pending_obsolete.extend(old);
+        Ok(written.map_or(0, |w| w.sort_peak))
+    }
+
+    /// The run ids, for the manifest.
+    pub fn state(&self) -> Vec<u8> {
+        let mut out = vec![STATE_VERSION];
+        varint::put(&mut out, self.runs.len() as u64);
+        for r in &self.runs {
+            varint::put(&mut out, r.id());
+        }
+        out
+    }
+
+    /// The manifest holding `state()` is durable: files it no longer names go away once
+    /// their last reader lets go.
+    pub fn committed(&mut self) {
+        for r in self.pending_obsolete.drain(..) {
+            r.file().mark_obsolete();
+        }
+    }
+
+    /// Names (in the store directory) of the files `state()` references.
+    pub fn file_names(&self) -> Vec<String> {
+        self.runs.iter().map(|r| run_name(r.id())).collect()
+    }
+
+    /// The current runs (not the buffer) as a read-only view.
+    pub fn view(&self) -> UtxoView {
+        UtxoView {
+            runs: self.runs.clone().into(),
+        }
+    }
+}
+
+/// Newest run first: the first run that knows the outpoint decides.
+fn lookup(runs: &[Arc<Run>], txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
+    for run in runs.iter().rev() {
+        if let Some(found) = run.lookup(txnum, vout)? {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Merges two sorted entry lists; `newer` wins on equal outpoints.
+fn merge_newer(
+    older: Vec<(u64, u32, Option<u64>)>,
+    newer: Vec<(u64, u32, Option<u64>)>,
+) -> Vec<(u64, u32, Option<u64>)> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let mut a = older.into_iter().peekable();
+    let mut b = newer.into_iter().peekable();
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => (x.0, x.1) < (y.0, y.1),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        if take_a {
+            out.extend(a.next());
+        } else {
+            let y = b.next().unwrap();
+            if a.peek().is_some_and(|x| (x.0, x.1) == (y.0, y.1)) {
+                a.next();
+            }
+            out.push(y);
+        }
+    }
+}
+
+impl UtxoView {
+    pub fn get(&self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
+        lookup(&self.runs, txnum, vout)
+    }
+
+    /// The unspent outputs of `hashx`, sorted by (txnum, vout).
+    pub fn list(&self, hashx: &HashX) -> Result<Vec<Utxo>> {
+        let mut merged = Vec::new();
+        for run in self.runs.iter() {
+            let mut entries = Vec::new();
+            run.list(hashx, &mut entries)?;
+            if !entries.is_empty() {
+                merged = if merged.is_empty() {
+                    entries
+                } else {
+                    merge_newer(merged, entries)
+                };
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(txnum, vout, value)| {
+                Some(Utxo {
+                    txnum,
+                    vout,
+                    value: value?,
+                })
+            })
+            .collect())
+    }
+
+    /// Every unspent output in (hashx, txnum, vout) order, streaming one block per run.
+    pub fn for_each(&self, f: &mut dyn FnMut(&HashX, &Utxo)) -> Result<()> {
+        run::merge(&self.runs, true, &mut |r| {
+            let value = r.value.expect("merge dropped tombstones");
+            f(
+                &r.hashx,
+                &Utxo {
+                    txnum: r.txnum,
+                    vout: r.vout,
+                    value,
+                },
+            );
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

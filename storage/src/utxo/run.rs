@@ -1,0 +1,631 @@
+//! One immutable UTXO run file: a by-script section of blocks sorted by (hashx, txnum, vout),
+//! a by-outpoint section mapping (txnum, vout) to the by-script block holding it, two sparse
+//! indexes and a checksummed footer. The layout is specified in docs/STORAGE-utxo-history.md.
+
+use std::cmp::Ordering;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::file::ImmutableFile;
+use crate::utxo::sorted_file::{
+    decode_footer, encode_block, encode_footer, footer_len, le_u64, read_block, FileWriter,
+};
+use crate::utxo::sorter::{OpRef, Sorter};
+use crate::varint;
+use crate::{HashX, HASHX_LEN};
+
+const MAGIC: &[u8; 8] = b"FRMUTXO1";
+const FOOTER_FIELDS: usize = 4; // live count, tombstone count, script index offset, outpoint index offset
+
+/// Target body size of a by-script block; a block closes once it reaches this.
+const SCRIPT_BLOCK: usize = 4096;
+/// Smaller by-outpoint blocks keep the scan behind each outpoint lookup short.
+const OUTPOINT_BLOCK: usize = 1024;
+/// zstd gains little on random script keys and varints, and every lookup would pay for it.
+const COMPRESS: bool = false;
+
+const SKEY: usize = HASHX_LEN + 12; // hashx ++ txnum BE ++ vout BE: compares as bytes
+const SENTRY: usize = SKEY + 8; // ++ block offset LE
+const OKEY: usize = 12; // txnum BE ++ vout BE
+const OENTRY: usize = OKEY + 8;
+
+/// An entry of a run: `value` None is a tombstone (the output was spent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub hashx: HashX,
+    pub txnum: u64,
+    pub vout: u32,
+    pub value: Option<u64>,
+}
+
+impl Record {
+    pub fn key(&self) -> (HashX, u64, u32) {
+        (self.hashx, self.txnum, self.vout)
+    }
+}
+
+fn script_key(hashx: &HashX, txnum: u64, vout: u32) -> [u8; SKEY] {
+    let mut k = [0u8; SKEY];
+    k[..HASHX_LEN].copy_from_slice(hashx);
+    k[HASHX_LEN..HASHX_LEN + 8].copy_from_slice(&txnum.to_be_bytes());
+    k[HASHX_LEN + 8..].copy_from_slice(&vout.to_be_bytes());
+    k
+}
+
+fn outpoint_key(txnum: u64, vout: u32) -> [u8; OKEY] {
+    let mut k = [0u8; OKEY];
+    k[..8].copy_from_slice(&txnum.to_be_bytes());
+    k[8..].copy_from_slice(&vout.to_be_bytes());
+    k
+}
+
+/// Decodes a by-script block body, checking that keys strictly ascend.
+fn decode_script_block(
+    body: &[u8],
+    path: &Path,
+    offset: usize,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let corrupt = |reason: &str| Error::corrupt(path, offset as u64, reason);
+    out.clear();
+    let mut pos = 0;
+    while pos < body.len() {
+        let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad group header"))?;
+        let (count, shared) = (tag >> 4, (tag & 15) as usize);
+        let prev_hashx = out.last().map(|r| r.hashx);
+        if count == 0 || shared >= HASHX_LEN || (prev_hashx.is_none() && shared > 0) {
+            return Err(corrupt("bad group header"));
+        }
+        let mut hashx = prev_hashx.unwrap_or_default();
+        let suffix = body
+            .get(pos..pos + HASHX_LEN - shared)
+            .ok_or_else(|| corrupt("truncated script key"))?;
+        hashx[shared..].copy_from_slice(suffix);
+        pos += HASHX_LEN - shared;
+        if prev_hashx.is_some_and(|p| p >= hashx) {
+            return Err(corrupt("script keys out of order"));
+        }
+        let mut prev: Option<(u64, u32)> = None;
+        for _ in 0..count {
+            let n = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
+            let txnum = match prev {
+                None => n,
+                Some((t, _)) => t
+                    .checked_add(n)
+                    .ok_or_else(|| corrupt("tx number overflow"))?,
+            };
+            let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad output index"))?;
+            let vout = u32::try_from(tag >> 1).map_err(|_| corrupt("output index out of range"))?;
+            if prev.is_some_and(|p| p >= (txnum, vout)) {
+                return Err(corrupt("outpoints out of order"));
+            }
+            let value = if tag & 1 == 1 {
+                None
+            } else {
+                Some(varint::get(body, &mut pos).ok_or_else(|| corrupt("bad value"))?)
+            };
+            prev = Some((txnum, vout));
+            out.push(Record {
+                hashx,
+                txnum,
+                vout,
+                value,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An open run, validated (footer and both indexes) when opened.
+pub(crate) struct Run {
+    file: ImmutableFile,
+    id: u64,
+    sidx: usize,       // start of the script index entries (after the frame header)
+    nscript: usize,    // number of by-script blocks
+    script_end: usize, // end of the by-script section = start of the by-outpoint section
+    oidx: usize,       // start of the outpoint index entries
+    noutpoint: usize,
+    outpoint_end: usize, // end of the by-outpoint section = offset of the script index frame
+}
+
+impl Run {
+    pub fn open(path: &Path, id: u64) -> Result<Run> {
+        let file = ImmutableFile::open(path)?;
+        let data = file.bytes();
+        let [live, dead, sidx_off, oidx_off] = decode_footer::<FOOTER_FIELDS>(data, MAGIC, path)?;
+        let footer_at = data.len() - footer_len(FOOTER_FIELDS);
+        let bad_footer = |reason: &str| Error::corrupt(path, footer_at as u64, reason);
+        let sidx_off = usize::try_from(sidx_off).map_err(|_| bad_footer("bad index offset"))?;
+        let oidx_off = usize::try_from(oidx_off).map_err(|_| bad_footer("bad index offset"))?;
+        if sidx_off > oidx_off || oidx_off > footer_at {
+            return Err(bad_footer("index offsets out of range"));
+        }
+        let index = |off: usize, end: usize, width: usize| -> Result<(usize, usize)> {
+            let (payload, next) = crate::frame::decode_frame(data, off, path)?;
+            if next != end || payload.len() % width != 0 {
+                return Err(Error::corrupt(path, off as u64, "bad index length"));
+            }
+            Ok((off + 4, payload.len() / width))
+        };
+        let (sidx, nscript) = index(sidx_off, oidx_off, SENTRY)?;
+        let (oidx, noutpoint) = index(oidx_off, footer_at, OENTRY)?;
+        let mut run = Run {
+            file,
+            id,
+            sidx,
+            nscript,
+            script_end: 0,
+            oidx,
+            noutpoint,
+            outpoint_end: sidx_off,
+        };
+        run.script_end = if noutpoint > 0 { run.ooff(0) } else { sidx_off };
+        // Every block holds at least one entry, and each outpoint at least one record.
+        let records = live
+            .checked_add(dead)
+            .ok_or_else(|| bad_footer("bad counts"))?;
+        if records < nscript as u64 || records < noutpoint as u64 {
+            return Err(bad_footer("counts disagree with indexes"));
+        }
+        let bad_sidx = || Error::corrupt(path, sidx_off as u64, "script index out of order");
+        let bad_oidx = || Error::corrupt(path, oidx_off as u64, "outpoint index out of order");
+        // Offsets must start at the section start and strictly ascend within it; keys must
+        // strictly ascend. Then every block's range is known and bounded.
+        if (nscript == 0) != (run.script_end == 0) || (nscript > 0 && run.soff(0) != 0) {
+            return Err(bad_sidx());
+        }
+        for i in 1..nscript {
+            if run.skey(i - 1) >= run.skey(i) || run.soff(i - 1) >= run.soff(i) {
+                return Err(bad_sidx());
+            }
+        }
+        if nscript > 0 && run.soff(nscript - 1) >= run.script_end {
+            return Err(bad_sidx());
+        }
+        if (noutpoint == 0) != (run.script_end == sidx_off) {
+            return Err(bad_oidx());
+        }
+        for i in 1..noutpoint {
+            if run.okey(i - 1) >= run.okey(i) || run.ooff(i - 1) >= run.ooff(i) {
+                return Err(bad_oidx());
+            }
+        }
+        if noutpoint > 0 && run.ooff(noutpoint - 1) >= sidx_off {
+            return Err(bad_oidx());
+        }
+        Ok(run)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn file(&self) -> &ImmutableFile {
+        &self.file
+    }
+
+    pub fn size(&self) -> u64 {
+        self.file.bytes().len() as u64
+    }
+
+    /// (live, tombstone) entry counts from the footer.
+    #[cfg(test)]
+    pub fn counts(&self) -> (u64, u64) {
+        let [live, dead, ..] =
+            decode_footer::<FOOTER_FIELDS>(self.file.bytes(), MAGIC, self.path()).unwrap();
+        (live, dead)
+    }
+
+    fn skey(&self, i: usize) -> &[u8] {
+        let at = self.sidx + i * SENTRY;
+        &self.file.bytes()[at..at + SKEY]
+    }
+
+    fn soff(&self, i: usize) -> usize {
+        le_u64(self.file.bytes(), self.sidx + i * SENTRY + SKEY) as usize
+    }
+
+    fn okey(&self, i: usize) -> &[u8] {
+        let at = self.oidx + i * OENTRY;
+        &self.file.bytes()[at..at + OKEY]
+    }
+
+    fn ooff(&self, i: usize) -> usize {
+        le_u64(self.file.bytes(), self.oidx + i * OENTRY + OKEY) as usize
+    }
+
+    /// Decodes by-script block `i` into `out`, checking it starts with its index key.
+    fn script_block(&self, i: usize, out: &mut Vec<Record>) -> Result<()> {
+        let off = self.soff(i);
+        let end = if i + 1 < self.nscript {
+            self.soff(i + 1)
+        } else {
+            self.script_end
+        };
+        let body = read_block(self.file.bytes(), off, end, self.path())?;
+        decode_script_block(&body, self.path(), off, out)?;
+        match out.first() {
+            Some(r) if script_key(&r.hashx, r.txnum, r.vout) == self.skey(i) => Ok(()),
+            _ => Err(Error::corrupt(
+                self.path(),
+                off as u64,
+                "block does not match index",
+            )),
+        }
+    }
+
+    /// The by-script block holding `(txnum, vout)`, if this run has the outpoint.
+    fn find_outpoint(&self, txnum: u64, vout: u32) -> Result<Option<usize>> {
+        let target = outpoint_key(txnum, vout);
+        let p = partition(self.noutpoint, |i| self.okey(i) <= &target[..]);
+        let Some(i) = p.checked_sub(1) else {
+            return Ok(None);
+        };
+        let off = self.ooff(i);
+        let end = if i + 1 < self.noutpoint {
+            self.ooff(i + 1)
+        } else {
+            self.outpoint_end
+        };
+        let body = read_block(self.file.bytes(), off, end, self.path())?;
+        let corrupt = |reason: &str| Error::corrupt(self.path(), off as u64, reason);
+        let mut pos = 0;
+        let mut prev: Option<(u64, u32)> = None;
+        while pos < body.len() {
+            let n = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
+            let t = match prev {
+                None => n,
+                Some((t, _)) => t
+                    .checked_add(n)
+                    .ok_or_else(|| corrupt("tx number overflow"))?,
+            };
+            let v = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad output index"))?;
+            let v = u32::try_from(v).map_err(|_| corrupt("output index out of range"))?;
+            let block = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad block number"))?;
+            match prev {
+                None if outpoint_key(t, v) != self.okey(i) => {
+                    return Err(corrupt("block does not match index"))
+                }
+                Some(p) if p >= (t, v) => return Err(corrupt("outpoints out of order")),
+                _ => {}
+            }
+            prev = Some((t, v));
+            match (t, v).cmp(&(txnum, vout)) {
+                Ordering::Less => {}
+                Ordering::Equal => {
+                    return match usize::try_from(block) {
+                        Ok(b) if b < self.nscript => Ok(Some(b)),
+                        _ => Err(corrupt("block number out of range")),
+                    }
+                }
+                Ordering::Greater => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `None` if this run says nothing about the outpoint; `Some(None)` if it holds a
+    /// tombstone for it; else the live entry.
+    pub fn lookup(&self, txnum: u64, vout: u32) -> Result<Option<Option<(HashX, u64)>>> {
+        let Some(block) = self.find_outpoint(txnum, vout)? else {
+            return Ok(None);
+        };
+        let mut records = Vec::new();
+        self.script_block(block, &mut records)?;
+        let mut found = None;
+        for r in records
+            .iter()
+            .filter(|r| (r.txnum, r.vout) == (txnum, vout))
+        {
+            match r.value {
+                Some(value) => return Ok(Some(Some((r.hashx, value)))),
+                None => found = Some(None),
+            }
+        }
+        found.map(Some).ok_or_else(|| {
+            let off = self.soff(block) as u64;
+            Error::corrupt(self.path(), off, "block lacks the outpoint its index names")
+        })
+    }
+
+    /// Appends this run's entries (tombstones included) for `hashx` to `out`, sorted.
+    pub fn list(&self, hashx: &HashX, out: &mut Vec<(u64, u32, Option<u64>)>) -> Result<()> {
+        let target = script_key(hashx, 0, 0);
+        let start = partition(self.nscript, |i| self.skey(i) < &target[..]).saturating_sub(1);
+        let mut records = Vec::new();
+        for i in start..self.nscript {
+            if self.skey(i)[..HASHX_LEN] > hashx[..] {
+                break;
+            }
+            self.script_block(i, &mut records)?;
+            for r in &records {
+                match r.hashx.cmp(hashx) {
+                    Ordering::Less => {}
+                    Ordering::Equal => out.push((r.txnum, r.vout, r.value)),
+                    Ordering::Greater => return Ok(()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binary search over `n` index entries: the number of leading entries satisfying `pred`.
+fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Reads a run's by-script section in key order, one block in memory at a time.
+pub(crate) struct RunCursor {
+    run: Arc<Run>,
+    next_block: usize,
+    records: Vec<Record>,
+    pos: usize,
+    last: Option<(HashX, u64, u32)>,
+}
+
+impl RunCursor {
+    pub fn new(run: Arc<Run>) -> RunCursor {
+        RunCursor {
+            run,
+            next_block: 0,
+            records: Vec::new(),
+            pos: 0,
+            last: None,
+        }
+    }
+
+    pub fn peek(&mut self) -> Result<Option<&Record>> {
+        while self.pos == self.records.len() {
+            if self.next_block == self.run.nscript {
+                return Ok(None);
+            }
+            self.run.script_block(self.next_block, &mut self.records)?;
+            self.pos = 0;
+            let first = self.records[0].key();
+            if self.last.is_some_and(|l| l >= first) {
+                let off = self.run.soff(self.next_block) as u64;
+                return Err(Error::corrupt(self.run.path(), off, "blocks out of order"));
+            }
+            self.next_block += 1;
+        }
+        Ok(self.records.get(self.pos))
+    }
+
+    pub fn advance(&mut self) {
+        if let Some(r) = self.records.get(self.pos) {
+            self.last = Some(r.key());
+            self.pos += 1;
+        }
+    }
+}
+
+/// Merges runs (ordered oldest first) in key order; for equal keys the newest run's record
+/// wins. Tombstones are passed to `f` unless `drop_tombs` (the merge covers the oldest run).
+pub(crate) fn merge(
+    runs: &[Arc<Run>],
+    drop_tombs: bool,
+    f: &mut dyn FnMut(&Record) -> Result<()>,
+) -> Result<()> {
+    let mut cursors: Vec<RunCursor> = runs.iter().cloned().map(RunCursor::new).collect();
+    loop {
+        // The newest cursor holding the smallest key; ties go to the later (newer) cursor.
+        let mut best: Option<(usize, Record)> = None;
+        for (i, c) in cursors.iter_mut().enumerate() {
+            if let Some(r) = c.peek()? {
+                if best.is_none_or(|(_, b)| r.key() <= b.key()) {
+                    best = Some((i, *r));
+                }
+            }
+        }
+        let Some((_, rec)) = best else { return Ok(()) };
+        for c in cursors.iter_mut() {
+            if c.peek()?.is_some_and(|r| r.key() == rec.key()) {
+                c.advance();
+            }
+        }
+        if rec.value.is_some() || !drop_tombs {
+            f(&rec)?;
+        }
+    }
+}
+
+/// Writes a new run from records pushed in strictly ascending key order.
+pub(crate) struct RunWriter {
+    w: FileWriter,
+    body: Vec<u8>,
+    group: Vec<u8>,
+    group_hashx: Option<HashX>,
+    prev_hashx: Option<HashX>, // the block's previous group, for front coding
+    group_count: u64,
+    group_last: u64,
+    block_first: Option<[u8; SKEY]>,
+    script_index: Vec<u8>,
+    nscript: u32,
+    sorter: Sorter,
+    live: u64,
+    dead: u64,
+}
+
+/// What writing a run produced.
+pub(crate) struct Written {
+    /// Peak bytes the outpoint sort held (bounded by the memory budget).
+    pub sort_peak: usize,
+}
+
+impl RunWriter {
+    /// `memory` bounds the outpoint sort (spilled next to `path` beyond it).
+    pub fn create(path: &Path, memory: usize) -> Result<RunWriter> {
+        Ok(RunWriter {
+            w: FileWriter::create(path)?,
+            body: Vec::with_capacity(SCRIPT_BLOCK + 64),
+            group: Vec::new(),
+            group_hashx: None,
+            prev_hashx: None,
+            group_count: 0,
+            group_last: 0,
+            block_first: None,
+            script_index: Vec::new(),
+            nscript: 0,
+            sorter: Sorter::new(path, memory),
+            live: 0,
+            dead: 0,
+        })
+    }
+
+    pub fn push(&mut self, r: &Record) -> Result<()> {
+        if self.group_hashx != Some(r.hashx) {
+            self.close_group();
+            self.group_hashx = Some(r.hashx);
+        }
+        if self.block_first.is_none() {
+            self.block_first = Some(script_key(&r.hashx, r.txnum, r.vout));
+        }
+        let delta = if self.group_count == 0 {
+            r.txnum
+        } else {
+            r.txnum - self.group_last
+        };
+        varint::put(&mut self.group, delta);
+        varint::put(
+            &mut self.group,
+            (u64::from(r.vout) << 1) | r.value.is_none() as u64,
+        );
+        match r.value {
+            Some(v) => {
+                varint::put(&mut self.group, v);
+                self.live += 1;
+            }
+            None => self.dead += 1,
+        }
+        self.group_count += 1;
+        self.group_last = r.txnum;
+        self.sorter.push(OpRef {
+            txnum: r.txnum,
+            vout: r.vout,
+            dead: r.value.is_none(),
+            block: self.nscript,
+        })?;
+        if self.body.len() + self.group.len() + HASHX_LEN + 10 >= SCRIPT_BLOCK {
+            self.close_group();
+            self.emit_script_block()?;
+        }
+        Ok(())
+    }
+
+    fn close_group(&mut self) {
+        if self.group_count > 0 {
+            let hashx = self.group_hashx.unwrap();
+            let shared = self.prev_hashx.map_or(0, |p| {
+                p.iter().zip(&hashx).take_while(|(a, b)| a == b).count()
+            });
+            varint::put(&mut self.body, self.group_count << 4 | shared as u64);
+            self.body.extend_from_slice(&hashx[shared..]);
+            self.body.extend_from_slice(&self.group);
+            self.prev_hashx = Some(hashx);
+            self.group.clear();
+            self.group_count = 0;
+        }
+        self.group_hashx = None;
+    }
+
+    fn emit_script_block(&mut self) -> Result<()> {
+        let first = self.block_first.take().unwrap();
+        let off = self.w.write_frame(&encode_block(&self.body, COMPRESS))?;
+        self.script_index.extend_from_slice(&first);
+        self.script_index.extend_from_slice(&off.to_le_bytes());
+        self.nscript += 1;
+        self.body.clear();
+        self.prev_hashx = None;
+        Ok(())
+    }
+
+    /// Writes the outpoint section, indexes and footer, and fsyncs. A run with no records
+    /// is not written at all (`None`).
+    pub fn finish(mut self) -> Result<Option<Written>> {
+        if self.live + self.dead == 0 {
+            return Ok(None);
+        }
+        self.close_group();
+        if !self.body.is_empty() {
+            self.emit_script_block()?;
+        }
+        let RunWriter {
+            mut w,
+            script_index,
+            sorter,
+            live,
+            dead,
+            ..
+        } = self;
+        let mut ob = OutpointBlocks::default();
+        let sort_peak = sorter.drain(&mut |r| ob.push(&mut w, r))?;
+        ob.emit(&mut w)?;
+        let sidx_off = w.write_frame(&script_index)?;
+        let oidx_off = w.write_frame(&ob.index)?;
+        let mut footer = Vec::new();
+        encode_footer(&mut footer, MAGIC, &[live, dead, sidx_off, oidx_off]);
+        w.write(&footer)?;
+        w.finish()?;
+        Ok(Some(Written { sort_peak }))
+    }
+}
+
+/// Builds the by-outpoint blocks from references in ascending order, keeping the first
+/// (live-preferred) reference of each outpoint.
+#[derive(Default)]
+struct OutpointBlocks {
+    body: Vec<u8>,
+    first: Option<(u64, u32)>,
+    last: Option<(u64, u32)>,
+    index: Vec<u8>,
+}
+
+impl OutpointBlocks {
+    fn push(&mut self, w: &mut FileWriter, r: OpRef) -> Result<()> {
+        let key = (r.txnum, r.vout);
+        if self.last == Some(key) {
+            return Ok(());
+        }
+        let delta = match self.first {
+            None => {
+                self.first = Some(key);
+                r.txnum
+            }
+            Some(_) => r.txnum - self.last.unwrap().0,
+        };
+        self.last = Some(key);
+        varint::put(&mut self.body, delta);
+        varint::put(&mut self.body, u64::from(r.vout));
+        varint::put(&mut self.body, u64::from(r.block));
+        if self.body.len() >= OUTPOINT_BLOCK {
+            self.emit(w)?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, w: &mut FileWriter) -> Result<()> {
+        let Some((txnum, vout)) = self.first.take() else {
+            return Ok(());
+        };
+        let off = w.write_frame(&encode_block(&self.body, COMPRESS))?;
+        self.index.extend_from_slice(&outpoint_key(txnum, vout));
+        self.index.extend_from_slice(&off.to_le_bytes());
+        self.body.clear();
+        Ok(())
+    }
+}
