@@ -2,4 +2,5 @@
 
 pub mod chainfile;
 pub mod chaingen;
+pub mod emulator;
 pub mod regtest;

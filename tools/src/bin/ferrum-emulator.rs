@@ -1,0 +1,139 @@
+//! `ferrum-emulator`: serves a generated or loaded regtest chain over Bitcoin Core's JSON-RPC
+//! and REST interfaces, with an `emu_*` control port; prints its ports, runs until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use ferrum_tools::chaingen::ChainParams;
+use ferrum_tools::emulator::{Auth, ChainSource, Emulator, EmulatorConfig, DEFAULT_WARMUP_MESSAGE};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Preset {
+    Small,
+    Medium,
+    Large,
+}
+
+/// Emulate a Bitcoin Core regtest node serving a deterministic or recorded chain.
+#[derive(Parser)]
+#[command(group(ArgGroup::new("chain_source").required(true).args(["chain", "seed"])))]
+struct Args {
+    /// Chain file to serve (from ferrum-chaingen), loaded streaming.
+    #[arg(long)]
+    chain: Option<PathBuf>,
+    /// Generate the chain with this seed instead (mining continues from the generator).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Blocks to generate after genesis (with --seed).
+    #[arg(long, default_value_t = 200)]
+    blocks: u32,
+    /// Generated mempool transactions to add at start (with --seed).
+    #[arg(long, default_value_t = 0)]
+    txs: u32,
+    /// Shape of generated blocks (with --seed).
+    #[arg(long, value_enum, default_value = "small")]
+    preset: Preset,
+    /// Serve only blocks up to this height at start; `emu_mine` serves the rest.
+    #[arg(long)]
+    initial_height: Option<u32>,
+    /// RPC and REST port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Control port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+    /// Where to write the auth cookie (default: a temporary directory).
+    #[arg(long, conflicts_with_all = ["rpcuser", "rpcpassword"])]
+    cookie_file: Option<PathBuf>,
+    #[arg(long, requires = "rpcpassword")]
+    rpcuser: Option<String>,
+    #[arg(long, requires = "rpcuser")]
+    rpcpassword: Option<String>,
+    /// Answer -28 ("Loading block index…") for this many seconds after start.
+    #[arg(long)]
+    warmup_seconds: Option<f64>,
+    /// How many blocks back `emu_reorg` can reach on a generated chain.
+    #[arg(long, default_value_t = 10)]
+    reorg_depth: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // clap makes --chain and --seed exclusive and requires one of them.
+    let source = match &args.chain {
+        Some(path) => ChainSource::File(path.clone()),
+        None => {
+            let seed = args.seed.unwrap_or_default();
+            let params = match args.preset {
+                Preset::Small => ChainParams::small(seed),
+                Preset::Medium => ChainParams::medium(seed),
+                Preset::Large => ChainParams::large(seed),
+            };
+            ChainSource::Generated {
+                params,
+                blocks: args.blocks,
+            }
+        }
+    };
+    let mut config = EmulatorConfig::new(source);
+    config.initial_height = args.initial_height;
+    config.mempool_txs = args.txs;
+    config.rpc_addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    config.control_addr = SocketAddr::from(([127, 0, 0, 1], args.control_port));
+    config.reorg_depth = args.reorg_depth;
+    config.auth = match (&args.rpcuser, &args.rpcpassword) {
+        (Some(user), Some(pass)) => Auth::UserPass(user.clone(), pass.clone()),
+        _ => Auth::Cookie(args.cookie_file.clone()),
+    };
+    config.warmup = args.warmup_seconds.map(|s| {
+        (
+            DEFAULT_WARMUP_MESSAGE.to_string(),
+            Some(Duration::from_secs_f64(s.max(0.0))),
+        )
+    });
+    let start = Instant::now();
+    let emulator = match Emulator::start(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ferrum-emulator: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "ferrum-emulator: height {} loaded in {:.1} s",
+        emulator.height(),
+        start.elapsed().as_secs_f64()
+    );
+    let cookie = emulator
+        .cookie_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    println!(
+        "rpc={} control={} cookie={cookie}",
+        emulator.rpc_addr().port(),
+        emulator.control_addr().port()
+    );
+    match wait_for_signal() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrum-emulator: waiting for a signal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wait_for_signal() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+}

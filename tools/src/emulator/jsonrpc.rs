@@ -1,0 +1,312 @@
+//! Core's JSON-RPC framing over HTTP: basic auth, JSON-RPC 1.0/1.1 and 2.0 envelopes, batches,
+//! notifications, and the HTTP status codes Core picks for each case.
+
+use serde_json::{json, Value};
+
+use super::http::{Request, Response};
+
+/// Core's RPC error codes used here.
+pub mod code {
+    pub const MISC_ERROR: i32 = -1;
+    pub const TYPE_ERROR: i32 = -3;
+    pub const INVALID_ADDRESS_OR_KEY: i32 = -5;
+    pub const INVALID_PARAMETER: i32 = -8;
+    pub const DESERIALIZATION_ERROR: i32 = -22;
+    pub const TRANSACTION_ERROR: i32 = -25;
+    pub const TRANSACTION_REJECTED: i32 = -26;
+    pub const TRANSACTION_ALREADY_IN_CHAIN: i32 = -27;
+    pub const IN_WARMUP: i32 = -28;
+    pub const INVALID_REQUEST: i32 = -32600;
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    pub const PARSE_ERROR: i32 = -32700;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"code": self.code, "message": self.message})
+    }
+}
+
+/// A method's result: a JSON value, or JSON text made without building a value (block hex).
+pub enum Reply {
+    Value(Value),
+    Raw(String),
+}
+
+impl From<Value> for Reply {
+    fn from(v: Value) -> Self {
+        Reply::Value(v)
+    }
+}
+
+impl Reply {
+    fn into_text(self) -> String {
+        match self {
+            Reply::Value(v) => v.to_string(),
+            Reply::Raw(s) => s,
+        }
+    }
+}
+
+/// Runs one call: method name and params (an array, or an object of named params).
+pub trait Dispatch {
+    fn call(&self, method: &str, params: &Value) -> Result<Reply, RpcError>;
+}
+
+const WWW_AUTHENTICATE: &str = "Basic realm=\"jsonrpc\"";
+
+/// Core's `HTTPReq_JSONRPC`, given the accepted `user:password` pair (None: no auth, for the
+/// emulator's control port).
+pub fn handle(req: &Request, credentials: Option<&str>, dispatch: &dyn Dispatch) -> Response {
+    if req.method != "POST" {
+        return Response::new(
+            405,
+            "text/html; charset=ISO-8859-1",
+            b"JSONRPC server handles only POST requests".to_vec(),
+        );
+    }
+    if credentials.is_some_and(|c| !authorized(req.header("authorization"), c)) {
+        let mut r = Response::empty(401);
+        r.headers
+            .push(("WWW-Authenticate", WWW_AUTHENTICATE.into()));
+        r.headers
+            .push(("Content-Type", "text/html; charset=ISO-8859-1".into()));
+        return r;
+    }
+    let request: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(_) => return error_reply(&RpcError::new(code::PARSE_ERROR, "Parse error"), None),
+    };
+    match request {
+        Value::Object(_) => single(&request, dispatch),
+        Value::Array(items) => batch(&items, dispatch),
+        _ => error_reply(
+            &RpcError::new(code::PARSE_ERROR, "Top-level object parse error"),
+            None,
+        ),
+    }
+}
+
+fn authorized(header: Option<&str>, credentials: &str) -> bool {
+    let Some(encoded) = header.and_then(|h| h.strip_prefix("Basic ")) else {
+        return false;
+    };
+    match base64_decode(encoded.trim()) {
+        Some(decoded) => decoded.contains(&b':') && decoded == credentials.as_bytes(),
+        None => false,
+    }
+}
+
+/// A parsed request object (Core's `JSONRPCRequest::parse`).
+struct Call<'a> {
+    id: Option<&'a Value>,
+    v2: bool,
+    method: &'a str,
+    params: Value,
+}
+
+fn parse(request: &Value) -> Result<Call<'_>, (Option<&Value>, bool, RpcError)> {
+    let invalid = |m: &str| RpcError::new(code::INVALID_REQUEST, m);
+    let Some(obj) = request.as_object() else {
+        return Err((None, false, invalid("Invalid Request object")));
+    };
+    let id = obj.get("id");
+    let v2 = match obj.get("jsonrpc") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "1.0" => false,
+        Some(Value::String(s)) if s == "2.0" => true,
+        Some(Value::String(_)) => {
+            return Err((id, false, invalid("JSON-RPC version not supported")))
+        }
+        Some(_) => return Err((id, false, invalid("jsonrpc field must be a string"))),
+    };
+    let method = match obj.get("method") {
+        None | Some(Value::Null) => return Err((id, v2, invalid("Missing method"))),
+        Some(Value::String(m)) => m.as_str(),
+        Some(_) => return Err((id, v2, invalid("Method must be a string"))),
+    };
+    let params = match obj.get("params") {
+        Some(p @ (Value::Array(_) | Value::Object(_))) => p.clone(),
+        None | Some(Value::Null) => Value::Array(Vec::new()),
+        Some(_) => return Err((id, v2, invalid("Params must be an array or object"))),
+    };
+    Ok(Call {
+        id,
+        v2,
+        method,
+        params,
+    })
+}
+
+/// The reply object's text (Core's `JSONRPCReplyObj`).
+fn envelope(result: Result<Reply, RpcError>, id: Option<&Value>, v2: bool) -> String {
+    let mut out = String::from("{");
+    if v2 {
+        out.push_str("\"jsonrpc\":\"2.0\",");
+    }
+    match result {
+        Ok(reply) => {
+            out.push_str("\"result\":");
+            out.push_str(&reply.into_text());
+            if !v2 {
+                out.push_str(",\"error\":null");
+            }
+        }
+        Err(e) => {
+            if !v2 {
+                out.push_str("\"result\":null,");
+            }
+            out.push_str("\"error\":");
+            out.push_str(&e.to_json().to_string());
+        }
+    }
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(&id.to_string());
+    }
+    out.push('}');
+    out
+}
+
+fn single(request: &Value, dispatch: &dyn Dispatch) -> Response {
+    let call = match parse(request) {
+        Ok(c) => c,
+        Err((id, _, e)) => return error_reply(&e, Some(id.unwrap_or(&Value::Null))),
+    };
+    let result = dispatch.call(call.method, &call.params);
+    if call.v2 {
+        if call.id.is_none() {
+            return Response::empty(204);
+        }
+        return Response::json(200, envelope(result, call.id, true) + "\n");
+    }
+    match result {
+        Ok(r) => Response::json(200, envelope(Ok(r), call.id, false) + "\n"),
+        Err(e) => error_reply(&e, call.id),
+    }
+}
+
+/// A legacy (1.x) error: HTTP 500, or 400 / 404 for invalid request / unknown method.
+fn error_reply(e: &RpcError, id: Option<&Value>) -> Response {
+    let status = match e.code {
+        code::INVALID_REQUEST => 400,
+        code::METHOD_NOT_FOUND => 404,
+        _ => 500,
+    };
+    let id = Some(id.unwrap_or(&Value::Null));
+    Response::json(status, envelope(Err(e.clone()), id, false) + "\n")
+}
+
+fn batch(items: &[Value], dispatch: &dyn Dispatch) -> Response {
+    let mut replies = Vec::with_capacity(items.len());
+    for item in items {
+        match parse(item) {
+            Ok(call) => {
+                let result = dispatch.call(call.method, &call.params);
+                if !(call.v2 && call.id.is_none()) {
+                    replies.push(envelope(result, call.id, call.v2));
+                }
+            }
+            Err((id, v2, e)) => {
+                replies.push(envelope(Err(e), Some(id.unwrap_or(&Value::Null)), v2))
+            }
+        }
+    }
+    if replies.is_empty() && !items.is_empty() {
+        return Response::empty(204);
+    }
+    Response::json(200, format!("[{}]\n", replies.join(",")))
+}
+
+/// Standard base64 with padding (what HTTP basic auth carries).
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    if s.len() % 4 != 0 || s.len() - bytes.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let n = chunk.len() * 6 / 8;
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + n]);
+    }
+    Some(out)
+}
+
+/// Standard base64 with padding.
+pub fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for s in ["", "a", "ab", "abc", "__cookie__:0011aabb", "user:pa:ss"] {
+            assert_eq!(
+                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
+                s.as_bytes()
+            );
+        }
+        assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert!(base64_decode("abc").is_none());
+    }
+
+    #[test]
+    fn envelopes_follow_the_request_version() {
+        let id = json!(7);
+        assert_eq!(
+            envelope(Ok(json!(1).into()), Some(&id), false),
+            r#"{"result":1,"error":null,"id":7}"#
+        );
+        assert_eq!(
+            envelope(Err(RpcError::new(-8, "x")), Some(&id), true),
+            r#"{"jsonrpc":"2.0","error":{"code":-8,"message":"x"},"id":7}"#
+        );
+    }
+}
