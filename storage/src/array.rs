@@ -130,10 +130,6 @@ pub struct ArrayView {
 }
 
 impl ArrayView {
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     /// Record `i`, after checking the crc of the chunk that holds it. `i` must be `< len()`.
     pub fn get(&self, i: u64) -> Result<&[u8]> {
         let spec = self.spec;
@@ -198,7 +194,8 @@ pub struct ArrayWriter {
 }
 
 impl ArrayWriter {
-    /// Opens the array the manifest describes, truncating bytes appended after that commit.
+    /// Opens the array the manifest describes; bytes appended after that commit are ignored
+    /// and dropped by the next append.
     pub fn open(dir: &Path, spec: &'static ArraySpec, state: ArrayState) -> Result<ArrayWriter> {
         let needed = state.len.div_ceil(spec.segment) as usize;
         if state.segments.len() != needed {
@@ -210,14 +207,12 @@ impl ArrayWriter {
             )));
         }
         let mut files = Vec::with_capacity(needed);
+        let mut copy_tail = false;
         for (n, &id) in state.segments.iter().enumerate() {
             let path = dir.join(spec.file_name(id));
             let records = (state.len - n as u64 * spec.segment).min(spec.segment);
             let want = spec.segment_bytes(records);
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
+            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
             let have = f.metadata().map_err(|e| Error::io(&path, e))?.len();
             if have < want {
                 return Err(Error::corrupt(
@@ -226,10 +221,12 @@ impl ArrayWriter {
                     format!("array file is shorter than the {want} bytes the manifest says"),
                 ));
             }
-            if have > want {
-                // Bytes appended by a commit that never reached the manifest.
-                f.set_len(want).map_err(|e| Error::io(&path, e))?;
-                f.sync_all().map_err(|e| Error::io(&path, e))?;
+            // Bytes past `want` were appended by a commit that never reached the manifest.
+            // They are never read; rather than truncating a file that a snapshot of an earlier
+            // `Store` in this process may still map, the next append copies the kept prefix
+            // into a fresh segment (as after a rollback).
+            if have > want && records % spec.segment != 0 {
+                copy_tail = true;
             }
             files.push(Arc::new(SegmentFile {
                 path,
@@ -248,7 +245,7 @@ impl ArrayWriter {
             state,
             files,
             pending: Vec::new(),
-            copy_tail: false,
+            copy_tail,
             dropped: Vec::new(),
         };
         writer.view = writer.build_view(&writer.view.clone())?;
@@ -278,22 +275,6 @@ impl ArrayWriter {
         self.pending.extend_from_slice(record);
     }
 
-    /// Drops the last `n` uncommitted records (undoing a failed `apply_block`).
-    pub fn pop_pending(&mut self, n: usize) {
-        let keep = self.pending.len() - n * self.spec.width;
-        self.pending.truncate(keep);
-    }
-
-    /// Record `i`, committed or pending.
-    pub fn get(&self, i: u64) -> Result<&[u8]> {
-        if i < self.state.len {
-            self.view.get(i)
-        } else {
-            let at = (i - self.state.len) as usize * self.spec.width;
-            Ok(&self.pending[at..at + self.spec.width])
-        }
-    }
-
     /// Cuts the committed array to `len` records (rollback; nothing may be pending). Durable at
     /// the next commit, which publishes it.
     pub fn truncate(&mut self, len: u64) -> Result<()> {
@@ -315,7 +296,10 @@ impl ArrayWriter {
             self.dropped.push(file);
         }
         self.state.segments.truncate(keep);
-        if len % spec.segment != 0 && len < self.state.len {
+        if len % spec.segment == 0 {
+            // The kept segments are full; the next append starts a new file.
+            self.copy_tail = false;
+        } else if len < self.state.len {
             self.copy_tail = true;
         }
         self.state.len = len;
@@ -485,7 +469,6 @@ mod tests {
             for i in start..start + batch {
                 w.push(&rec(i));
             }
-            assert_eq!(w.get(start as u64).unwrap(), rec(start));
             commit(&mut w, &mut next);
             for i in 0..w.len() {
                 assert_eq!(w.view().get(i).unwrap(), rec(i as u32));
@@ -494,16 +477,21 @@ mod tests {
         let state = w.state().clone();
         assert_eq!(state.len, 27);
         assert_eq!(state.segments.len(), 3);
-        // Bytes appended after the commit are cut off at open.
+        // Bytes appended after the commit are ignored at open, and replaced by the next append.
         w.push(&rec(27));
         let mut alloc = || 99;
         w.write_pending(&mut alloc).unwrap();
         drop(w);
-        let w = ArrayWriter::open(dir.path(), &SMALL, state).unwrap();
+        let mut w = ArrayWriter::open(dir.path(), &SMALL, state).unwrap();
         assert_eq!(w.len(), 27);
+        let old = w.view().clone();
+        w.push(&rec(1027));
+        commit(&mut w, &mut next);
         for i in 0..27 {
+            assert_eq!(old.get(i).unwrap(), rec(i as u32));
             assert_eq!(w.view().get(i).unwrap(), rec(i as u32));
         }
+        assert_eq!(w.view().get(27).unwrap(), rec(1027));
     }
 
     #[test]
@@ -518,7 +506,7 @@ mod tests {
         let old = w.view().clone();
         w.truncate(7).unwrap();
         commit(&mut w, &mut next);
-        assert_eq!(w.view().len(), 7);
+        assert_eq!(w.len(), 7);
         for i in 7..30 {
             w.push(&rec(1000 + i));
         }

@@ -94,7 +94,11 @@ impl Manifest {
         }
         let (payload, end) = decode_frame(data, MAGIC.len(), path)?;
         if end != data.len() {
-            return Err(Error::corrupt(path, end as u64, "trailing bytes after manifest"));
+            return Err(Error::corrupt(
+                path,
+                end as u64,
+                "trailing bytes after manifest",
+            ));
         }
         let mut c = Cursor::new(payload, path, MAGIC.len() as u64);
         if c.varint()? != VERSION {
@@ -247,9 +251,15 @@ mod tests {
             let mut bad = bytes.clone();
             bad[i] ^= 0x04;
             let err = Manifest::decode(&bad, path).unwrap_err().to_string();
-            assert!(err.starts_with("corrupt store file MANIFEST at offset "), "{err}");
+            assert!(
+                err.starts_with("corrupt store file MANIFEST at offset "),
+                "{err}"
+            );
             let err = Manifest::decode(&bytes[..i], path).unwrap_err().to_string();
-            assert!(err.starts_with("corrupt store file MANIFEST at offset "), "{err}");
+            assert!(
+                err.starts_with("corrupt store file MANIFEST at offset "),
+                "{err}"
+            );
         }
     }
 }

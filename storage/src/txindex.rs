@@ -376,10 +376,6 @@ impl TxIndexWriter {
         }
     }
 
-    pub fn run_count(&self) -> usize {
-        self.runs.len()
-    }
-
     pub fn add(&mut self, txid: Hash32, txnum: u64) {
         self.pending.insert(txid, txnum);
     }
@@ -559,10 +555,14 @@ mod tests {
         };
         check(&w.view(), n);
         w.truncate(5200);
-        assert_eq!(w.run_count(), 4, "the run starting past the cut is dropped");
+        assert_eq!(
+            w.state().len(),
+            4,
+            "the run starting past the cut is dropped"
+        );
         assert!(lookup(&w.view(), 5250).is_empty());
         assert!(w.compact(&mut alloc, 1 << 20).unwrap());
-        assert_eq!(w.run_count(), 2);
+        assert_eq!(w.state().len(), 2);
         assert!(!w.compact(&mut alloc, 1 << 20).unwrap());
         w.committed();
         check(&w.view(), 5200);

@@ -203,7 +203,10 @@ impl UndoLog {
                 return Err(Error::corrupt(
                     path,
                     offset as u64,
-                    format!("undo record for block {} where {expect} belongs", undo.height),
+                    format!(
+                        "undo record for block {} where {expect} belongs",
+                        undo.height
+                    ),
                 ));
             }
             if undo.height == height {
@@ -266,7 +269,11 @@ mod tests {
         }
         log.flush(&mut alloc, Some(9)).unwrap();
         log.committed();
-        assert_eq!(log.first_height(), Some(3), "a file partly inside the horizon stays");
+        assert_eq!(
+            log.first_height(),
+            Some(3),
+            "a file partly inside the horizon stays"
+        );
         log.truncate(9);
         log.committed();
         let refs = log.refs();
@@ -293,7 +300,11 @@ mod tests {
         let log = UndoLog::open(dir.path(), 5, &log.refs()).unwrap();
         assert_eq!(log.read(0).unwrap(), undo(0));
         let err = log.read(1).unwrap_err().to_string();
-        let want = format!("corrupt store file {} at offset {}: ", path.display(), bytes.len() / 2);
+        let want = format!(
+            "corrupt store file {} at offset {}: ",
+            path.display(),
+            bytes.len() / 2
+        );
         assert!(err.starts_with(&want), "{err}");
     }
 }

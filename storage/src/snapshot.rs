@@ -1,0 +1,186 @@
+//! Consistent read-only views of the committed store, and the handle other threads use to get
+//! the latest one. A snapshot holds `Arc`s to every file it reads, so compaction and rollback
+//! never pull bytes from under it; array segments are mapped up to the length of its commit.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::{Arc, RwLock};
+
+use crate::array::ArrayView;
+use crate::error::{Error, Result};
+use crate::history::HistoryView;
+use crate::txindex::TxIndexView;
+use crate::utxo::{Utxo, UtxoView};
+use crate::{Hash32, HashX};
+
+pub(crate) struct SnapshotParts {
+    pub blocks: u64,
+    pub tx_count: u64,
+    pub headers: ArrayView,
+    pub counts: ArrayView,
+    pub txhashes: ArrayView,
+    pub txindex: TxIndexView,
+    pub utxo: UtxoView,
+    pub history: HistoryView,
+    pub meta: Arc<BTreeMap<String, Vec<u8>>>,
+}
+
+/// An immutable view of one commit. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct Snapshot(Arc<SnapshotParts>);
+
+impl Snapshot {
+    pub(crate) fn new(parts: SnapshotParts) -> Snapshot {
+        Snapshot(Arc::new(parts))
+    }
+
+    /// Height of the last block (None = empty store).
+    pub fn height(&self) -> Option<u32> {
+        self.0.blocks.checked_sub(1).map(|h| h as u32)
+    }
+
+    pub fn tx_count(&self) -> u64 {
+        self.0.tx_count
+    }
+
+    fn check_height(&self, height: u32) -> Result<()> {
+        if u64::from(height) < self.0.blocks {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "no block at height {height}: the store holds {} blocks",
+                self.0.blocks
+            )))
+        }
+    }
+
+    fn check_txnum(&self, txnum: u64) -> Result<()> {
+        if txnum < self.0.tx_count {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "no transaction number {txnum}: the store holds {}",
+                self.0.tx_count
+            )))
+        }
+    }
+
+    pub fn header(&self, height: u32) -> Result<[u8; 80]> {
+        self.check_height(height)?;
+        let h = self.0.headers.get(u64::from(height))?;
+        Ok(h.try_into().expect("80-byte records"))
+    }
+
+    /// Tx count after block `height` (cumulative).
+    fn count(&self, height: u64) -> Result<u64> {
+        let c = self.0.counts.get(height)?;
+        Ok(u64::from_le_bytes(c.try_into().expect("8-byte records")))
+    }
+
+    /// Tx numbers of the block at `height`.
+    pub fn block_txs(&self, height: u32) -> Result<Range<u64>> {
+        self.check_height(height)?;
+        let start = match height {
+            0 => 0,
+            h => self.count(u64::from(h) - 1)?,
+        };
+        let end = self.count(u64::from(height))?;
+        if start > end || end > self.0.tx_count {
+            return Err(Error::Invalid(format!(
+                "tx counts out of order at block {height}"
+            )));
+        }
+        Ok(start..end)
+    }
+
+    pub fn txid(&self, txnum: u64) -> Result<Hash32> {
+        self.check_txnum(txnum)?;
+        Ok(self
+            .0
+            .txhashes
+            .get(txnum)?
+            .try_into()
+            .expect("32-byte records"))
+    }
+
+    /// Height of the block holding tx `txnum`: binary search on the cumulative counts.
+    pub fn tx_height(&self, txnum: u64) -> Result<u32> {
+        self.check_txnum(txnum)?;
+        let (mut lo, mut hi) = (0u64, self.0.blocks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.count(mid)? > txnum {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        if lo == self.0.blocks {
+            return Err(Error::Invalid(format!(
+                "tx counts end below transaction {txnum}"
+            )));
+        }
+        Ok(lo as u32)
+    }
+
+    /// Tx number of `txid` (the latest, should a txid repeat).
+    pub fn find_tx(&self, txid: &Hash32) -> Result<Option<u64>> {
+        find_committed(&self.0.txindex, &self.0.txhashes, self.0.tx_count, txid)
+    }
+
+    pub fn history(&self, hashx: &HashX) -> Result<Vec<u64>> {
+        self.0.history.get(hashx)
+    }
+
+    pub fn utxos(&self, hashx: &HashX) -> Result<Vec<Utxo>> {
+        self.0.utxo.list(hashx)
+    }
+
+    pub fn utxo(&self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
+        self.0.utxo.get(txnum, vout)
+    }
+
+    pub fn meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.meta.get(key).cloned()
+    }
+
+    /// Every unspent output, by (key, tx number, vout).
+    pub fn for_each_utxo(&self, mut f: impl FnMut(&HashX, &Utxo)) -> Result<()> {
+        self.0.utxo.for_each(&mut f)
+    }
+
+    /// Every key's history, by key.
+    pub fn for_each_history(&self, mut f: impl FnMut(&HashX, &[u64])) -> Result<()> {
+        self.0.history.for_each(&mut f)
+    }
+}
+
+/// Looks `txid` up in committed index runs, verifying candidates against the hash array.
+pub(crate) fn find_committed(
+    index: &TxIndexView,
+    hashes: &ArrayView,
+    tx_count: u64,
+    txid: &Hash32,
+) -> Result<Option<u64>> {
+    let mut best = None;
+    for txnum in index.candidates(txid)? {
+        if txnum < tx_count && hashes.get(txnum)? == txid && best < Some(txnum) {
+            best = Some(txnum);
+        }
+    }
+    Ok(best)
+}
+
+/// A cheap handle other threads keep to get the latest committed snapshot.
+#[derive(Clone)]
+pub struct Reader(pub(crate) Arc<RwLock<Snapshot>>);
+
+impl Reader {
+    pub fn snapshot(&self) -> Snapshot {
+        // A poisoned lock still holds a complete snapshot: publishing is one assignment.
+        match self.0.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}

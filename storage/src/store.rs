@@ -1,0 +1,444 @@
+//! The single writer: applies blocks to in-memory buffers, commits them atomically, rolls
+//! back through undo records, compacts, and publishes snapshots to readers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::array::{ArrayWriter, COUNTS, HEADERS, TXHASHES};
+use crate::block::BlockData;
+use crate::error::{Error, Result};
+use crate::file::sync_dir;
+use crate::history::HistorySet;
+use crate::manifest::{Manifest, MANIFEST};
+use crate::options::Options;
+use crate::snapshot::{Reader, Snapshot, SnapshotParts};
+use crate::txindex::TxIndexWriter;
+use crate::undo::{BlockUndo, UndoLog};
+use crate::utxo::UtxoSet;
+use crate::{Hash32, HashX};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub struct Store {
+    dir: PathBuf,
+    opts: Options,
+    next_id: u64,
+    tx_count: u64,
+    headers: ArrayWriter,
+    counts: ArrayWriter,
+    txhashes: ArrayWriter,
+    txindex: TxIndexWriter,
+    undo: UndoLog,
+    utxo: UtxoSet,
+    history: HistorySet,
+    meta: BTreeMap<String, Vec<u8>>,
+    /// Something changed since the last commit.
+    dirty: bool,
+    /// A write failed half-way; only reopening (recovery) makes the store usable again.
+    failed: bool,
+    latest: Snapshot,
+    published: Arc<RwLock<Snapshot>>,
+}
+
+impl Store {
+    /// Opens the store in `dir` (created if missing), recovering to the last committed
+    /// manifest: array bytes past it are truncated and files it does not name are deleted.
+    pub fn open(dir: &Path, opts: Options) -> Result<Store> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let m = Manifest::read(dir)?.unwrap_or_default();
+        let headers = ArrayWriter::open(dir, &HEADERS, m.headers)?;
+        let counts = ArrayWriter::open(dir, &COUNTS, m.counts)?;
+        let txhashes = ArrayWriter::open(dir, &TXHASHES, m.txhashes)?;
+        let txindex = TxIndexWriter::open(dir, &m.txindex)?;
+        let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo)?;
+        let utxo = UtxoSet::open(dir, &m.utxo)?;
+        let history = HistorySet::open(dir, &m.history)?;
+        let blocks = headers.len();
+        if blocks > 0 {
+            let last = counts.view().get(blocks - 1)?;
+            if u64::from_le_bytes(last.try_into().expect("8 bytes")) != m.tx_count {
+                return Err(Error::corrupt(
+                    dir.join(MANIFEST),
+                    0,
+                    "tx count disagrees with the count array",
+                ));
+            }
+        }
+        let latest = Snapshot::new(SnapshotParts {
+            blocks,
+            tx_count: m.tx_count,
+            headers: headers.view().clone(),
+            counts: counts.view().clone(),
+            txhashes: txhashes.view().clone(),
+            txindex: txindex.view(),
+            utxo: utxo.view(),
+            history: history.view(),
+            meta: Arc::new(m.meta.clone()),
+        });
+        let store = Store {
+            dir: dir.to_path_buf(),
+            opts,
+            next_id: m.next_id,
+            tx_count: m.tx_count,
+            headers,
+            counts,
+            txhashes,
+            txindex,
+            undo,
+            utxo,
+            history,
+            meta: m.meta,
+            dirty: false,
+            failed: false,
+            published: Arc::new(RwLock::new(latest.clone())),
+            latest,
+        };
+        store.remove_unreferenced()?;
+        Ok(store)
+    }
+
+    /// Deletes crash leftovers: every file in the directory no part of the manifest names.
+    fn remove_unreferenced(&self) -> Result<()> {
+        let mut keep: HashSet<String> = [MANIFEST.to_string()].into();
+        keep.extend(self.headers.file_names());
+        keep.extend(self.counts.file_names());
+        keep.extend(self.txhashes.file_names());
+        keep.extend(self.txindex.file_names());
+        keep.extend(self.undo.file_names());
+        keep.extend(self.utxo.file_names());
+        keep.extend(self.history.file_names());
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let mut removed = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let is_file = entry
+                .file_type()
+                .map_err(|e| Error::io(entry.path(), e))?
+                .is_file();
+            let name = entry.file_name();
+            let referenced = name.to_str().is_some_and(|n| keep.contains(n));
+            if is_file && !referenced {
+                fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Height of the last applied block, committed or not (None = empty).
+    pub fn height(&self) -> Option<u32> {
+        self.headers.len().checked_sub(1).map(|h| h as u32)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Invalid(
+                "store is unusable after a failed write: reopen it to recover the last commit"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a step that may leave buffers half-changed if it fails; a failure poisons the
+    /// store until it is reopened.
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Store) -> Result<T>) -> Result<T> {
+        self.check_usable()?;
+        let result = step(self);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Tx number of `txid` among committed and uncommitted transactions.
+    fn find_txnum(&self, txid: &Hash32) -> Result<Option<u64>> {
+        if let Some(n) = self.txindex.find_pending(txid) {
+            return Ok(Some(n));
+        }
+        self.latest.find_tx(txid)
+    }
+
+    /// Buffers one block at `height() + 1`. An invalid spend is `Error::Invalid` and leaves the
+    /// store as it was.
+    pub fn apply_block(&mut self, block: &BlockData) -> Result<()> {
+        self.check_usable()?;
+        let height = u32::try_from(self.headers.len())
+            .map_err(|_| Error::Invalid("block height out of range".into()))?;
+        let first = self.tx_count;
+        // Resolve every spend before changing anything.
+        let mut local_txids: HashMap<Hash32, u64> = HashMap::new();
+        let mut created: HashMap<(u64, u32), (HashX, u64)> = HashMap::new();
+        let mut spent_here: HashSet<(u64, u32)> = HashSet::new();
+        let mut spent = Vec::new();
+        for (i, tx) in block.txs.iter().enumerate() {
+            let txnum = first + i as u64;
+            for &(prev, vout) in &tx.spends {
+                let missing = || {
+                    Error::Invalid(format!(
+                        "block {height} tx {} spends missing output {}:{vout}",
+                        hex(&tx.txid),
+                        hex(&prev)
+                    ))
+                };
+                let prev_num = match local_txids.get(&prev) {
+                    Some(&n) => n,
+                    None => self.find_txnum(&prev)?.ok_or_else(missing)?,
+                };
+                let outpoint = (prev_num, vout);
+                if !spent_here.insert(outpoint) {
+                    return Err(missing());
+                }
+                let (hashx, value) = match created.get(&outpoint) {
+                    Some(&out) => out,
+                    None => self.utxo.get(prev_num, vout)?.ok_or_else(missing)?,
+                };
+                spent.push((hashx, prev_num, vout, value));
+            }
+            local_txids.insert(tx.txid, txnum);
+            for (vout, out) in tx.outputs.iter().enumerate() {
+                if let Some(out) = out {
+                    let vout = u32::try_from(vout)
+                        .map_err(|_| Error::Invalid("output index out of range".into()))?;
+                    created.insert((txnum, vout), *out);
+                }
+            }
+        }
+        self.guarded(|s| s.apply_resolved(block, height, spent))
+    }
+
+    /// Second half of `apply_block`: every spend is known to be valid.
+    fn apply_resolved(
+        &mut self,
+        block: &BlockData,
+        height: u32,
+        spent: Vec<(HashX, u64, u32, u64)>,
+    ) -> Result<()> {
+        let first = self.tx_count;
+        let mut undo = BlockUndo {
+            height,
+            first_txnum: first,
+            created: Vec::new(),
+            spent,
+        };
+        let mut next_spend = 0;
+        let mut touched: Vec<HashX> = Vec::new();
+        for (i, tx) in block.txs.iter().enumerate() {
+            let txnum = first + i as u64;
+            touched.clear();
+            for _ in &tx.spends {
+                let (hashx, prev, vout, _) = undo.spent[next_spend];
+                next_spend += 1;
+                if self.utxo.spend(prev, vout)?.is_none() {
+                    return Err(Error::Invalid(format!(
+                        "UTXO {prev}:{vout} vanished while applying block {height}"
+                    )));
+                }
+                touched.push(hashx);
+            }
+            for (vout, out) in tx.outputs.iter().enumerate() {
+                if let Some((hashx, value)) = *out {
+                    self.utxo.add(hashx, txnum, vout as u32, value);
+                    undo.created.push((txnum, vout as u32));
+                    touched.push(hashx);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for hashx in &touched {
+                self.history.append(*hashx, txnum);
+            }
+            self.txhashes.push(&tx.txid);
+            self.txindex.add(tx.txid, txnum);
+        }
+        self.tx_count = first + block.txs.len() as u64;
+        self.headers.push(&block.header);
+        self.counts.push(&self.tx_count.to_le_bytes());
+        self.undo.push(&undo);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Memory held by uncommitted work, in bytes.
+    pub fn pending_bytes(&self) -> usize {
+        self.headers.pending_bytes()
+            + self.counts.pending_bytes()
+            + self.txhashes.pending_bytes()
+            + self.txindex.pending_bytes()
+            + self.undo.pending_bytes()
+            + self.utxo.buffer_bytes()
+            + self.history.buffer_bytes()
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &[u8]) {
+        self.meta.insert(key.to_string(), value.to_vec());
+        self.dirty = true;
+    }
+
+    /// Makes every applied block durable atomically and publishes a new snapshot.
+    pub fn commit(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if !self.dirty {
+            return Ok(());
+        }
+        self.guarded(Store::write_commit)
+    }
+
+    fn write_commit(&mut self) -> Result<()> {
+        let mut next = self.next_id;
+        let mut alloc = || {
+            next += 1;
+            next - 1
+        };
+        // Data first, each file fsynced as it is written...
+        self.headers.write_pending(&mut alloc)?;
+        self.counts.write_pending(&mut alloc)?;
+        self.txhashes.write_pending(&mut alloc)?;
+        self.txindex.flush(&mut alloc)?;
+        self.undo.flush(&mut alloc, self.height())?;
+        self.utxo.flush(&mut alloc)?;
+        self.history.flush(&mut alloc)?;
+        // ...their directory entries durable before the manifest can name them...
+        sync_dir(&self.dir)?;
+        let manifest = Manifest {
+            next_id: next,
+            tx_count: self.tx_count,
+            headers: self.headers.state().clone(),
+            counts: self.counts.state().clone(),
+            txhashes: self.txhashes.state().clone(),
+            txindex: self.txindex.state(),
+            undo: self.undo.refs(),
+            utxo: self.utxo.state(),
+            history: self.history.state(),
+            meta: self.meta.clone(),
+        };
+        // ...then the manifest (tmp, fsync, rename, directory fsync): the commit point.
+        manifest.write(&self.dir)?;
+        self.next_id = next;
+        self.headers.committed()?;
+        self.counts.committed()?;
+        self.txhashes.committed()?;
+        self.txindex.committed();
+        self.undo.committed();
+        self.utxo.committed();
+        self.history.committed();
+        self.latest = Snapshot::new(SnapshotParts {
+            blocks: self.headers.len(),
+            tx_count: self.tx_count,
+            headers: self.headers.view().clone(),
+            counts: self.counts.view().clone(),
+            txhashes: self.txhashes.view().clone(),
+            txindex: self.txindex.view(),
+            utxo: self.utxo.view(),
+            history: self.history.view(),
+            meta: Arc::new(self.meta.clone()),
+        });
+        match self.published.write() {
+            Ok(mut s) => *s = self.latest.clone(),
+            Err(poisoned) => *poisoned.into_inner() = self.latest.clone(),
+        }
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Undoes the last `n` blocks (committing pending work first) and commits the result.
+    pub fn rollback(&mut self, n: u32) -> Result<()> {
+        self.commit()?;
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = self.headers.len();
+        let covered = self
+            .undo
+            .first_height()
+            .map_or(0, |first| blocks.saturating_sub(u64::from(first)))
+            .min(u64::from(self.undo.keep()));
+        if u64::from(n) > covered {
+            return Err(Error::Invalid(format!(
+                "cannot roll back {n} blocks: undo records cover only the last {covered}"
+            )));
+        }
+        self.guarded(|s| s.undo_blocks(blocks - u64::from(n)))?;
+        self.commit()
+    }
+
+    /// Rolls the buffers back to the first `keep` blocks using the undo records.
+    fn undo_blocks(&mut self, keep: u64) -> Result<()> {
+        let mut new_tx_count = self.tx_count;
+        for height in (keep..self.headers.len()).rev() {
+            let undo = self.undo.read(height as u32)?;
+            for &(txnum, vout) in &undo.created {
+                self.utxo.spend(txnum, vout)?;
+            }
+            for &(hashx, txnum, vout, value) in &undo.spent {
+                // Outputs created by this same block are gone with it.
+                if txnum < undo.first_txnum {
+                    self.utxo.add(hashx, txnum, vout, value);
+                }
+            }
+            new_tx_count = undo.first_txnum;
+        }
+        let expected = match keep {
+            0 => 0,
+            k => {
+                let c = self.counts.view().get(k - 1)?;
+                u64::from_le_bytes(c.try_into().expect("8 bytes"))
+            }
+        };
+        if expected != new_tx_count {
+            return Err(Error::Invalid(format!(
+                "undo records disagree with the tx count array at block {keep}"
+            )));
+        }
+        self.history.truncate(new_tx_count);
+        self.txindex.truncate(new_tx_count);
+        self.undo.truncate(keep as u32);
+        self.headers.truncate(keep)?;
+        self.counts.truncate(keep)?;
+        self.txhashes.truncate(new_tx_count)?;
+        self.tx_count = new_tx_count;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Merges UTXO runs, history segments and txid index runs per their policies, with
+    /// bounded memory, and commits. Returns whether any merge happened.
+    pub fn compact(&mut self) -> Result<bool> {
+        self.check_usable()?;
+        let did = self.guarded(|s| {
+            let memory = s.opts.compaction_memory;
+            let mut next = s.next_id;
+            let mut alloc = || {
+                next += 1;
+                next - 1
+            };
+            let a = s.utxo.compact(&mut alloc, memory)?;
+            let b = s.history.compact(&mut alloc, memory)?;
+            let c = s.txindex.compact(&mut alloc, memory)?;
+            s.next_id = next;
+            Ok(a || b || c)
+        })?;
+        if did {
+            self.dirty = true;
+        }
+        self.commit()?;
+        Ok(did)
+    }
+
+    /// A cheap, clonable handle for other threads; it always yields the latest commit.
+    pub fn reader(&self) -> Reader {
+        Reader(Arc::clone(&self.published))
+    }
+
+    /// The latest committed state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.latest.clone()
+    }
+}
