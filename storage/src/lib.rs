@@ -7,6 +7,7 @@ mod decode;
 pub mod error;
 pub mod file;
 pub mod frame;
+pub mod history;
 mod txindex;
 pub mod utxo;
 pub mod varint;

@@ -1,0 +1,292 @@
+//! Script histories: immutable segments (one per flush, merged size-tiered) mapping a script
+//! key to ascending tx numbers, plus an in-memory buffer. Rollback records a cut per segment.
+//! Format and policy: docs/STORAGE-utxo-history.md.
+
+mod segment;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::utxo::sorted_file::pick_merge;
+use crate::varint;
+use crate::HashX;
+use segment::{Segment, SegmentCursor, SegmentWriter};
+
+const STATE_VERSION: u8 = 1;
+
+/// Script keys are hash prefixes already: their first 8 bytes are a good hash.
+#[derive(Default)]
+struct HashxHasher(u64);
+
+impl Hasher for HashxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(17) ^ u64::from_le_bytes(b);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {} // the slice length, always HASHX_LEN
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Buffer = HashMap<HashX, Vec<u64>, BuildHasherDefault<HashxHasher>>;
+
+/// A segment with the rollback cut that applies to it: entries >= cut are gone.
+#[derive(Clone)]
+struct SegRef {
+    seg: Arc<Segment>,
+    cut: Option<u64>,
+}
+
+/// The writer side: segments (oldest first) plus the buffer of appended entries.
+pub struct HistorySet {
+    dir: PathBuf,
+    segs: Vec<SegRef>,
+    buffer: Buffer,
+    buffer_nums: usize, // capacity of all buffered vectors, in numbers
+    /// Segments replaced or emptied, still named by the last committed manifest.
+    pending_obsolete: Vec<Arc<Segment>>,
+}
+
+/// A consistent set of segments for readers. Holding it keeps the files alive.
+#[derive(Clone)]
+pub struct HistoryView {
+    segs: Arc<[SegRef]>,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("hist-{id}.seg")
+}
+
+impl HistorySet {
+    /// Opens the segments named by `state` (from a previous `state()`); empty = new set.
+    pub fn open(dir: &Path, state: &[u8]) -> Result<HistorySet> {
+        let mut segs = Vec::new();
+        if !state.is_empty() {
+            let bad = || Error::Invalid("history state is malformed".into());
+            if state[0] != STATE_VERSION {
+                return Err(Error::Invalid(format!(
+                    "history state version {} is not supported",
+                    state[0]
+                )));
+            }
+            let mut pos = 1;
+            let n = varint::get(state, &mut pos).ok_or_else(bad)?;
+            for _ in 0..n {
+                let id = varint::get(state, &mut pos).ok_or_else(bad)?;
+                let cut = varint::get(state, &mut pos).ok_or_else(bad)?;
+                let seg = Segment::open(&dir.join(segment_name(id)), id)?;
+                segs.push(SegRef {
+                    seg: Arc::new(seg),
+                    cut: cut.checked_sub(1),
+                });
+            }
+            if pos != state.len() {
+                return Err(bad());
+            }
+        }
+        Ok(HistorySet {
+            dir: dir.to_path_buf(),
+            segs,
+            buffer: Buffer::default(),
+            buffer_nums: 0,
+            pending_obsolete: Vec::new(),
+        })
+    }
+
+    /// Records that tx `txnum` touches `hashx`. Numbers normally arrive ascending; a repeat
+    /// is ignored and an out-of-order one is put in its place.
+    pub fn append(&mut self, hashx: HashX, txnum: u64) {
+        let nums = self.buffer.entry(hashx).or_default();
+        let cap = nums.capacity();
+        match nums.last() {
+            Some(&last) if last == txnum => return,
+            Some(&last) if last > txnum => {
+                if let Err(at) = nums.binary_search(&txnum) {
+                    nums.insert(at, txnum);
+                }
+            }
+            _ => nums.push(txnum),
+        }
+        self.buffer_nums += nums.capacity() - cap;
+    }
+
+    /// Forgets every entry with txnum >= `from`: buffered ones now, flushed ones through a
+    /// cut on each existing segment (segments written later are not affected).
+    pub fn truncate(&mut self, from: u64) {
+        self.buffer.retain(|_, nums| {
+            nums.truncate(nums.partition_point(|&t| t < from));
+            !nums.is_empty()
+        });
+        let mut kept = Vec::with_capacity(self.segs.len());
+        for mut s in self.segs.drain(..) {
+            let (min, max) = s.seg.range();
+            if min >= from {
+                self.pending_obsolete.push(s.seg); // nothing left visible
+                continue;
+            }
+            if max >= from {
+                s.cut = Some(s.cut.map_or(from, |c| c.min(from)));
+            }
+            kept.push(s);
+        }
+        self.segs = kept;
+    }
+
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer.capacity() * (size_of::<(HashX, Vec<u64>)>() + 1)
+            + self.buffer_nums * size_of::<u64>()
+    }
+
+    /// Writes the buffer as a new segment (fsynced) and empties it.
+    pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<&HashX> = self.buffer.keys().collect();
+        keys.sort_unstable();
+        let id = alloc_id();
+        let path = self.dir.join(segment_name(id));
+        let mut writer = SegmentWriter::create(&path)?;
+        for hashx in keys {
+            for &t in &self.buffer[hashx] {
+                writer.push(hashx, t)?;
+            }
+        }
+        if writer.finish()? {
+            self.segs.push(SegRef {
+                seg: Arc::new(Segment::open(&path, id)?),
+                cut: None,
+            });
+        }
+        self.buffer = Buffer::default();
+        self.buffer_nums = 0;
+        Ok(())
+    }
+
+    /// Merges segments per the size-tiered policy, folding their cuts in. A merge streams
+    /// one block per input segment, so `memory` is not needed beyond that.
+    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, _memory: usize) -> Result<bool> {
+        let mut worked = false;
+        loop {
+            let sizes: Vec<u64> = self.segs.iter().map(|s| s.seg.size()).collect();
+            let Some(range) = pick_merge(&sizes) else {
+                return Ok(worked);
+            };
+            self.merge_range(range, alloc_id)?;
+            worked = true;
+        }
+    }
+
+    fn merge_range(
+        &mut self,
+        range: Range<usize>,
+        alloc_id: &mut dyn FnMut() -> u64,
+    ) -> Result<()> {
+        let id = alloc_id();
+        let path = self.dir.join(segment_name(id));
+        let mut writer = SegmentWriter::create(&path)?;
+        let cursors = self.segs[range.clone()]
+            .iter()
+            .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
+            .collect();
+        segment::merge(cursors, &mut |h, t| writer.push(h, t))?;
+        let merged = if writer.finish()? {
+            vec![SegRef {
+                seg: Arc::new(Segment::open(&path, id)?),
+                cut: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        let old = self.segs.splice(range, merged);
+        self.pending_obsolete.extend(old.map(|s| s.seg));
+        Ok(())
+    }
+
+    /// Segment ids and cuts, for the manifest.
+    pub fn state(&self) -> Vec<u8> {
+        let mut out = vec![STATE_VERSION];
+        varint::put(&mut out, self.segs.len() as u64);
+        for s in &self.segs {
+            varint::put(&mut out, s.seg.id());
+            varint::put(&mut out, s.cut.map_or(0, |c| c + 1));
+        }
+        out
+    }
+
+    /// The manifest holding `state()` is durable: files it no longer names go away once
+    /// their last reader lets go.
+    pub fn committed(&mut self) {
+        for s in self.pending_obsolete.drain(..) {
+            s.file().mark_obsolete();
+        }
+    }
+
+    pub fn file_names(&self) -> Vec<String> {
+        self.segs.iter().map(|s| segment_name(s.seg.id())).collect()
+    }
+
+    /// The current segments (not the buffer) as a read-only view.
+    pub fn view(&self) -> HistoryView {
+        HistoryView {
+            segs: self.segs.clone().into(),
+        }
+    }
+}
+
+impl HistoryView {
+    /// Tx numbers touching `hashx`, ascending.
+    pub fn get(&self, hashx: &HashX) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for s in self.segs.iter() {
+            s.seg.get(hashx, s.cut, &mut out)?;
+        }
+        // Segments normally hold increasing numbers; after a rollback (or a caller that
+        // appended out of order across flushes) restore the order.
+        if !out.windows(2).all(|w| w[0] < w[1]) {
+            out.sort_unstable();
+            out.dedup();
+        }
+        Ok(out)
+    }
+
+    /// Every script key with its history, in key order, streaming one block per segment.
+    pub fn for_each(&self, f: &mut dyn FnMut(&HashX, &[u64])) -> Result<()> {
+        let cursors = self
+            .segs
+            .iter()
+            .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
+            .collect();
+        let mut current: Option<HashX> = None;
+        let mut nums = Vec::new();
+        segment::merge(cursors, &mut |h, t| {
+            if current != Some(*h) {
+                if let Some(prev) = current {
+                    f(&prev, &nums);
+                }
+                current = Some(*h);
+                nums.clear();
+            }
+            nums.push(t);
+            Ok(())
+        })?;
+        if let Some(prev) = current {
+            f(&prev, &nums);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

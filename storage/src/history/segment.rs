@@ -1,0 +1,406 @@
+//! One immutable history segment file: zstd-compressed blocks of (script key -> ascending tx
+//! numbers, delta + varint coded), a sparse index of each block's first key, and a
+//! checksummed footer. The layout is specified in docs/STORAGE-utxo-history.md.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::file::ImmutableFile;
+use crate::utxo::sorted_file::{
+    decode_footer, encode_block, encode_footer, footer_len, le_u64, partition, read_block,
+    FileWriter,
+};
+use crate::varint;
+use crate::{HashX, HASHX_LEN};
+
+const MAGIC: &[u8; 8] = b"FRMHIST1";
+const FOOTER_FIELDS: usize = 4; // entries, min txnum, max txnum, index offset
+
+/// Target raw body size of a block: big enough for zstd to find the deltas' patterns, small
+/// enough that looking up a short history decompresses little.
+const BLOCK: usize = 16 << 10;
+
+const ENTRY: usize = HASHX_LEN + 8; // first hashx of the block ++ block offset LE
+
+/// A block decoded into group pieces: (script key, range in `txnums`).
+#[derive(Default)]
+struct Block {
+    groups: Vec<(HashX, usize, usize)>,
+    txnums: Vec<u64>,
+}
+
+/// Decodes a block body, checking keys ascend and each group's numbers strictly ascend.
+fn decode_block(body: &[u8], path: &Path, offset: usize, out: &mut Block) -> Result<()> {
+    let corrupt = |reason: &str| Error::corrupt(path, offset as u64, reason);
+    out.groups.clear();
+    out.txnums.clear();
+    let mut pos = 0;
+    while pos < body.len() {
+        let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad group header"))?;
+        let (count, shared) = (tag >> 4, (tag & 15) as usize);
+        let prev = out.groups.last().map(|g| g.0);
+        if count == 0 || shared >= HASHX_LEN || (prev.is_none() && shared > 0) {
+            return Err(corrupt("bad group header"));
+        }
+        // Each number takes at least one byte: a count beyond the bytes left is corrupt, and
+        // checking it first bounds the work a bad count can cause.
+        if count > (body.len() - pos) as u64 {
+            return Err(corrupt("group count out of range"));
+        }
+        let mut hashx = prev.unwrap_or_default();
+        let suffix = body
+            .get(pos..pos + HASHX_LEN - shared)
+            .ok_or_else(|| corrupt("truncated script key"))?;
+        hashx[shared..].copy_from_slice(suffix);
+        pos += HASHX_LEN - shared;
+        if prev.is_some_and(|p| p >= hashx) {
+            return Err(corrupt("script keys out of order"));
+        }
+        let start = out.txnums.len();
+        let mut txnum = 0u64;
+        for i in 0..count {
+            let n = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
+            txnum = if i == 0 {
+                n
+            } else if n == 0 {
+                return Err(corrupt("tx numbers out of order"));
+            } else {
+                txnum
+                    .checked_add(n)
+                    .ok_or_else(|| corrupt("tx number overflow"))?
+            };
+            out.txnums.push(txnum);
+        }
+        out.groups.push((hashx, start, out.txnums.len()));
+    }
+    Ok(())
+}
+
+/// An open segment, its footer and index validated.
+pub(crate) struct Segment {
+    file: ImmutableFile,
+    id: u64,
+    min: u64,
+    max: u64,
+    idx: usize,
+    nblocks: usize,
+    blocks_end: usize,
+}
+
+impl Segment {
+    pub fn open(path: &Path, id: u64) -> Result<Segment> {
+        let file = ImmutableFile::open(path)?;
+        let data = file.bytes();
+        let [entries, min, max, idx_off] = decode_footer::<FOOTER_FIELDS>(data, MAGIC, path)?;
+        let footer_at = data.len() - footer_len(FOOTER_FIELDS);
+        let bad_footer = |reason: &str| Error::corrupt(path, footer_at as u64, reason);
+        let idx_off = usize::try_from(idx_off)
+            .ok()
+            .filter(|&o| o <= footer_at)
+            .ok_or_else(|| bad_footer("index offset out of range"))?;
+        let (payload, next) = crate::frame::decode_frame(data, idx_off, path)?;
+        if next != footer_at || payload.len() % ENTRY != 0 {
+            return Err(Error::corrupt(path, idx_off as u64, "bad index length"));
+        }
+        let nblocks = payload.len() / ENTRY;
+        let seg = Segment {
+            file,
+            id,
+            min,
+            max,
+            idx: idx_off + 4,
+            nblocks,
+            blocks_end: idx_off,
+        };
+        if entries < seg.nblocks as u64 || (entries > 0 && min > max) {
+            return Err(bad_footer("counts disagree with index"));
+        }
+        let n = seg.nblocks;
+        let bad_index = || Error::corrupt(path, idx_off as u64, "index out of order");
+        if (n == 0) != (idx_off == 0) || (n > 0 && seg.offset(0) != 0) {
+            return Err(bad_index());
+        }
+        for i in 1..n {
+            if seg.first(i - 1) > seg.first(i) || seg.offset(i - 1) >= seg.offset(i) {
+                return Err(bad_index());
+            }
+        }
+        if n > 0 && seg.offset(n - 1) >= idx_off {
+            return Err(bad_index());
+        }
+        Ok(seg)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn file(&self) -> &ImmutableFile {
+        &self.file
+    }
+
+    pub fn size(&self) -> u64 {
+        self.file.bytes().len() as u64
+    }
+
+    /// Smallest and largest tx number held.
+    pub fn range(&self) -> (u64, u64) {
+        (self.min, self.max)
+    }
+
+    fn first(&self, i: usize) -> &[u8] {
+        let at = self.idx + i * ENTRY;
+        &self.file.bytes()[at..at + HASHX_LEN]
+    }
+
+    fn offset(&self, i: usize) -> usize {
+        le_u64(self.file.bytes(), self.idx + i * ENTRY + HASHX_LEN) as usize
+    }
+
+    fn block(&self, i: usize, out: &mut Block) -> Result<()> {
+        let off = self.offset(i);
+        let end = if i + 1 < self.nblocks {
+            self.offset(i + 1)
+        } else {
+            self.blocks_end
+        };
+        let body = read_block(self.file.bytes(), off, end, self.path())?;
+        decode_block(&body, self.path(), off, out)?;
+        match out.groups.first() {
+            Some(g) if g.0[..] == *self.first(i) => Ok(()),
+            _ => Err(Error::corrupt(
+                self.path(),
+                off as u64,
+                "block does not match index",
+            )),
+        }
+    }
+
+    /// Appends the tx numbers of `hashx` below `cut` to `out`, ascending. The entries of one
+    /// key are contiguous, so this reads consecutive blocks.
+    pub fn get(&self, hashx: &HashX, cut: Option<u64>, out: &mut Vec<u64>) -> Result<()> {
+        let start = partition(self.nblocks, |i| self.first(i) < &hashx[..]).saturating_sub(1);
+        let mut block = Block::default();
+        for i in start..self.nblocks {
+            if self.first(i) > &hashx[..] {
+                break;
+            }
+            self.block(i, &mut block)?;
+            for &(h, a, b) in &block.groups {
+                if h == *hashx {
+                    let nums = &block.txnums[a..b];
+                    let keep = cut.map_or(nums.len(), |c| nums.partition_point(|&t| t < c));
+                    out.extend_from_slice(&nums[..keep]);
+                } else if h > *hashx {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams a segment's (hashx, txnum) entries in order, below an optional cut, one block in
+/// memory at a time.
+pub(crate) struct SegmentCursor {
+    seg: Arc<Segment>,
+    cut: Option<u64>,
+    next_block: usize,
+    block: Block,
+    group: usize,
+    pos: usize,
+    last: Option<(HashX, u64)>,
+}
+
+impl SegmentCursor {
+    pub fn new(seg: Arc<Segment>, cut: Option<u64>) -> SegmentCursor {
+        SegmentCursor {
+            seg,
+            cut,
+            next_block: 0,
+            block: Block::default(),
+            group: 0,
+            pos: 0,
+            last: None,
+        }
+    }
+
+    pub fn peek(&mut self) -> Result<Option<(HashX, u64)>> {
+        loop {
+            if let Some(&(h, _, end)) = self.block.groups.get(self.group) {
+                if self.pos < end {
+                    let t = self.block.txnums[self.pos];
+                    if self.cut.is_none_or(|c| t < c) {
+                        return Ok(Some((h, t)));
+                    }
+                    self.pos = end; // the rest of this piece is cut too
+                }
+                self.group += 1;
+                if let Some(&(_, start, _)) = self.block.groups.get(self.group) {
+                    self.pos = start;
+                }
+                continue;
+            }
+            if self.next_block == self.seg.nblocks {
+                return Ok(None);
+            }
+            self.seg.block(self.next_block, &mut self.block)?;
+            let (h, start, _) = self.block.groups[0];
+            if self
+                .last
+                .is_some_and(|l| l >= (h, self.block.txnums[start]))
+            {
+                let off = self.seg.offset(self.next_block) as u64;
+                return Err(Error::corrupt(self.seg.path(), off, "blocks out of order"));
+            }
+            self.next_block += 1;
+            self.group = 0;
+            self.pos = start;
+        }
+    }
+
+    pub fn advance(&mut self) {
+        if let Some(&(h, _, end)) = self.block.groups.get(self.group) {
+            if self.pos < end {
+                self.last = Some((h, self.block.txnums[self.pos]));
+                self.pos += 1;
+            }
+        }
+    }
+}
+
+/// Merges cursors into one ascending, duplicate-free stream of (hashx, txnum).
+pub(crate) fn merge(
+    mut cursors: Vec<SegmentCursor>,
+    f: &mut dyn FnMut(&HashX, u64) -> Result<()>,
+) -> Result<()> {
+    let mut last: Option<(HashX, u64)> = None;
+    loop {
+        let mut best: Option<(usize, (HashX, u64))> = None;
+        for (i, c) in cursors.iter_mut().enumerate() {
+            if let Some(e) = c.peek()? {
+                if best.is_none_or(|(_, b)| e < b) {
+                    best = Some((i, e));
+                }
+            }
+        }
+        let Some((i, entry)) = best else {
+            return Ok(());
+        };
+        cursors[i].advance();
+        if last != Some(entry) {
+            f(&entry.0, entry.1)?;
+            last = Some(entry);
+        }
+    }
+}
+
+/// Writes a new segment from entries pushed in strictly ascending (hashx, txnum) order.
+pub(crate) struct SegmentWriter {
+    w: FileWriter,
+    body: Vec<u8>,
+    group: Vec<u8>,
+    group_hashx: Option<HashX>,
+    prev_hashx: Option<HashX>,
+    group_count: u64,
+    group_last: u64,
+    block_first: Option<HashX>,
+    index: Vec<u8>,
+    entries: u64,
+    min: u64,
+    max: u64,
+}
+
+impl SegmentWriter {
+    pub fn create(path: &Path) -> Result<SegmentWriter> {
+        Ok(SegmentWriter {
+            w: FileWriter::create(path)?,
+            body: Vec::with_capacity(BLOCK + 64),
+            group: Vec::new(),
+            group_hashx: None,
+            prev_hashx: None,
+            group_count: 0,
+            group_last: 0,
+            block_first: None,
+            index: Vec::new(),
+            entries: 0,
+            min: u64::MAX,
+            max: 0,
+        })
+    }
+
+    pub fn push(&mut self, hashx: &HashX, txnum: u64) -> Result<()> {
+        if self.group_hashx != Some(*hashx) {
+            self.close_group();
+            self.group_hashx = Some(*hashx);
+        }
+        if self.block_first.is_none() {
+            self.block_first = Some(*hashx);
+        }
+        let delta = if self.group_count == 0 {
+            txnum
+        } else {
+            txnum - self.group_last
+        };
+        varint::put(&mut self.group, delta);
+        self.group_count += 1;
+        self.group_last = txnum;
+        self.entries += 1;
+        self.min = self.min.min(txnum);
+        self.max = self.max.max(txnum);
+        if self.body.len() + self.group.len() + HASHX_LEN + 10 >= BLOCK {
+            self.close_group();
+            self.emit_block()?;
+        }
+        Ok(())
+    }
+
+    fn close_group(&mut self) {
+        if self.group_count > 0 {
+            let hashx = self.group_hashx.unwrap();
+            let shared = self.prev_hashx.map_or(0, |p| {
+                p.iter().zip(&hashx).take_while(|(a, b)| a == b).count()
+            });
+            varint::put(&mut self.body, self.group_count << 4 | shared as u64);
+            self.body.extend_from_slice(&hashx[shared..]);
+            self.body.extend_from_slice(&self.group);
+            self.prev_hashx = Some(hashx);
+            self.group.clear();
+            self.group_count = 0;
+        }
+        self.group_hashx = None;
+    }
+
+    fn emit_block(&mut self) -> Result<()> {
+        let first = self.block_first.take().unwrap();
+        let off = self.w.write_frame(&encode_block(&self.body, true))?;
+        self.index.extend_from_slice(&first);
+        self.index.extend_from_slice(&off.to_le_bytes());
+        self.body.clear();
+        self.prev_hashx = None;
+        Ok(())
+    }
+
+    /// Writes the index and footer and fsyncs; an empty segment is not written (`false`).
+    pub fn finish(mut self) -> Result<bool> {
+        if self.entries == 0 {
+            return Ok(false);
+        }
+        self.close_group();
+        if !self.body.is_empty() {
+            self.emit_block()?;
+        }
+        let idx_off = self.w.write_frame(&self.index)?;
+        let mut footer = Vec::new();
+        let fields = [self.entries, self.min, self.max, idx_off];
+        encode_footer(&mut footer, MAGIC, &fields);
+        self.w.write(&footer)?;
+        self.w.finish()?;
+        Ok(true)
+    }
+}

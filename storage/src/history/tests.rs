@@ -1,0 +1,444 @@
+//! Tests of script histories: buffer, segments, cuts, merges, against a model, and on
+//! corrupted files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::frame::decode_frame;
+use crate::utxo::sorted_file::footer_len;
+
+fn ids() -> impl FnMut() -> u64 {
+    let mut next = 0;
+    move || {
+        next += 1;
+        next
+    }
+}
+
+fn hx(n: u8) -> HashX {
+    let mut h = [0u8; 11];
+    h[0] = n;
+    h[10] = n.wrapping_mul(7);
+    h
+}
+
+fn everything(view: &HistoryView) -> Vec<(HashX, Vec<u64>)> {
+    let mut out = Vec::new();
+    view.for_each(&mut |h, nums| out.push((*h, nums.to_vec())))
+        .unwrap();
+    out
+}
+
+#[test]
+fn append_flush_and_read_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    set.append(hx(1), 3);
+    set.append(hx(1), 3);
+    set.append(hx(2), 4);
+    set.append(hx(1), 5);
+    assert!(set.buffer_bytes() > 0);
+    assert!(
+        set.view().get(&hx(1)).unwrap().is_empty(),
+        "views see segments only"
+    );
+    set.flush(&mut alloc).unwrap();
+    assert_eq!(set.buffer_bytes(), 0);
+    set.append(hx(1), 9);
+    set.append(hx(3), 9);
+    set.flush(&mut alloc).unwrap();
+    set.flush(&mut alloc).unwrap(); // nothing buffered: no segment
+    assert_eq!(set.file_names(), vec!["hist-1.seg", "hist-2.seg"]);
+    let view = set.view();
+    assert_eq!(view.get(&hx(1)).unwrap(), vec![3, 5, 9]);
+    assert_eq!(view.get(&hx(2)).unwrap(), vec![4]);
+    assert_eq!(view.get(&hx(4)).unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        everything(&view),
+        vec![(hx(1), vec![3, 5, 9]), (hx(2), vec![4]), (hx(3), vec![9])]
+    );
+}
+
+#[test]
+fn out_of_order_appends_are_placed_and_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in [10, 4, 7, 4, 12, 10] {
+        set.append(hx(1), t);
+    }
+    set.flush(&mut alloc).unwrap();
+    set.append(hx(1), 7); // already in an older segment
+    set.append(hx(1), 1);
+    set.flush(&mut alloc).unwrap();
+    assert_eq!(set.view().get(&hx(1)).unwrap(), vec![1, 4, 7, 10, 12]);
+    assert_eq!(everything(&set.view())[0].1, vec![1, 4, 7, 10, 12]);
+    set.compact(&mut alloc, 0).unwrap();
+    assert_eq!(set.view().get(&hx(1)).unwrap(), vec![1, 4, 7, 10, 12]);
+}
+
+#[test]
+fn truncate_hides_old_entries_but_not_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in 0..10 {
+        set.append(hx(1), t);
+    }
+    set.flush(&mut alloc).unwrap();
+    for t in 10..20 {
+        set.append(hx(1), t);
+        set.append(hx(2), t);
+    }
+    set.flush(&mut alloc).unwrap();
+    set.append(hx(1), 20);
+    set.truncate(15); // buffered 20 and flushed 15.. go
+    for t in [15, 16] {
+        set.append(hx(2), t);
+    }
+    let view = set.view();
+    assert_eq!(view.get(&hx(1)).unwrap(), (0..15).collect::<Vec<_>>());
+    set.flush(&mut alloc).unwrap();
+    assert_eq!(
+        set.view().get(&hx(2)).unwrap(),
+        (10..17).collect::<Vec<_>>()
+    );
+    // A cut below everything a segment holds removes the segment.
+    set.truncate(5);
+    assert_eq!(set.file_names(), vec!["hist-1.seg"]);
+    assert_eq!(set.view().get(&hx(2)).unwrap(), Vec::<u64>::new());
+    let state = set.state();
+    drop(set);
+    let mut set = HistorySet::open(dir.path(), &state).unwrap();
+    assert_eq!(set.view().get(&hx(1)).unwrap(), vec![0, 1, 2, 3, 4]);
+    set.append(hx(1), 5);
+    set.flush(&mut alloc).unwrap();
+    assert!(set.compact(&mut alloc, 0).unwrap());
+    assert_eq!(set.state(), vec![1, 1, 5, 0], "one segment, cut folded in");
+    assert_eq!(set.view().get(&hx(1)).unwrap(), (0..6).collect::<Vec<_>>());
+}
+
+#[test]
+fn state_errors_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = HistorySet::open(dir.path(), &[7]).err().unwrap();
+    assert_eq!(err.to_string(), "history state version 7 is not supported");
+    let err = HistorySet::open(dir.path(), &[1, 1, 1]).err().unwrap();
+    assert_eq!(err.to_string(), "history state is malformed");
+    let err = HistorySet::open(dir.path(), &[1, 1, 1, 0]).err().unwrap();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}
+
+#[test]
+fn replaced_segments_are_deleted_after_commit_and_last_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in 0..3 {
+        set.append(hx(1), t);
+        set.flush(&mut alloc).unwrap();
+    }
+    let view = set.view();
+    assert!(set.compact(&mut alloc, 0).unwrap());
+    assert!(!set.compact(&mut alloc, 0).unwrap());
+    assert_eq!(set.file_names(), vec!["hist-4.seg"]);
+    let exists = |n: &str| dir.path().join(n).exists();
+    assert!(exists("hist-2.seg"));
+    set.committed();
+    assert!(exists("hist-2.seg"), "a view still reads it");
+    assert_eq!(view.get(&hx(1)).unwrap(), vec![0, 1, 2]);
+    drop(view);
+    assert!(!exists("hist-1.seg") && !exists("hist-2.seg") && !exists("hist-3.seg"));
+}
+
+#[test]
+fn long_histories_span_consecutive_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    let mut want = Vec::new();
+    for t in 0..100_000u64 {
+        let t = t * 3 + t % 2;
+        set.append(hx(5), t);
+        want.push(t);
+        if t % 10 == 0 {
+            set.append(hx(4), t);
+            set.append(hx(6), t);
+        }
+    }
+    set.flush(&mut alloc).unwrap();
+    let view = set.view();
+    assert_eq!(view.get(&hx(5)).unwrap(), want);
+    assert_eq!(view.get(&hx(4)).unwrap().len(), 20_000);
+    assert_eq!(view.get(&hx(6)).unwrap().len(), 20_000);
+    let all = everything(&view);
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1].1, want);
+    set.truncate(150_000);
+    assert_eq!(set.view().get(&hx(5)).unwrap().len(), 50_000);
+}
+
+#[test]
+fn extreme_numbers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    let nums = [0, 1, 1 << 35, u64::MAX - 1, u64::MAX];
+    for t in nums {
+        set.append([0xff; 11], t);
+        set.append([0; 11], t);
+    }
+    set.flush(&mut alloc).unwrap();
+    assert_eq!(set.view().get(&[0xff; 11]).unwrap(), nums);
+    assert_eq!(set.view().get(&[0; 11]).unwrap(), nums);
+    set.truncate(u64::MAX);
+    assert_eq!(set.view().get(&[0; 11]).unwrap(), nums[..4]);
+}
+
+/// Start offsets of the frames of a segment, and where its footer starts.
+fn frame_starts(data: &[u8], path: &Path) -> (Vec<usize>, usize) {
+    let footer = data.len() - footer_len(4);
+    let mut starts = Vec::new();
+    let mut pos = 0;
+    while pos < footer {
+        starts.push(pos);
+        pos = decode_frame(data, pos, path).unwrap().1;
+    }
+    (starts, footer)
+}
+
+fn read_all(dir: &Path, state: &[u8]) -> Result<()> {
+    let set = HistorySet::open(dir, state)?;
+    let view = set.view();
+    for h in 0..8 {
+        view.get(&hx(h))?;
+    }
+    view.for_each(&mut |_, _| {})
+}
+
+#[test]
+fn corruption_is_reported_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    let mut x: u64 = 3;
+    for t in 0..40_000u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        set.append(hx((x >> 61) as u8), t);
+    }
+    set.flush(&mut alloc).unwrap();
+    let state = set.state();
+    drop(set);
+    read_all(dir.path(), &state).unwrap();
+    let path = dir.path().join("hist-1.seg");
+    let good = fs::read(&path).unwrap();
+    let (starts, footer) = frame_starts(&good, &path);
+    assert!(
+        starts.len() >= 4,
+        "want several blocks, got {}",
+        starts.len()
+    );
+    let expected_at = |p: usize| {
+        if p >= footer {
+            footer
+        } else {
+            *starts.iter().rev().find(|&&s| s <= p).unwrap()
+        }
+    };
+    let headers = starts.iter().flat_map(|&s| s..s + 5);
+    for p in (0..good.len())
+        .step_by(23)
+        .chain(headers)
+        .chain(footer..good.len())
+    {
+        let mut bad = good.clone();
+        bad[p] ^= 0x04;
+        fs::write(&path, &bad).unwrap();
+        let err = read_all(dir.path(), &state).expect_err("flip not detected");
+        let prefix = format!(
+            "corrupt store file {} at offset {}: ",
+            path.display(),
+            expected_at(p)
+        );
+        assert!(err.to_string().starts_with(&prefix), "flip at {p}: {err}");
+    }
+    for len in (0..good.len()).step_by(37) {
+        fs::write(&path, &good[..len]).unwrap();
+        let err = read_all(dir.path(), &state).expect_err("truncation");
+        let at = if len < footer_len(4) {
+            0
+        } else {
+            len - footer_len(4)
+        };
+        let prefix = format!("corrupt store file {} at offset {at}: ", path.display());
+        assert!(err.to_string().starts_with(&prefix), "cut at {len}: {err}");
+    }
+}
+
+#[test]
+fn arbitrary_bytes_as_a_segment_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hist-1.seg");
+    let mut x: u64 = 5;
+    for len in [0usize, 1, 43, 44, 45, 100, 5000] {
+        for _ in 0..20 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (x >> 56) as u8
+                })
+                .collect();
+            fs::write(&path, &bytes).unwrap();
+            assert!(HistorySet::open(dir.path(), &[1, 1, 1, 0]).is_err());
+        }
+    }
+}
+
+/// Bytes per history entry of a compacted segment on synthetic data shaped like a chain:
+/// each tx touches 3 scripts, 30% of touches go to 1000 reused scripts (a few very heavily),
+/// the rest to scripts seen twice (paid, then spent a little later).
+#[test]
+fn space_per_entry_on_synthetic_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    let mut x: u64 = 11;
+    let mut rnd = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x >> 11
+    };
+    let key = |script: u64| {
+        let d = script.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
+        let mut h = [0u8; 11];
+        h[..8].copy_from_slice(&d);
+        h[8..].copy_from_slice(&d[..3]);
+        h
+    };
+    let mut pending_spends: Vec<u64> = Vec::new();
+    let mut entries = 0u64;
+    for txnum in 0..200_000u64 {
+        let mut touched = BTreeSet::new();
+        for _ in 0..2 {
+            let r = rnd();
+            let script = if r % 10 < 3 {
+                // Zipf-like: a handful of scripts take most of the reuse.
+                (r % 1000) * (r % 1000) / 1000
+            } else {
+                let s = 1_000 + txnum * 2 + (r & 1);
+                pending_spends.push(s);
+                s
+            };
+            touched.insert(script);
+        }
+        if pending_spends.len() > 50 {
+            let i = (rnd() as usize) % pending_spends.len();
+            touched.insert(pending_spends.swap_remove(i));
+        }
+        for s in touched {
+            set.append(key(s), txnum);
+            entries += 1;
+        }
+        if txnum % 50_000 == 49_999 {
+            set.flush(&mut alloc).unwrap();
+        }
+    }
+    set.compact(&mut alloc, 0).unwrap();
+    let bytes: u64 = set.segs.iter().map(|s| s.seg.size()).sum();
+    let per = bytes as f64 / entries as f64;
+    println!("history: {bytes} bytes for {entries} entries = {per:.2} B/entry");
+    assert!(per < 8.0, "{per:.2} B/entry");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(u8),
+    NextTx,
+    Truncate(u64),
+    Flush,
+    Compact,
+    Commit,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u8..5).prop_map(Op::Append),
+        4 => Just(Op::NextTx),
+        1 => (0u64..6).prop_map(Op::Truncate),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Commit),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn check(set: &HistorySet, model: &BTreeMap<HashX, BTreeSet<u64>>) {
+    let view = set.view();
+    let want: Vec<(HashX, Vec<u64>)> = model
+        .iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(h, s)| (*h, s.iter().copied().collect()))
+        .collect();
+    assert_eq!(everything(&view), want);
+    for h in 0..5 {
+        let nums: Vec<u64> = model
+            .get(&hx(h))
+            .map_or(vec![], |s| s.iter().copied().collect());
+        assert_eq!(view.get(&hx(h)).unwrap(), nums);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn matches_a_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut alloc = ids();
+        let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+        let mut model: BTreeMap<HashX, BTreeSet<u64>> = BTreeMap::new();
+        let mut next = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(h) => {
+                    set.append(hx(h), next);
+                    model.entry(hx(h)).or_default().insert(next);
+                }
+                Op::NextTx => next += 1,
+                Op::Truncate(back) => {
+                    let from = next.saturating_sub(back);
+                    set.truncate(from);
+                    for nums in model.values_mut() {
+                        nums.retain(|&t| t < from);
+                    }
+                    next = from;
+                }
+                Op::Flush => {
+                    set.flush(&mut alloc).unwrap();
+                    check(&set, &model);
+                }
+                Op::Compact => {
+                    set.flush(&mut alloc).unwrap();
+                    set.compact(&mut alloc, 0).unwrap();
+                    check(&set, &model);
+                }
+                Op::Commit => set.committed(),
+                Op::Reopen => {
+                    set.flush(&mut alloc).unwrap();
+                    set.committed();
+                    let state = set.state();
+                    drop(set);
+                    set = HistorySet::open(dir.path(), &state).unwrap();
+                    check(&set, &model);
+                }
+            }
+        }
+    }
+}
