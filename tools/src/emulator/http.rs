@@ -105,8 +105,14 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Accepts connections until `online` turns false, then drops the listener and returns.
-pub async fn serve(listener: TcpListener, handler: Handler, mut online: watch::Receiver<bool>) {
+/// Accepts connections until `online` turns false, then drops the listener and returns
+/// (`stopped`, if given, hears when the port is closed).
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    mut online: watch::Receiver<bool>,
+    stopped: Option<std::sync::mpsc::Sender<()>>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -116,6 +122,10 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut online: watch::R
             }
             changed = online.changed() => {
                 if changed.is_err() || !*online.borrow() {
+                    drop(listener);
+                    if let Some(stopped) = stopped {
+                        let _ = stopped.send(());
+                    }
                     return;
                 }
             }
@@ -128,8 +138,9 @@ async fn connection(stream: TcpStream, handler: Handler, mut online: watch::Rece
     let mut reader = BufReader::with_capacity(64 * 1024, read);
     loop {
         let request = tokio::select! {
-            r = read_request(&mut reader) => r,
+            biased;
             _ = online.wait_for(|up| !*up) => return,
+            r = read_request(&mut reader) => r,
         };
         let (request, keep_alive) = match request {
             Ok(Some(r)) => r,
@@ -139,10 +150,14 @@ async fn connection(stream: TcpStream, handler: Handler, mut online: watch::Rece
                 return;
             }
         };
+        if !*online.borrow() {
+            return;
+        }
         let response = handler(request);
         tokio::select! {
-            r = write_response(&mut write, &response, keep_alive) => if r.is_err() { return },
+            biased;
             _ = online.wait_for(|up| !*up) => return,
+            r = write_response(&mut write, &response, keep_alive) => if r.is_err() { return },
         }
         if !keep_alive {
             return;

@@ -32,6 +32,8 @@ use crate::chaingen::{ChainGenerator, ChainParams};
 pub use jsonrpc::RpcError;
 use node::Node;
 
+const WORKER_THREAD: &str = "ferrum-emulator";
+
 /// Core's first warm-up message, used when none is given.
 pub const DEFAULT_WARMUP_MESSAGE: &str = "Loading block index…";
 
@@ -109,6 +111,8 @@ pub(crate) struct Switch {
     addr: SocketAddr,
     online: watch::Sender<bool>,
     handler: Mutex<Option<http::Handler>>,
+    /// Hears when the current listener is closed.
+    stopped: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -126,8 +130,22 @@ impl Switch {
         if up == self.is_online() {
             return Ok(());
         }
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         if !up {
             self.online.send_replace(false);
+            // Return once the port refuses connections (bounded: the accept task is idle).
+            // On one of our own workers (a control call), let the runtime move the worker's
+            // queued tasks (the accept task may be among them) to another thread first.
+            if let Some(rx) = stopped.take() {
+                let wait = || {
+                    let _ = rx.recv_timeout(Duration::from_secs(5));
+                };
+                if std::thread::current().name() == Some(WORKER_THREAD) {
+                    tokio::task::block_in_place(wait);
+                } else {
+                    wait();
+                }
+            }
             return Ok(());
         }
         let handler = handler
@@ -137,8 +155,11 @@ impl Switch {
         let _guard = self.runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         self.online.send_replace(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        *stopped = Some(rx);
+        let online = self.online.subscribe();
         self.runtime
-            .spawn(http::serve(listener, handler, self.online.subscribe()));
+            .spawn(http::serve(listener, handler, online, Some(tx)));
         Ok(())
     }
 }
@@ -160,7 +181,7 @@ impl Emulator {
         let node = load(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("ferrum-emulator")
+            .thread_name(WORKER_THREAD)
             .enable_all()
             .build()?;
         let rpc_listener = http::bind(config.rpc_addr)?;
@@ -174,6 +195,7 @@ impl Emulator {
                 addr: rpc_addr,
                 online,
                 handler: Mutex::new(None),
+                stopped: Mutex::new(None),
                 runtime: runtime.handle().clone(),
             },
         });
@@ -221,7 +243,7 @@ impl Emulator {
             let (_keep, rx) = watch::channel(true);
             runtime.spawn(async move {
                 let _keep = _keep;
-                http::serve(listener, control_handler, rx).await
+                http::serve(listener, control_handler, rx, None).await
             });
         }
         Ok(Emulator {
