@@ -114,9 +114,9 @@ impl ChainParams {
     pub fn large(seed: u64) -> Self {
         Self {
             txs_per_block: (400, 500),
-            max_inputs: 20,
+            max_inputs: 12,
             max_outputs: 30,
-            reuse_probability: 0.6,
+            reuse_probability: 0.7,
             ..Self::base(seed)
         }
     }

@@ -41,6 +41,9 @@ impl OutputKind {
 
 /// Ids below this keep their derived keys in memory: Zipf reuse makes them the hot ones.
 const CACHED_SCRIPT_IDS: u64 = 8192;
+/// Other ids stay cached while recently used, in two generations of this many entries: fresh
+/// outputs are often spent soon, and deriving keys is most of the cost of a transaction.
+const RECENT_GENERATION: usize = 1 << 15;
 
 /// Largest DER ECDSA signature plus its sighash byte; placeholders use it so fee estimates
 /// made with placeholders are upper bounds for real signatures.
@@ -57,13 +60,15 @@ pub(crate) struct ScriptKeys {
     tweaked: Option<TweakedKeypair>,
 }
 
-/// Derives keys for script ids from the seed; caches the popular (low) ids.
+/// Derives keys for script ids from the seed; caches the popular (low) and recent ids.
 #[derive(Clone)]
 pub(crate) struct Wallet {
     seed: u64,
     secp: Secp256k1<All>,
     kind_weights: Vec<(OutputKind, u32)>,
-    cache: HashMap<u64, Arc<ScriptKeys>>,
+    popular: HashMap<u64, Arc<ScriptKeys>>,
+    recent: HashMap<u64, Arc<ScriptKeys>>,
+    older: HashMap<u64, Arc<ScriptKeys>>,
 }
 
 impl Wallet {
@@ -76,7 +81,9 @@ impl Wallet {
             seed,
             secp: Secp256k1::new(),
             kind_weights,
-            cache: HashMap::new(),
+            popular: HashMap::new(),
+            recent: HashMap::new(),
+            older: HashMap::new(),
         }
     }
 
@@ -116,13 +123,25 @@ impl Wallet {
     }
 
     pub(crate) fn keys(&mut self, id: u64) -> Arc<ScriptKeys> {
-        if let Some(keys) = self.cache.get(&id) {
+        if id < CACHED_SCRIPT_IDS {
+            if let Some(keys) = self.popular.get(&id) {
+                return keys.clone();
+            }
+            let keys = Arc::new(self.derive(id));
+            self.popular.insert(id, keys.clone());
+            return keys;
+        }
+        if let Some(keys) = self.recent.get(&id) {
             return keys.clone();
         }
-        let keys = Arc::new(self.derive(id));
-        if id < CACHED_SCRIPT_IDS {
-            self.cache.insert(id, keys.clone());
+        let keys = match self.older.remove(&id) {
+            Some(keys) => keys,
+            None => Arc::new(self.derive(id)),
+        };
+        if self.recent.len() >= RECENT_GENERATION {
+            self.older = std::mem::take(&mut self.recent);
         }
+        self.recent.insert(id, keys.clone());
         keys
     }
 
