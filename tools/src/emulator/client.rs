@@ -104,6 +104,13 @@ impl HttpClient {
             let (n, v) = l.split_once(':').ok_or_else(|| bad("bad header"))?;
             headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
+        if status == 204 {
+            return Ok(HttpResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            });
+        }
         let length: usize = headers
             .iter()
             .find(|(n, _)| n == "content-length")

@@ -247,7 +247,10 @@ async fn write_response<W: AsyncWriteExt + Unpin>(
     if !keep_alive {
         head.push_str("Connection: close\r\n");
     }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    if response.status != 204 {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
     if body.len() < 16 * 1024 {
         let mut all = head.into_bytes();
         all.extend_from_slice(body);

@@ -88,14 +88,17 @@ pub fn handle(req: &Request, credentials: Option<&str>, dispatch: &dyn Dispatch)
     }
     let request: Value = match serde_json::from_slice(&req.body) {
         Ok(v) => v,
-        Err(_) => return error_reply(&RpcError::new(code::PARSE_ERROR, "Parse error"), None),
+        Err(_) => {
+            let e = RpcError::new(code::PARSE_ERROR, "Parse error");
+            return error_reply(&e, Some(&Value::Null));
+        }
     };
     match request {
         Value::Object(_) => single(&request, dispatch),
         Value::Array(items) => batch(&items, dispatch),
         _ => error_reply(
             &RpcError::new(code::PARSE_ERROR, "Top-level object parse error"),
-            None,
+            Some(&Value::Null),
         ),
     }
 }
@@ -184,7 +187,7 @@ fn envelope(result: Result<Reply, RpcError>, id: Option<&Value>, v2: bool) -> St
 fn single(request: &Value, dispatch: &dyn Dispatch) -> Response {
     let call = match parse(request) {
         Ok(c) => c,
-        Err((id, _, e)) => return error_reply(&e, Some(id.unwrap_or(&Value::Null))),
+        Err((id, _, e)) => return error_reply(&e, id),
     };
     let result = dispatch.call(call.method, &call.params);
     if call.v2 {
@@ -206,12 +209,15 @@ fn error_reply(e: &RpcError, id: Option<&Value>) -> Response {
         code::METHOD_NOT_FOUND => 404,
         _ => 500,
     };
-    let id = Some(id.unwrap_or(&Value::Null));
     Response::json(status, envelope(Err(e.clone()), id, false) + "\n")
 }
 
 fn batch(items: &[Value], dispatch: &dyn Dispatch) -> Response {
     let mut replies = Vec::with_capacity(items.len());
+    // Core parses every item into one request object, so an item that is not an object is
+    // answered with the id and version of the item before it (null and 1.x at first).
+    let null = Value::Null;
+    let (mut last_id, mut last_v2) = (Some(&null), false);
     for item in items {
         match parse(item) {
             Ok(call) => {
@@ -219,9 +225,16 @@ fn batch(items: &[Value], dispatch: &dyn Dispatch) -> Response {
                 if !(call.v2 && call.id.is_none()) {
                     replies.push(envelope(result, call.id, call.v2));
                 }
+                (last_id, last_v2) = (call.id, call.v2);
             }
             Err((id, v2, e)) => {
-                replies.push(envelope(Err(e), Some(id.unwrap_or(&Value::Null)), v2))
+                if item.is_object() {
+                    (last_id, last_v2) = (id, v2);
+                }
+                // Still a "notification" (2.0 without id): no reply, even to an error.
+                if !(last_v2 && last_id.is_none()) {
+                    replies.push(envelope(Err(e), last_id, last_v2));
+                }
             }
         }
     }

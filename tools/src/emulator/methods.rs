@@ -204,7 +204,12 @@ impl Dispatch for Rpc<'_> {
                 )?;
                 let max_fee_rate = params::fee_rate(&p[1], DEFAULT_MAX_FEE_RATE)?;
                 let txid = tx.compute_txid();
-                match write(self.node).submit(tx, Some(max_fee_rate), true) {
+                let mut node = write(self.node);
+                // Core looks for the outputs in its UTXO set before anything else.
+                if node.chain.has_unspent_output(&tx) {
+                    return Err(send_error(&Rejection::AlreadyConfirmed));
+                }
+                match node.submit(tx, Some(max_fee_rate), true) {
                     Ok(_) | Err(Rejection::AlreadyInMempool) => Ok(json!(txid.to_string()).into()),
                     Err(r) => Err(send_error(&r)),
                 }
@@ -355,7 +360,8 @@ fn submit_package(node: &mut Node, p: &[Value]) -> Result<Reply, RpcError> {
                 o.insert("vsize".into(), json!(vsize));
                 o.insert("fees".into(), json!({"base": amount(fee)}));
             }
-            None => match node.submit(tx.clone(), Some(max_fee_rate).filter(|r| *r > 0), true) {
+            // Core does not count package transactions as unbroadcast.
+            None => match node.submit(tx.clone(), Some(max_fee_rate).filter(|r| *r > 0), false) {
                 Ok(a) => {
                     o.insert("vsize".into(), json!(a.vsize));
                     o.insert("fees".into(), fees_json(&tx, a.fee, a.vsize));
