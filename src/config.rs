@@ -279,9 +279,11 @@ fn parse_log_level(value: &str) -> Result<LevelFilter> {
         "info" => LevelFilter::INFO,
         "warning" | "warn" => LevelFilter::WARN,
         "error" | "critical" | "fatal" => LevelFilter::ERROR,
-        _ => return err(format!(
+        _ => {
+            return err(format!(
             "cannot parse envvar LOG_LEVEL value {value}: expected debug, info, warning or error"
-        )),
+        ))
+        }
     })
 }
 

@@ -205,6 +205,13 @@ pub fn make_cert(dir: &Path) -> Option<(PathBuf, PathBuf)> {
             "-addext",
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
         ])
+        // An end-entity certificate: rustls refuses a CA certificate as a server's.
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
