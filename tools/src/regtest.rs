@@ -96,7 +96,22 @@ impl RegtestNode {
     }
 
     /// Starts a node with extra `bitcoind` arguments (e.g. `-blockfilterindex=1`).
+    /// Retries twice: the free ports the script picks can be taken by someone else before
+    /// bitcoind binds them.
     pub fn start_with_args(args: &[&str]) -> io::Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(args) {
+                Err(e) if attempt < 2 => {
+                    tracing::warn!("regtest node did not start, retrying: {e}");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(args: &[&str]) -> io::Result<Self> {
         let datadir = fresh_datadir();
         let output = Command::new("bash")
             .arg(SCRIPT)
