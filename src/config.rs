@@ -180,6 +180,10 @@ pub struct Config {
     pub anon_logs: bool,
     /// Seconds between session statistics in the log; zero disables.
     pub log_sessions: Duration,
+    /// Sessions from the same IPv4 subnet of this prefix length share costs (default 24).
+    pub session_group_by_subnet_ipv4: u8,
+    /// The same for IPv6 (default 48).
+    pub session_group_by_subnet_ipv6: u8,
 }
 
 const OBSOLETE: &[&str] = &[
@@ -240,6 +244,14 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         let value = self.integer(name, default as i64)?;
         u64::try_from(value)
             .map_err(|_| ConfigError(format!("envvar {name} value {value} must not be negative")))
+    }
+
+    fn prefix_len(&self, name: &str, default: u64, max: u64) -> Result<u8> {
+        let value = self.count(name, default)?;
+        if value > max {
+            return err(format!("envvar {name} value {value} must be at most {max}"));
+        }
+        Ok(value as u8)
     }
 
     fn path(&self, name: &str) -> Option<PathBuf> {
@@ -437,6 +449,16 @@ impl Config {
             log_level: parse_log_level(&vars.string("LOG_LEVEL", "info"))?,
             anon_logs: vars.boolean("ANON_LOGS", false),
             log_sessions: Duration::from_secs(vars.count("LOG_SESSIONS", 3600)?),
+            session_group_by_subnet_ipv4: vars.prefix_len(
+                "SESSION_GROUP_BY_SUBNET_IPV4",
+                24,
+                32,
+            )?,
+            session_group_by_subnet_ipv6: vars.prefix_len(
+                "SESSION_GROUP_BY_SUBNET_IPV6",
+                48,
+                128,
+            )?,
         })
     }
 }
@@ -727,6 +749,38 @@ mod tests {
         assert_eq!(
             (c.request_sleep, c.initial_concurrent, c.bandwidth_unit_cost),
             (Duration::from_millis(10), 3, 7)
+        );
+    }
+
+    #[test]
+    fn session_groups() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            (
+                c.session_group_by_subnet_ipv4,
+                c.session_group_by_subnet_ipv6
+            ),
+            (24, 48)
+        );
+        let c = with(&[
+            ("SESSION_GROUP_BY_SUBNET_IPV4", "16"),
+            ("SESSION_GROUP_BY_SUBNET_IPV6", "64"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.session_group_by_subnet_ipv4,
+                c.session_group_by_subnet_ipv6
+            ),
+            (16, 64)
+        );
+        assert_eq!(
+            error(&[("SESSION_GROUP_BY_SUBNET_IPV4", "33")]),
+            "envvar SESSION_GROUP_BY_SUBNET_IPV4 value 33 must be at most 32"
+        );
+        assert_eq!(
+            error(&[("SESSION_GROUP_BY_SUBNET_IPV6", "129")]),
+            "envvar SESSION_GROUP_BY_SUBNET_IPV6 value 129 must be at most 128"
         );
     }
 

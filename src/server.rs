@@ -3,6 +3,7 @@
 //! periodic cost recalculation. Wallet listeners start separately from the local RPC.
 
 mod admin;
+mod groups;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::session::methods::{server_features, MethodCounts, WalletDispatch, Wal
 use crate::session::{run_connection, until_true, Backend, SessionContext, SessionLimits};
 use crate::transport::{accept_websocket, load_tls, LineReader, LineWriter};
 use admin::AdminDispatch;
+use groups::Groups;
 
 /// TLS and WebSocket handshakes must finish within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,6 +38,7 @@ struct Registry {
     next_id: AtomicU64,
     /// The local RPC's `log new`: log the requests of sessions yet to come.
     log_new: AtomicBool,
+    groups: Groups,
 }
 
 impl Registry {
@@ -109,6 +112,7 @@ impl<B: Backend> Server<B> {
                 wallet_count: watch::Sender::new(0),
                 next_id: AtomicU64::new(0),
                 log_new: AtomicBool::new(false),
+                groups: Groups::default(),
             },
             tls,
             shutdown: watch::Sender::new(false),
@@ -280,6 +284,14 @@ impl<B: Backend> Server<B> {
                         self.limits(service.protocol),
                         log_me,
                     );
+                    if service.protocol != Protocol::Rpc {
+                        let config = &self.config;
+                        self.registry.groups.join(
+                            &ctx,
+                            config.session_group_by_subnet_ipv4,
+                            config.session_group_by_subnet_ipv6,
+                        );
+                    }
                     let total = self.registry.add(ctx.clone());
                     info!(
                         session = id,
@@ -290,6 +302,7 @@ impl<B: Backend> Server<B> {
                     tokio::spawn(async move {
                         server.connection(stream, ctx.clone(), outgoing).await;
                         server.registry.remove(ctx.id());
+                        server.registry.groups.leave(&ctx);
                     });
                 }
                 // Running out of file descriptors and the like: pause instead of spinning.
@@ -391,6 +404,8 @@ impl<B: Backend> Server<B> {
             tokio::select! {
                 _ = until_true(&mut shutdown) => return,
                 _ = recalc.tick() => {
+                    let refund = RECALC_PERIOD.as_secs_f64() * self.config.cost_hard_limit / 5000.0;
+                    self.registry.groups.decay(refund);
                     for session in self.registry.snapshot() {
                         session.recalc_cost();
                     }

@@ -172,7 +172,7 @@ fn check_list_rules(service: &Service, kind: ServiceList) -> Result<(), String> 
 
 /// Python's `ip_address.is_private`: RFC 1918, loopback, link-local and the other
 /// reserved ranges of the IANA special-purpose registries.
-fn is_private(ip: &IpAddr) -> bool {
+pub(crate) fn is_private(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();

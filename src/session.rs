@@ -150,6 +150,15 @@ pub struct SessionContext {
     subscriptions: AtomicUsize,
     txs_sent: AtomicU64,
     method_counts: Mutex<HashMap<String, u64>>,
+    group: OnceLock<Arc<dyn CostGroup>>,
+    /// The cost as of its last change, readable by group members without locking.
+    published_cost: AtomicU64,
+}
+
+/// A group of sessions whose members bear each other's costs (ElectrumX's session groups).
+pub trait CostGroup: Send + Sync {
+    /// The cost a member bears for the rest of its group.
+    fn extra_cost(&self, session_id: u64) -> f64;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,10 +177,11 @@ impl SessionContext {
         let (outgoing, receiver) = mpsc::channel(OUTGOING_QUEUE);
         let concurrency = Concurrency::new(limits.cost.initial_concurrent);
         let mut cost = Cost::new(limits.cost.clone());
-        cost.recalc(&concurrency, Instant::now());
+        cost.recalc(0.0, &concurrency, Instant::now());
         if kind != Protocol::Rpc {
-            cost.bump(CONNECTION_COST, &concurrency);
+            cost.bump(CONNECTION_COST, 0.0, &concurrency);
         }
+        let published_cost = AtomicU64::new(cost.value().to_bits());
         let ctx = SessionContext {
             id,
             kind,
@@ -195,6 +205,8 @@ impl SessionContext {
             subscriptions: AtomicUsize::new(0),
             txs_sent: AtomicU64::new(0),
             method_counts: Mutex::new(HashMap::new()),
+            group: OnceLock::new(),
+            published_cost,
         };
         (Arc::new(ctx), receiver)
     }
@@ -238,12 +250,32 @@ impl SessionContext {
 
     /// Charges the session for work done on its behalf.
     pub fn bump_cost(&self, delta: f64) {
+        self.charge(|_| delta);
+    }
+
+    /// Updates the accounting; `update` returns the cost to add.
+    fn charge(&self, update: impl FnOnce(&mut Accounting) -> f64) {
+        // The group's cost is read before taking our lock: members never wait on each other.
+        let extra = self.extra_cost();
         let mut acc = lock(&self.accounting);
-        acc.cost.bump(delta, &self.concurrency);
+        let delta = update(&mut acc);
+        acc.cost.bump(delta, extra, &self.concurrency);
+        self.published_cost
+            .store(acc.cost.value().to_bits(), Ordering::Relaxed);
     }
 
     pub fn cost(&self) -> f64 {
-        lock(&self.accounting).cost.value()
+        f64::from_bits(self.published_cost.load(Ordering::Relaxed))
+    }
+
+    /// The cost borne for the session's group (ElectrumX's "XCost").
+    pub fn extra_cost(&self) -> f64 {
+        self.group.get().map_or(0.0, |g| g.extra_cost(self.id))
+    }
+
+    /// Puts the session in a group; the session manager does this once, on connection.
+    pub fn join_group(&self, group: Arc<dyn CostGroup>) {
+        let _ = self.group.set(group);
     }
 
     pub fn stats(&self) -> SessionStats {
@@ -253,9 +285,12 @@ impl SessionContext {
     /// Recalculates decay and concurrency; the manager calls this periodically.
     pub fn recalc_cost(&self) {
         let subs = self.subscriptions.load(Ordering::Relaxed);
+        let extra = self.extra_cost();
         let mut acc = lock(&self.accounting);
         acc.cost.set_subscriptions(subs);
-        acc.cost.recalc(&self.concurrency, Instant::now());
+        acc.cost.recalc(extra, &self.concurrency, Instant::now());
+        self.published_cost
+            .store(acc.cost.value().to_bits(), Ordering::Relaxed);
     }
 
     /// The backend reports how many subscriptions the session holds: they slow cost decay
@@ -328,26 +363,26 @@ impl SessionContext {
     }
 
     fn bump_errors(&self, extra_cost: f64) {
-        let mut acc = lock(&self.accounting);
-        acc.stats.errors += 1;
-        acc.cost
-            .bump(ERROR_BASE_COST + extra_cost, &self.concurrency);
+        self.charge(|acc| {
+            acc.stats.errors += 1;
+            ERROR_BASE_COST + extra_cost
+        });
     }
 
     fn received(&self, bytes: usize) {
-        let mut acc = lock(&self.accounting);
-        acc.stats.recv_count += 1;
-        acc.stats.recv_size += bytes as u64;
-        let delta = acc.cost.bw_cost(bytes);
-        acc.cost.bump(delta, &self.concurrency);
+        self.charge(|acc| {
+            acc.stats.recv_count += 1;
+            acc.stats.recv_size += bytes as u64;
+            acc.cost.bw_cost(bytes)
+        });
     }
 
     fn sent(&self, bytes: usize) {
-        let mut acc = lock(&self.accounting);
-        acc.stats.send_count += 1;
-        acc.stats.send_size += bytes as u64;
-        let delta = acc.cost.bw_cost(bytes);
-        acc.cost.bump(delta, &self.concurrency);
+        self.charge(|acc| {
+            acc.stats.send_count += 1;
+            acc.stats.send_size += bytes as u64;
+            acc.cost.bw_cost(bytes)
+        });
     }
 
     fn count_method(&self, method: &str) {

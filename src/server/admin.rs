@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
+use super::groups::SessionGroup;
 use super::Server;
 use crate::jsonrpc::{Params, Request, RpcError, Signature};
 use crate::services::Protocol;
@@ -70,9 +71,10 @@ fn peer_column(session: &SessionContext) -> String {
     session.peer().to_string()
 }
 
-/// Session ids, the given special words, and the rest (groups are not kept: unknown).
+/// Session ids, group names, the given special words, and the rest.
 struct References {
     sessions: Vec<Arc<SessionContext>>,
+    groups: Vec<Arc<SessionGroup>>,
     specials: BTreeSet<String>,
     unknown: Vec<String>,
 }
@@ -93,6 +95,7 @@ impl<B: Backend> AdminDispatch<B> {
         let live = self.server.registry.snapshot();
         let mut refs = References {
             sessions: Vec::new(),
+            groups: Vec::new(),
             specials: BTreeSet::new(),
             unknown: Vec::new(),
         };
@@ -110,6 +113,10 @@ impl<B: Backend> AdminDispatch<B> {
                 }
             } else if specials.contains(&item.to_lowercase().as_str()) {
                 refs.specials.insert(item.to_lowercase());
+            } else if let Some(group) = self.server.registry.groups.get(&item.to_lowercase()) {
+                if !refs.groups.iter().any(|g| g.name() == group.name()) {
+                    refs.groups.push(group);
+                }
             } else {
                 refs.unknown.push(item);
             }
@@ -130,7 +137,10 @@ impl<B: Backend> AdminDispatch<B> {
         let total: u64 = counts.values().sum();
         let mut info = Map::new();
         info.insert("coin".into(), json!(server.config.coin));
-        info.insert("groups".into(), json!(0));
+        info.insert(
+            "groups".into(),
+            json!(server.registry.groups.snapshot().len()),
+        );
         info.insert("pid".into(), json!(std::process::id()));
         info.insert("request counts".into(), json!(counts));
         info.insert("request total".into(), json!(total));
@@ -172,7 +182,7 @@ impl<B: Backend> AdminDispatch<B> {
                     s.client_name().chars().take(17).collect::<String>(),
                     protocol_column(s),
                     s.cost(),
-                    0.0,
+                    s.extra_cost(),
                     s.pending_requests(),
                     s.txs_sent(),
                     s.subscription_count(),
@@ -181,6 +191,39 @@ impl<B: Backend> AdminDispatch<B> {
                     stats.send_count,
                     stats.send_size,
                     s.uptime().as_secs_f64(),
+                ])
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    /// Rows of name, sessions, cost, retained cost, pending requests, txs sent,
+    /// subscriptions, messages and bytes received and sent.
+    fn groups(&self) -> Value {
+        let rows: Vec<Value> = self
+            .server
+            .registry
+            .groups
+            .snapshot()
+            .iter()
+            .map(|g| {
+                let members = g.members();
+                let stats: Vec<_> = members.iter().map(|m| m.stats()).collect();
+                json!([
+                    g.name(),
+                    members.len(),
+                    g.session_cost(),
+                    g.retained_cost(),
+                    members.iter().map(|m| m.pending_requests()).sum::<usize>(),
+                    members.iter().map(|m| m.txs_sent()).sum::<u64>(),
+                    members
+                        .iter()
+                        .map(|m| m.subscription_count())
+                        .sum::<usize>(),
+                    stats.iter().map(|s| s.recv_count).sum::<u64>(),
+                    stats.iter().map(|s| s.recv_size).sum::<u64>(),
+                    stats.iter().map(|s| s.send_count).sum::<u64>(),
+                    stats.iter().map(|s| s.send_size).sum::<u64>(),
                 ])
             })
             .collect();
@@ -199,7 +242,16 @@ impl<B: Backend> AdminDispatch<B> {
                     .iter()
                     .map(|s| format!("disconnecting session {}", s.id())),
             );
-            refs.sessions
+            let mut targets = refs.sessions;
+            for group in &refs.groups {
+                result.push(format!("disconnecting group {}", group.name()));
+                for member in group.members() {
+                    if !targets.iter().any(|t| t.id() == member.id()) {
+                        targets.push(member);
+                    }
+                }
+            }
+            targets
         };
         result.extend(refs.unknown.iter().map(|item| format!("unknown: {item}")));
         if !targets.is_empty() {
@@ -241,7 +293,16 @@ impl<B: Backend> AdminDispatch<B> {
             registry.log_new.store(on, Ordering::Relaxed);
             result.push(toggled("new sessions".into(), on));
         }
-        for session in &refs.sessions {
+        let mut sessions = refs.sessions;
+        // A group toggles its current members not named on their own.
+        for group in &refs.groups {
+            for member in group.members() {
+                if !sessions.iter().any(|s| s.id() == member.id()) {
+                    sessions.push(member);
+                }
+            }
+        }
+        for session in &sessions {
             let on = !session.is_logged();
             session.set_logged(on);
             result.push(toggled(format!("session {}", session.id()), on));
@@ -286,7 +347,7 @@ impl<B: Backend> Dispatch for AdminDispatch<B> {
         Outcome::reply(match method.as_str() {
             "getinfo" => Ok(self.getinfo()),
             "sessions" => Ok(self.sessions()),
-            "groups" => Ok(json!([])),
+            "groups" => Ok(self.groups()),
             "disconnect" => self.disconnect(arg),
             "log" => self.log(arg),
             _ => {

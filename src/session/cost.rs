@@ -93,10 +93,11 @@ impl Cost {
     }
 
     /// Adds (or with a negative delta, refunds) cost; recalculates when it drifted.
-    pub fn bump(&mut self, delta: f64, concurrency: &Concurrency) {
+    /// `extra` is the cost the session bears for its group.
+    pub fn bump(&mut self, delta: f64, extra: f64, concurrency: &Concurrency) {
         self.cost = (self.cost + delta).max(0.0);
         if (self.cost - self.cost_last).abs() > 100.0 {
-            self.recalc(concurrency, Instant::now());
+            self.recalc(extra, concurrency, Instant::now());
         }
     }
 
@@ -105,8 +106,9 @@ impl Cost {
         self.decay_per_sec = self.params.hard_limit / (10_000.0 + 5.0 * count as f64);
     }
 
-    /// Applies the decay since the last recalculation and retargets concurrency.
-    pub fn recalc(&mut self, concurrency: &Concurrency, now: Instant) {
+    /// Applies the decay since the last recalculation and retargets concurrency from the
+    /// session's cost plus `extra`, its share of its group's.
+    pub fn recalc(&mut self, extra: f64, concurrency: &Concurrency, now: Instant) {
         let elapsed = now.saturating_duration_since(self.cost_time).as_secs_f64();
         self.cost = (self.cost - elapsed * self.decay_per_sec).max(0.0);
         self.cost_time = now;
@@ -115,7 +117,7 @@ impl Cost {
         if soft_range <= 0.0 {
             return;
         }
-        self.fraction = ((self.cost - self.params.soft_limit) / soft_range).max(0.0);
+        self.fraction = ((self.cost + extra - self.params.soft_limit) / soft_range).max(0.0);
         let target = ((1.0 - self.fraction) * self.params.initial_concurrent as f64)
             .ceil()
             .max(0.0);
@@ -215,20 +217,20 @@ mod tests {
     fn throttling_between_limits() {
         let conc = Concurrency::new(10);
         let mut cost = Cost::new(params());
-        cost.bump(50.0, &conc);
+        cost.bump(50.0, 0.0, &conc);
         assert_eq!(
             (cost.value(), cost.fraction(), conc.max_concurrent()),
             (50.0, 0.0, 10)
         );
-        cost.bump(1500.0, &conc);
+        cost.bump(1500.0, 0.0, &conc);
         let now = cost.cost_time;
-        cost.recalc(&conc, now);
+        cost.recalc(0.0, &conc, now);
         // A few microseconds of decay (0.2 per second) may have passed since the bump.
         assert!((cost.fraction() - 0.55).abs() < 1e-6, "{}", cost.fraction());
         assert_eq!(conc.max_concurrent(), 5);
         assert!(cost.sleep().abs_diff(Duration::from_millis(550)) < Duration::from_millis(1));
-        cost.bump(500.0, &conc);
-        cost.recalc(&conc, now);
+        cost.bump(500.0, 0.0, &conc);
+        cost.recalc(0.0, &conc, now);
         assert_eq!(conc.max_concurrent(), 0);
         assert_eq!(cost.bw_cost(5000), 5.0);
     }
@@ -237,26 +239,38 @@ mod tests {
     fn cost_decays_and_never_goes_negative() {
         let conc = Concurrency::new(10);
         let mut cost = Cost::new(params());
-        cost.bump(500.0, &conc);
+        cost.bump(500.0, 0.0, &conc);
         let later = cost.cost_time + Duration::from_secs(1000);
-        cost.recalc(&conc, later); // 0.2 per second
+        cost.recalc(0.0, &conc, later); // 0.2 per second
         assert!((cost.value() - 300.0).abs() < 1e-6, "{}", cost.value());
         cost.set_subscriptions(10_000);
-        cost.recalc(&conc, later + Duration::from_secs(1000)); // 2000 / 60000 per second
+        cost.recalc(0.0, &conc, later + Duration::from_secs(1000)); // 2000 / 60000 per second
         assert!(
             (cost.value() - (300.0 - 1000.0 / 30.0)).abs() < 1e-6,
             "{}",
             cost.value()
         );
-        cost.bump(-1e9, &conc);
+        cost.bump(-1e9, 0.0, &conc);
         assert_eq!(cost.value(), 0.0);
+    }
+
+    #[test]
+    fn group_cost_throttles_too() {
+        let conc = Concurrency::new(10);
+        let mut cost = Cost::new(params());
+        let now = cost.cost_time;
+        cost.recalc(1500.0, &conc, now);
+        assert_eq!(
+            (cost.value(), cost.fraction(), conc.max_concurrent()),
+            (0.0, 0.5, 5)
+        );
     }
 
     #[test]
     fn no_hard_limit_means_no_throttling() {
         let conc = Concurrency::new(3);
         let mut cost = Cost::new(CostParams::unlimited(3));
-        cost.bump(1e9, &conc);
+        cost.bump(1e9, 0.0, &conc);
         assert_eq!((cost.fraction(), conc.max_concurrent()), (0.0, 3));
     }
 
