@@ -540,24 +540,32 @@ async fn on_message<D: Dispatch>(
             }
         }
         Ok(Incoming::Single(request)) => {
-            let (ctx, dispatch) = (ctx.clone(), dispatch.clone());
-            tasks.spawn(async move {
-                let id = request.id.clone();
-                let outcome = throttled(&ctx, &*dispatch, request).await;
-                if let Some(id) = id {
-                    let reply =
-                        lock(&ctx.codec).encode_response(&outcome.result, &id, ctx.limits.max_send);
-                    ctx.send(reply).await;
-                }
-                if outcome.disconnect {
-                    ctx.close();
-                }
-            });
+            // Negotiation finishes before the next message is read, so requests pipelined
+            // behind server.version see its outcome (ElectrumX waits for it likewise).
+            let negotiating = !ctx.sv_seen() && request.method == "server.version";
+            let answer = answer_single(ctx.clone(), dispatch.clone(), request);
+            if negotiating {
+                answer.await;
+            } else {
+                tasks.spawn(answer);
+            }
         }
         Ok(Incoming::Batch(members)) => {
             let (ctx, dispatch) = (ctx.clone(), dispatch.clone());
             tasks.spawn(async move { run_batch(&ctx, &*dispatch, members).await });
         }
+    }
+}
+
+async fn answer_single<D: Dispatch>(ctx: Arc<SessionContext>, dispatch: Arc<D>, request: Request) {
+    let id = request.id.clone();
+    let outcome = throttled(&ctx, &*dispatch, request).await;
+    if let Some(id) = id {
+        let reply = lock(&ctx.codec).encode_response(&outcome.result, &id, ctx.limits.max_send);
+        ctx.send(reply).await;
+    }
+    if outcome.disconnect {
+        ctx.close();
     }
 }
 

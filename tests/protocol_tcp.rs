@@ -592,6 +592,20 @@ async fn idle_sessions_are_closed() {
 }
 
 #[tokio::test]
+async fn requests_pipelined_behind_version() {
+    let s = server().await;
+    for _ in 0..20 {
+        let mut c = s.tcp().await;
+        c.send_raw(b"{\"jsonrpc\":\"2.0\",\"method\":\"server.version\",\"params\":[\"c\",\"1.6\"],\"id\":1}\n{\"jsonrpc\":\"2.0\",\"method\":\"test.echo\",\"params\":[2],\"id\":2}\n").await;
+        assert_eq!(c.recv_json().await["id"], 1);
+        assert_eq!(
+            c.recv_json().await["result"],
+            json!({"value": 2, "version": "1.6"})
+        );
+    }
+}
+
+#[tokio::test]
 async fn requests_run_concurrently() {
     let s = server().await;
     let mut c = s.tcp().await;
