@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bitcoin::hashes::{sha256, Hash, HashEngine};
-use bitcoin::key::{TapTweak, TweakedKeypair, TweakedPublicKey};
+use bitcoin::key::TapTweak;
 use bitcoin::script::{Builder, PushBytesBuf};
-use bitcoin::secp256k1::{All, Keypair, Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{All, Keypair, Message, PublicKey, Scalar, Secp256k1, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, Prevouts, SighashCache};
 use bitcoin::{opcodes, Amount, CompressedPublicKey, ScriptBuf, Transaction, TxOut, Witness};
 
@@ -57,7 +57,98 @@ pub(crate) struct ScriptKeys {
     public: PublicKey,
     /// Witness script (P2WSH), redeem script (P2SH-P2WPKH) or the multisig script itself.
     inner_script: ScriptBuf,
-    tweaked: Option<TweakedKeypair>,
+}
+
+/// Bits of a key index served by the fixed table of small multiples of G.
+const LADDER_LOW_BITS: u32 = 12;
+
+/// Keys `base + i` (mod n) for i = 0, 1, 2...: public key `i` is `base·G + i·G`, assembled from
+/// two small tables of multiples of G with point additions instead of a full scalar
+/// multiplication, which makes deriving a script several times cheaper. Keys related this way
+/// are unsafe for real money and fine for a test chain.
+#[derive(Clone)]
+struct KeyLadder {
+    base: SecretKey,
+    base_public: PublicKey,
+    /// `low[j] = (j + 1)·G`, shared by every ladder.
+    low: Arc<Vec<PublicKey>>,
+    /// `high[j] = ((j + 1) << LADDER_LOW_BITS)·G`, grown on demand.
+    high: Vec<PublicKey>,
+}
+
+fn scalar_bytes(value: u64) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes[24..].copy_from_slice(&value.to_be_bytes());
+    bytes
+}
+
+impl KeyLadder {
+    fn low_table(secp: &Secp256k1<All>) -> Arc<Vec<PublicKey>> {
+        let one = SecretKey::from_slice(&scalar_bytes(1)).expect("1 is a valid secret");
+        let g = PublicKey::from_secret_key(secp, &one);
+        let mut low = vec![g];
+        for _ in 2..1u64 << LADDER_LOW_BITS {
+            let last = low.last().expect("non-empty");
+            low.push(last.combine(&g).expect("j·G + G is not infinity"));
+        }
+        Arc::new(low)
+    }
+
+    fn new(secp: &Secp256k1<All>, base: SecretKey, low: Arc<Vec<PublicKey>>) -> Self {
+        let base_public = PublicKey::from_secret_key(secp, &base);
+        Self {
+            base,
+            base_public,
+            low,
+            high: Vec::new(),
+        }
+    }
+
+    fn key(&mut self, secp: &Secp256k1<All>, index: u64) -> (SecretKey, PublicKey) {
+        let tweak = Scalar::from_be_bytes(scalar_bytes(index)).expect("a u64 is below n");
+        let secret = self
+            .base
+            .add_tweak(&tweak)
+            .expect("base + index is not 0: odds 2^-256");
+        let low = (index & ((1 << LADDER_LOW_BITS) - 1)) as usize;
+        let high = (index >> LADDER_LOW_BITS) as usize;
+        while self.high.len() < high {
+            let multiple = (self.high.len() as u64 + 1) << LADDER_LOW_BITS;
+            let scalar = SecretKey::from_slice(&scalar_bytes(multiple)).expect("small non-zero");
+            self.high.push(PublicKey::from_secret_key(secp, &scalar));
+        }
+        let mut parts = vec![&self.base_public];
+        if low > 0 {
+            parts.push(&self.low[low - 1]);
+        }
+        if high > 0 {
+            parts.push(&self.high[high - 1]);
+        }
+        let public = PublicKey::combine_keys(&parts).expect("the sum is secret·G, not infinity");
+        (secret, public)
+    }
+}
+
+fn tagged_hash(seed: u64, tag: &[u8], id: u64, index: u32) -> [u8; 32] {
+    let mut engine = sha256::Hash::engine();
+    engine.input(b"ferrum-chaingen/");
+    engine.input(tag);
+    engine.input(&seed.to_le_bytes());
+    engine.input(&id.to_le_bytes());
+    engine.input(&index.to_le_bytes());
+    sha256::Hash::from_engine(engine).to_byte_array()
+}
+
+/// The base secret of ladder `index`, from the seed.
+fn seed_secret(seed: u64, index: u32) -> SecretKey {
+    let mut counter = 0;
+    loop {
+        // An invalid scalar has probability ~2^-128; retrying keeps derivation total.
+        if let Ok(key) = SecretKey::from_slice(&tagged_hash(seed, b"ladder", counter, index)) {
+            return key;
+        }
+        counter += 1;
+    }
 }
 
 /// Derives keys for script ids from the seed; caches the popular (low) and recent ids.
@@ -66,6 +157,8 @@ pub(crate) struct Wallet {
     seed: u64,
     secp: Secp256k1<All>,
     kind_weights: Vec<(OutputKind, u32)>,
+    /// Ladders of the first key of every script and of the second key of multisig ones.
+    ladders: [KeyLadder; 2],
     popular: HashMap<u64, Arc<ScriptKeys>>,
     recent: HashMap<u64, Arc<ScriptKeys>>,
     older: HashMap<u64, Arc<ScriptKeys>>,
@@ -77,10 +170,15 @@ impl Wallet {
             kind_weights.iter().any(|(_, w)| *w > 0),
             "ChainParams::output_mix needs a non-zero weight"
         );
+        let secp = Secp256k1::new();
+        let low = KeyLadder::low_table(&secp);
+        let ladders =
+            [0, 1].map(|index| KeyLadder::new(&secp, seed_secret(seed, index), low.clone()));
         Self {
             seed,
-            secp: Secp256k1::new(),
+            secp,
             kind_weights,
+            ladders,
             popular: HashMap::new(),
             recent: HashMap::new(),
             older: HashMap::new(),
@@ -88,13 +186,7 @@ impl Wallet {
     }
 
     fn hash(&self, tag: &[u8], id: u64, index: u32) -> [u8; 32] {
-        let mut engine = sha256::Hash::engine();
-        engine.input(b"ferrum-chaingen/");
-        engine.input(tag);
-        engine.input(&self.seed.to_le_bytes());
-        engine.input(&id.to_le_bytes());
-        engine.input(&index.to_le_bytes());
-        sha256::Hash::from_engine(engine).to_byte_array()
+        tagged_hash(self.seed, tag, id, index)
     }
 
     /// The kind of a script id: a pure function of (seed, id), so reused ids keep their kind.
@@ -109,17 +201,6 @@ impl Wallet {
             pick -= *weight as u64;
         }
         unreachable!("pick < total weight")
-    }
-
-    fn secret(&self, id: u64, index: u32) -> SecretKey {
-        let mut counter = index;
-        loop {
-            // An invalid scalar has probability ~2^-128; retrying keeps derivation total.
-            if let Ok(key) = SecretKey::from_slice(&self.hash(b"key", id, counter)) {
-                return key;
-            }
-            counter = counter.wrapping_add(1 << 16);
-        }
     }
 
     pub(crate) fn keys(&mut self, id: u64) -> Arc<ScriptKeys> {
@@ -145,13 +226,12 @@ impl Wallet {
         keys
     }
 
-    fn derive(&self, id: u64) -> ScriptKeys {
+    fn derive(&mut self, id: u64) -> ScriptKeys {
         let kind = self.kind_of(id);
-        let secret = self.secret(id, 0);
-        let public = PublicKey::from_secret_key(&self.secp, &secret);
+        let (secret, public) = self.ladders[0].key(&self.secp, id);
         let compressed = CompressedPublicKey(public);
         let mut inner_script = ScriptBuf::new();
-        let mut tweaked = None;
+
         let script_pubkey = match kind {
             OutputKind::P2pk => ScriptBuf::new_p2pk(&bitcoin::PublicKey::new(public)),
             OutputKind::P2pkh => ScriptBuf::new_p2pkh(&compressed.pubkey_hash()),
@@ -168,16 +248,11 @@ impl Wallet {
                 ScriptBuf::new_p2wsh(&inner_script.wscript_hash())
             }
             OutputKind::P2tr => {
-                let pair =
-                    Keypair::from_secret_key(&self.secp, &secret).tap_tweak(&self.secp, None);
-                let output_key = TweakedPublicKey::dangerous_assume_tweaked(
-                    pair.as_keypair().x_only_public_key().0,
-                );
-                tweaked = Some(pair);
+                let (output_key, _) = public.x_only_public_key().0.tap_tweak(&self.secp, None);
                 ScriptBuf::new_p2tr_tweaked(output_key)
             }
             OutputKind::BareMultisig => {
-                let second = PublicKey::from_secret_key(&self.secp, &self.secret(id, 1));
+                let (_, second) = self.ladders[1].key(&self.secp, id);
                 inner_script = Builder::new()
                     .push_opcode(opcodes::all::OP_PUSHNUM_1)
                     .push_slice(public.serialize())
@@ -194,7 +269,6 @@ impl Wallet {
             secret,
             public,
             inner_script,
-            tweaked,
         }
     }
 
@@ -279,10 +353,8 @@ impl Wallet {
                         )
                         .expect("prevouts match inputs");
                     let msg = Message::from_digest(hash.to_byte_array());
-                    let pair = keys
-                        .tweaked
-                        .as_ref()
-                        .expect("P2TR keys carry a tweaked pair");
+                    let pair = Keypair::from_secret_key(&self.secp, &keys.secret)
+                        .tap_tweak(&self.secp, None);
                     let sig = self.secp.sign_schnorr_no_aux_rand(&msg, pair.as_keypair());
                     sigs.push(sig.as_ref().to_vec());
                     continue;
@@ -316,5 +388,37 @@ impl Wallet {
             );
         }
         sigs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ladder_public_keys_match_their_secrets() {
+        let secp = Secp256k1::new();
+        let low = KeyLadder::low_table(&secp);
+        let mut ladder = KeyLadder::new(&secp, seed_secret(9, 0), low);
+        for index in [0, 1, 2, 4095, 4096, 4097, 8191, 8192, 123_456, 9_999_999] {
+            let (secret, public) = ladder.key(&secp, index);
+            assert_eq!(
+                public,
+                PublicKey::from_secret_key(&secp, &secret),
+                "index {index}"
+            );
+        }
+        let (first, _) = ladder.key(&secp, 5);
+        let (again, _) = ladder.key(&secp, 5);
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn script_kinds_follow_the_weights() {
+        let only_p2tr = Wallet::new(1, vec![(OutputKind::P2tr, 1), (OutputKind::P2pk, 0)]);
+        assert!((0..100).all(|id| only_p2tr.kind_of(id) == OutputKind::P2tr));
+        let mut wallet = Wallet::new(1, OutputKind::ALL.iter().map(|k| (*k, 1)).collect());
+        let kinds: std::collections::HashSet<_> = (0..200).map(|id| wallet.keys(id).kind).collect();
+        assert_eq!(kinds.len(), OutputKind::ALL.len());
     }
 }
