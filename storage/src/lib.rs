@@ -3,16 +3,26 @@
 //! The crate knows nothing of Bitcoin or Electrum: it indexes opaque keys and numbers.
 
 mod array;
+mod block;
 mod decode;
 pub mod error;
 pub mod file;
 pub mod frame;
 pub mod history;
+mod manifest;
+mod options;
+mod snapshot;
+mod store;
 mod txindex;
+mod undo;
 pub mod utxo;
 pub mod varint;
 
+pub use block::{BlockData, TxData};
 pub use error::{Error, Result};
+pub use options::Options;
+pub use snapshot::{Reader, Snapshot};
+pub use store::Store;
 pub use utxo::Utxo;
 
 /// Length of the script key the store indexes by (a prefix of the script's hash, chosen by the

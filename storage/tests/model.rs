@@ -1,0 +1,187 @@
+//! Property test: random sequences of apply_block, commit, rollback, compact, set_meta, reopen
+//! and invalid blocks drive the Store and an in-memory model; after every step the latest
+//! snapshot, and an older snapshot kept across steps, must equal the model.
+
+mod common;
+
+use common::{check, Model};
+use ferrum_storage::{Error, Hash32, Options, Snapshot, Store};
+use proptest::prelude::*;
+
+const UNDO: u32 = 4;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Apply { seed: u64, blocks: u8 },
+    Commit,
+    Rollback(u8),
+    Compact,
+    Reopen,
+    Meta(u8),
+    BadSpend(u64),
+    KeepSnapshot,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<u64>(), 1u8..4).prop_map(|(seed, blocks)| Op::Apply { seed, blocks }),
+        3 => Just(Op::Commit),
+        2 => (0u8..7).prop_map(Op::Rollback),
+        2 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+        1 => any::<u8>().prop_map(Op::Meta),
+        1 => any::<u64>().prop_map(Op::BadSpend),
+        1 => Just(Op::KeepSnapshot),
+    ]
+}
+
+fn options() -> Options {
+    Options {
+        undo_blocks: UNDO,
+        compaction_memory: 1 << 16,
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    /// `states[n]` = model after the first n applied blocks (committed or not).
+    states: Vec<Model>,
+    committed: usize,
+    meta_pending: Vec<(String, Vec<u8>)>,
+    /// Lowest height whose undo record the store must still hold.
+    undo_low: usize,
+    all_txids: Vec<Hash32>,
+    kept: Option<(Snapshot, Model)>,
+}
+
+impl Harness {
+    fn store(&mut self) -> &mut Store {
+        self.store.as_mut().expect("open")
+    }
+
+    fn applied(&self) -> usize {
+        self.states.len() - 1
+    }
+
+    fn commit_model(&mut self) {
+        self.committed = self.applied();
+        let pending = std::mem::take(&mut self.meta_pending);
+        for state in &mut self.states {
+            for (k, v) in &pending {
+                state.meta.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Apply { seed, blocks } => {
+                for i in 0..*blocks {
+                    let tip = self.states.last().unwrap().clone();
+                    let block = tip.gen_block(seed.wrapping_add(u64::from(i)));
+                    let mut next = tip.clone();
+                    next.apply(&block);
+                    self.all_txids.extend(block.txs.iter().map(|t| t.txid));
+                    self.store().apply_block(&block).unwrap();
+                    assert_eq!(self.store().height(), next.height());
+                    self.states.push(next);
+                }
+            }
+            Op::Commit => {
+                self.store().commit().unwrap();
+                self.commit_model();
+            }
+            Op::Rollback(n) => {
+                let n = usize::from(*n);
+                let blocks = self.applied();
+                let guaranteed = (UNDO as usize).min(blocks - self.undo_low);
+                let result = self.store().rollback(n as u32);
+                self.commit_model();
+                match result {
+                    Ok(()) => {
+                        assert!(n <= blocks);
+                        self.undo_low = self.undo_low.max(blocks.saturating_sub(UNDO as usize));
+                        self.states.truncate(blocks - n + 1);
+                        self.committed = blocks - n;
+                    }
+                    Err(Error::Invalid(msg)) => {
+                        assert!(n > guaranteed, "rollback of {n} within {guaranteed}: {msg}");
+                        assert!(msg.starts_with("cannot roll back"), "{msg}");
+                    }
+                    Err(e) => panic!("rollback: {e}"),
+                }
+            }
+            Op::Compact => {
+                self.store().compact().unwrap();
+                self.commit_model();
+            }
+            Op::Reopen => {
+                drop(self.store.take());
+                self.store = Some(Store::open(self.dir.path(), options()).unwrap());
+                self.states.truncate(self.committed + 1);
+                self.meta_pending.clear();
+            }
+            Op::Meta(v) => {
+                let key = format!("k{}", v % 3);
+                self.store().set_meta(&key, &[*v; 3]);
+                self.meta_pending.push((key, vec![*v; 3]));
+            }
+            Op::BadSpend(seed) => {
+                let tip = self.states.last().unwrap().clone();
+                let mut block = tip.gen_block(*seed);
+                let missing = match tip.txids.first() {
+                    Some(t) if seed % 2 == 0 => (*t, 9),
+                    _ => ([0xee; 32], 0),
+                };
+                block.txs[0].spends.push(missing);
+                let height = self.applied();
+                let err = self.store().apply_block(&block).unwrap_err().to_string();
+                let want = format!("block {height} tx ");
+                assert!(err.starts_with(&want), "{err}");
+                assert!(err.contains(" spends missing output "), "{err}");
+                assert_eq!(self.store().height(), tip.height());
+            }
+            Op::KeepSnapshot => {
+                let snap = self.store().snapshot();
+                self.kept = Some((snap, self.states[self.committed].clone()));
+            }
+        }
+    }
+
+    fn verify(&mut self) {
+        let model = self.states[self.committed].clone();
+        let store = self.store.as_ref().unwrap();
+        check(&store.snapshot(), &model, &self.all_txids).unwrap();
+        assert_eq!(store.reader().snapshot().height(), model.height());
+        if let Some((snap, model)) = &self.kept {
+            check(snap, model, &[]).unwrap();
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let mut h = Harness {
+            dir,
+            store: Some(store),
+            states: vec![Model::default()],
+            committed: 0,
+            meta_pending: Vec::new(),
+            undo_low: 0,
+            all_txids: Vec::new(),
+            kept: None,
+        };
+        for op in &ops {
+            h.step(op);
+            h.verify();
+        }
+        h.step(&Op::Reopen);
+        h.verify();
+    }
+}
