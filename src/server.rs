@@ -293,9 +293,15 @@ impl<B: Backend> Server<B> {
                         );
                     }
                     let total = self.registry.add(ctx.clone());
+                    // ANON_LOGS keeps client addresses out of the log.
+                    let shown = if self.config.anon_logs {
+                        "xx.xx.xx.xx:xx".to_string()
+                    } else {
+                        peer.to_string()
+                    };
                     info!(
                         session = id,
-                        "{} {peer}, {total} total",
+                        "{} {shown}, {total} total",
                         service.protocol.name().to_uppercase()
                     );
                     let server = self.clone();
