@@ -12,9 +12,10 @@ use super::rng::Rng;
 /// and `mempool_tx` never spends from them.
 pub(crate) const UNTRACKED: u32 = u32::MAX;
 /// Core 31 allows clusters of 64 transactions and 101 kvB; older releases 25 ancestors and
-/// descendants. Staying well below both keeps every chain relayable.
-const MAX_CLUSTER_TXS: u32 = 20;
-const MAX_CLUSTER_VSIZE: u64 = 80_000;
+/// descendants. A coin is offered for a relayable spend only while its cluster is below these
+/// (each such spend adds one transaction), which keeps every chain well within both.
+const MAX_CLUSTER_TXS: u32 = 10;
+const MAX_CLUSTER_VSIZE: u64 = 20_000;
 
 #[derive(Clone)]
 pub(crate) struct PendingTx {
@@ -80,7 +81,7 @@ impl Mempool {
             return false;
         }
         let size = self.clusters.get(&cluster).copied().unwrap_or_default();
-        size.txs + 1 < MAX_CLUSTER_TXS / 2 && size.vsize < MAX_CLUSTER_VSIZE / 4
+        size.txs < MAX_CLUSTER_TXS && size.vsize < MAX_CLUSTER_VSIZE
     }
 
     /// Gives back a coin taken by `take` that ended up unused.
