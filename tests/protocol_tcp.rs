@@ -623,6 +623,45 @@ async fn requests_run_concurrently() {
 }
 
 #[tokio::test]
+async fn initial_concurrent_bounds_parallel_requests() {
+    let s = TestServer::start(&["tcp"], &[("INITIAL_CONCURRENT", "1".into())]).await;
+    let mut c = s.tcp().await;
+    c.hello("1.6").await;
+    c.send(r#"{"jsonrpc":"2.0","method":"test.sleep","params":[300],"id":1}"#)
+        .await;
+    c.send(r#"{"jsonrpc":"2.0","method":"test.sleep","params":[1],"id":2}"#)
+        .await;
+    assert_eq!(c.recv_json().await["id"], 1, "one request at a time");
+    assert_eq!(c.recv_json().await["id"], 2);
+}
+
+#[tokio::test]
+async fn cost_over_soft_limit_delays_requests() {
+    let vars = [
+        ("COST_SOFT_LIMIT", "100".to_string()),
+        ("COST_HARD_LIMIT", "1100".to_string()),
+        ("REQUEST_SLEEP", "1000".to_string()),
+    ];
+    let s = TestServer::start(&["tcp"], &vars).await;
+    let mut c = s.tcp().await;
+    c.hello("1.6").await;
+    // 600 above the soft limit: 60% of the way to the hard limit.
+    c.call(1, "test.cost", json!([700])).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        c.call(2, "server.ping", json!([])).await["result"],
+        Value::Null
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "slept {:?}",
+        started.elapsed()
+    );
+    let row = s.server.sessions()[0].max_concurrent();
+    assert_eq!(row, 4, "concurrency falls with cost: ceil(0.4 * 10)");
+}
+
+#[tokio::test]
 async fn half_closed_client_still_gets_answers() {
     let s = server().await;
     let mut stream = tokio::net::TcpStream::connect(s.addr(ferrum::services::Protocol::Tcp))
