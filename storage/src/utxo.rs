@@ -5,6 +5,8 @@
 mod run;
 pub(crate) mod sorted_file;
 mod sorter;
+#[cfg(test)]
+pub(crate) mod synthetic;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -300,58 +300,31 @@ fn arbitrary_bytes_as_a_segment_are_errors_not_panics() {
     }
 }
 
-/// Bytes per history entry of a compacted segment on synthetic data shaped like a chain:
-/// each tx touches 3 scripts, 30% of touches go to 1000 reused scripts (a few very heavily),
-/// the rest to scripts seen twice (paid, then spent a little later).
+/// Bytes per history entry of a compacted segment on the synthetic chain: each tx touches
+/// the scripts it pays and the scripts whose outputs it spends.
 #[test]
 fn space_per_entry_on_synthetic_chain() {
     let dir = tempfile::tempdir().unwrap();
     let mut alloc = ids();
     let mut set = HistorySet::open(dir.path(), &[]).unwrap();
-    let mut x: u64 = 11;
-    let mut rnd = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x >> 11
-    };
-    let key = |script: u64| {
-        let d = script.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
-        let mut h = [0u8; 11];
-        h[..8].copy_from_slice(&d);
-        h[8..].copy_from_slice(&d[..3]);
-        h
-    };
-    let mut pending_spends: Vec<u64> = Vec::new();
+    let mut chain = crate::utxo::synthetic::Chain::new(7);
     let mut entries = 0u64;
-    for txnum in 0..200_000u64 {
-        let mut touched = BTreeSet::new();
-        for _ in 0..2 {
-            let r = rnd();
-            let script = if r % 10 < 3 {
-                // Zipf-like: a handful of scripts take most of the reuse.
-                (r % 1000) * (r % 1000) / 1000
-            } else {
-                let s = 1_000 + txnum * 2 + (r & 1);
-                pending_spends.push(s);
-                s
-            };
-            touched.insert(script);
-        }
-        if pending_spends.len() > 50 {
-            let i = (rnd() as usize) % pending_spends.len();
-            touched.insert(pending_spends.swap_remove(i));
-        }
-        for s in touched {
-            set.append(key(s), txnum);
+    for _ in 0..120_000 {
+        let (txnum, tx) = chain.next_tx();
+        let mut touched: BTreeSet<HashX> = tx.spends.iter().map(|s| s.2).collect();
+        touched.extend(tx.outputs.iter().map(|o| o.0));
+        for h in touched {
+            set.append(h, txnum);
             entries += 1;
         }
-        if txnum % 50_000 == 49_999 {
+        if txnum % 40_000 == 39_999 {
             set.flush(&mut alloc).unwrap();
+            set.compact(&mut alloc, 0).unwrap();
         }
     }
-    set.compact(&mut alloc, 0).unwrap();
-    let bytes: u64 = set.segs.iter().map(|s| s.seg.size()).sum();
+    set.flush(&mut alloc).unwrap();
+    set.merge_range(0..set.segs.len(), &mut alloc).unwrap();
+    let bytes = set.segs[0].seg.size();
     let per = bytes as f64 / entries as f64;
     println!("history: {bytes} bytes for {entries} entries = {per:.2} B/entry");
     assert!(per < 8.0, "{per:.2} B/entry");

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
 use crate::utxo::sorted_file::{
-    decode_footer, encode_block, encode_footer, footer_len, le_u64, read_block, FileWriter,
+    decode_footer, encode_block, encode_footer, footer_len, le_u64, partition, read_block,
+    FileWriter,
 };
 use crate::utxo::sorter::{OpRef, Sorter};
 use crate::varint;
@@ -60,61 +61,89 @@ fn outpoint_key(txnum: u64, vout: u32) -> [u8; OKEY] {
     k
 }
 
-/// Decodes a by-script block body, checking that keys strictly ascend.
-fn decode_script_block(
-    body: &[u8],
-    path: &Path,
+/// Streams the records of a by-script block body, checking that keys strictly ascend.
+struct ScriptBlockReader<'a> {
+    body: &'a [u8],
+    pos: usize,
+    path: &'a Path,
     offset: usize,
-    out: &mut Vec<Record>,
-) -> Result<()> {
-    let corrupt = |reason: &str| Error::corrupt(path, offset as u64, reason);
-    out.clear();
-    let mut pos = 0;
-    while pos < body.len() {
-        let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad group header"))?;
-        let (count, shared) = (tag >> 4, (tag & 15) as usize);
-        let prev_hashx = out.last().map(|r| r.hashx);
-        if count == 0 || shared >= HASHX_LEN || (prev_hashx.is_none() && shared > 0) {
-            return Err(corrupt("bad group header"));
-        }
-        let mut hashx = prev_hashx.unwrap_or_default();
-        let suffix = body
-            .get(pos..pos + HASHX_LEN - shared)
-            .ok_or_else(|| corrupt("truncated script key"))?;
-        hashx[shared..].copy_from_slice(suffix);
-        pos += HASHX_LEN - shared;
-        if prev_hashx.is_some_and(|p| p >= hashx) {
-            return Err(corrupt("script keys out of order"));
-        }
-        let mut prev: Option<(u64, u32)> = None;
-        for _ in 0..count {
-            let n = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
-            let txnum = match prev {
-                None => n,
-                Some((t, _)) => t
-                    .checked_add(n)
-                    .ok_or_else(|| corrupt("tx number overflow"))?,
-            };
-            let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad output index"))?;
-            let vout = u32::try_from(tag >> 1).map_err(|_| corrupt("output index out of range"))?;
-            if prev.is_some_and(|p| p >= (txnum, vout)) {
-                return Err(corrupt("outpoints out of order"));
-            }
-            let value = if tag & 1 == 1 {
-                None
-            } else {
-                Some(varint::get(body, &mut pos).ok_or_else(|| corrupt("bad value"))?)
-            };
-            prev = Some((txnum, vout));
-            out.push(Record {
-                hashx,
-                txnum,
-                vout,
-                value,
-            });
+    hashx: Option<HashX>,
+    left: u64, // entries left in the current group
+    prev: Option<(u64, u32)>,
+}
+
+impl<'a> ScriptBlockReader<'a> {
+    fn new(body: &'a [u8], path: &'a Path, offset: usize) -> Self {
+        ScriptBlockReader {
+            body,
+            pos: 0,
+            path,
+            offset,
+            hashx: None,
+            left: 0,
+            prev: None,
         }
     }
-    Ok(())
+
+    fn corrupt(&self, reason: &str) -> Error {
+        Error::corrupt(self.path, self.offset as u64, reason)
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64> {
+        varint::get(self.body, &mut self.pos).ok_or_else(|| self.corrupt(what))
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.left == 0 {
+            if self.pos >= self.body.len() {
+                return Ok(None);
+            }
+            let tag = self.varint("bad group header")?;
+            let (count, shared) = (tag >> 4, (tag & 15) as usize);
+            if count == 0 || shared >= HASHX_LEN || (self.hashx.is_none() && shared > 0) {
+                return Err(self.corrupt("bad group header"));
+            }
+            let mut hashx = self.hashx.unwrap_or_default();
+            let suffix = self
+                .body
+                .get(self.pos..self.pos + HASHX_LEN - shared)
+                .ok_or_else(|| self.corrupt("truncated script key"))?;
+            hashx[shared..].copy_from_slice(suffix);
+            self.pos += HASHX_LEN - shared;
+            if self.hashx.is_some_and(|p| p >= hashx) {
+                return Err(self.corrupt("script keys out of order"));
+            }
+            self.hashx = Some(hashx);
+            self.left = count;
+            self.prev = None;
+        }
+        let n = self.varint("bad tx number")?;
+        let txnum = match self.prev {
+            None => n,
+            Some((t, _)) => t
+                .checked_add(n)
+                .ok_or_else(|| self.corrupt("tx number overflow"))?,
+        };
+        let tag = self.varint("bad output index")?;
+        let vout =
+            u32::try_from(tag >> 1).map_err(|_| self.corrupt("output index out of range"))?;
+        if self.prev.is_some_and(|p| p >= (txnum, vout)) {
+            return Err(self.corrupt("outpoints out of order"));
+        }
+        let value = if tag & 1 == 1 {
+            None
+        } else {
+            Some(self.varint("bad value")?)
+        };
+        self.prev = Some((txnum, vout));
+        self.left -= 1;
+        Ok(Some(Record {
+            hashx: self.hashx.unwrap(),
+            txnum,
+            vout,
+            value,
+        }))
+    }
 }
 
 /// An open run, validated (footer and both indexes) when opened.
@@ -239,8 +268,9 @@ impl Run {
         le_u64(self.file.bytes(), self.oidx + i * OENTRY + OKEY) as usize
     }
 
-    /// Decodes by-script block `i` into `out`, checking it starts with its index key.
-    fn script_block(&self, i: usize, out: &mut Vec<Record>) -> Result<()> {
+    /// Reads by-script block `i` and calls `f` on its records until `f` returns false,
+    /// checking the block starts with its index key.
+    fn scan_script_block(&self, i: usize, f: &mut dyn FnMut(&Record) -> bool) -> Result<()> {
         let off = self.soff(i);
         let end = if i + 1 < self.nscript {
             self.soff(i + 1)
@@ -248,15 +278,30 @@ impl Run {
             self.script_end
         };
         let body = read_block(self.file.bytes(), off, end, self.path())?;
-        decode_script_block(&body, self.path(), off, out)?;
-        match out.first() {
-            Some(r) if script_key(&r.hashx, r.txnum, r.vout) == self.skey(i) => Ok(()),
-            _ => Err(Error::corrupt(
-                self.path(),
-                off as u64,
-                "block does not match index",
-            )),
+        let mut reader = ScriptBlockReader::new(&body, self.path(), off);
+        match reader.next_record()? {
+            Some(r) if script_key(&r.hashx, r.txnum, r.vout) == self.skey(i) => {
+                if !f(&r) {
+                    return Ok(());
+                }
+            }
+            _ => return Err(reader.corrupt("block does not match index")),
         }
+        while let Some(r) = reader.next_record()? {
+            if !f(&r) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes by-script block `i` into `out`.
+    fn script_block(&self, i: usize, out: &mut Vec<Record>) -> Result<()> {
+        out.clear();
+        self.scan_script_block(i, &mut |r| {
+            out.push(*r);
+            true
+        })
     }
 
     /// The by-script block holding `(txnum, vout)`, if this run has the outpoint.
@@ -277,14 +322,27 @@ impl Run {
         let mut pos = 0;
         let mut prev: Option<(u64, u32)> = None;
         while pos < body.len() {
-            let n = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
-            let t = match prev {
-                None => n,
-                Some((t, _)) => t
-                    .checked_add(n)
-                    .ok_or_else(|| corrupt("tx number overflow"))?,
+            let (t, v) = match prev {
+                None => {
+                    let t = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
+                    let v = varint::get(&body, &mut pos);
+                    (t, v.ok_or_else(|| corrupt("bad output index"))?)
+                }
+                Some((pt, _)) => {
+                    let tag =
+                        varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
+                    let t = pt
+                        .checked_add(tag >> 3)
+                        .ok_or_else(|| corrupt("tx number overflow"))?;
+                    let v = match tag & 7 {
+                        7 => varint::get(&body, &mut pos)
+                            .and_then(|x| x.checked_add(7))
+                            .ok_or_else(|| corrupt("bad output index"))?,
+                        v => v,
+                    };
+                    (t, v)
+                }
             };
-            let v = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad output index"))?;
             let v = u32::try_from(v).map_err(|_| corrupt("output index out of range"))?;
             let block = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad block number"))?;
             match prev {
@@ -315,18 +373,15 @@ impl Run {
         let Some(block) = self.find_outpoint(txnum, vout)? else {
             return Ok(None);
         };
-        let mut records = Vec::new();
-        self.script_block(block, &mut records)?;
+        // A live record wins over a tombstone filed under another script key; the block
+        // is scanned only until the live one turns up.
         let mut found = None;
-        for r in records
-            .iter()
-            .filter(|r| (r.txnum, r.vout) == (txnum, vout))
-        {
-            match r.value {
-                Some(value) => return Ok(Some(Some((r.hashx, value)))),
-                None => found = Some(None),
+        self.scan_script_block(block, &mut |r| {
+            if (r.txnum, r.vout) == (txnum, vout) {
+                found = Some(r.value.map(|v| (r.hashx, v)));
             }
-        }
+            !matches!(found, Some(Some(_)))
+        })?;
         found.map(Some).ok_or_else(|| {
             let off = self.soff(block) as u64;
             Error::corrupt(self.path(), off, "block lacks the outpoint its index names")
@@ -337,36 +392,25 @@ impl Run {
     pub fn list(&self, hashx: &HashX, out: &mut Vec<(u64, u32, Option<u64>)>) -> Result<()> {
         let target = script_key(hashx, 0, 0);
         let start = partition(self.nscript, |i| self.skey(i) < &target[..]).saturating_sub(1);
-        let mut records = Vec::new();
+        let mut past = false;
         for i in start..self.nscript {
-            if self.skey(i)[..HASHX_LEN] > hashx[..] {
+            if past || self.skey(i)[..HASHX_LEN] > hashx[..] {
                 break;
             }
-            self.script_block(i, &mut records)?;
-            for r in &records {
-                match r.hashx.cmp(hashx) {
-                    Ordering::Less => {}
-                    Ordering::Equal => out.push((r.txnum, r.vout, r.value)),
-                    Ordering::Greater => return Ok(()),
+            self.scan_script_block(i, &mut |r| match r.hashx.cmp(hashx) {
+                Ordering::Less => true,
+                Ordering::Equal => {
+                    out.push((r.txnum, r.vout, r.value));
+                    true
                 }
-            }
+                Ordering::Greater => {
+                    past = true;
+                    false
+                }
+            })?;
         }
         Ok(())
     }
-}
-
-/// Binary search over `n` index entries: the number of leading entries satisfying `pred`.
-fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0, n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if pred(mid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
 }
 
 /// Reads a run's by-script section in key order, one block in memory at a time.
@@ -601,16 +645,27 @@ impl OutpointBlocks {
         if self.last == Some(key) {
             return Ok(());
         }
-        let delta = match self.first {
+        // Entries after a block's first pack the tx number delta with a small output index:
+        // `delta << 3 | min(vout, 7)`, then `vout - 7` if that is 7. A delta too big to
+        // shift starts a new block instead.
+        if self.first.is_some() && r.txnum - self.last.unwrap().0 >= 1 << 61 {
+            self.emit(w)?;
+        }
+        match self.first {
             None => {
                 self.first = Some(key);
-                r.txnum
+                varint::put(&mut self.body, r.txnum);
+                varint::put(&mut self.body, u64::from(r.vout));
             }
-            Some(_) => r.txnum - self.last.unwrap().0,
-        };
+            Some(_) => {
+                let delta = r.txnum - self.last.unwrap().0;
+                varint::put(&mut self.body, delta << 3 | u64::from(r.vout.min(7)));
+                if r.vout >= 7 {
+                    varint::put(&mut self.body, u64::from(r.vout - 7));
+                }
+            }
+        }
         self.last = Some(key);
-        varint::put(&mut self.body, delta);
-        varint::put(&mut self.body, u64::from(r.vout));
         varint::put(&mut self.body, u64::from(r.block));
         if self.body.len() >= OUTPOINT_BLOCK {
             self.emit(w)?;

@@ -21,12 +21,12 @@ pub(crate) const MAX_BLOCK_RAW: usize = 1 << 20;
 const ZSTD_LEVEL: i32 = 3;
 
 /// Turns a block body into a frame payload: `codec u8`, then the raw body (codec 0) or
-/// `raw_len varint ++ zstd(body)` (codec 1). zstd is kept only when it saves at least 1/8.
+/// `raw_len varint ++ zstd(body)` (codec 1), whichever is smaller when `compress` is set.
 pub(crate) fn encode_block(body: &[u8], compress: bool) -> Vec<u8> {
     debug_assert!(body.len() <= MAX_BLOCK_RAW);
     if compress {
         if let Ok(packed) = zstd::bulk::compress(body, ZSTD_LEVEL) {
-            if packed.len() + 4 < body.len() - body.len() / 8 {
+            if packed.len() + 4 < body.len() {
                 let mut out = Vec::with_capacity(packed.len() + 5);
                 out.push(CODEC_ZSTD);
                 varint::put(&mut out, body.len() as u64);
@@ -121,6 +121,20 @@ pub(crate) fn decode_footer<const N: usize>(
 /// Reads a little-endian u64 at `pos` of a slice whose bounds the caller validated.
 pub(crate) fn le_u64(bytes: &[u8], pos: usize) -> u64 {
     u64::from_le_bytes(bytes[pos..pos + 8].try_into().unwrap())
+}
+
+/// Binary search over `n` index entries: the number of leading entries satisfying `pred`.
+pub(crate) fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// A new file written front to back and fsynced by `finish`. Dropped unfinished (an error

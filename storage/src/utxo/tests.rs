@@ -420,45 +420,34 @@ fn arbitrary_bytes_as_a_run_are_errors_not_panics() {
     }
 }
 
-/// Bytes per unspent output of a compacted run on synthetic data shaped like a chain: most
-/// scripts are used once or twice, a few are reused heavily; values span 4-5 byte varints.
+/// Bytes per unspent output of a compacted run on the synthetic chain.
 #[test]
 fn space_per_utxo_on_synthetic_chain() {
     let dir = tempfile::tempdir().unwrap();
     let mut alloc = ids();
     let mut set = UtxoSet::open(dir.path(), &[]).unwrap();
-    let mut x: u64 = 7;
-    let mut rnd = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        x >> 11
-    };
-    let mut n = 0u64;
-    for txnum in 0..100_000u64 {
-        for vout in 0..2 {
-            let r = rnd();
-            // 30% of outputs pay one of 1000 reused scripts, the rest fresh ones.
-            let script = if r % 10 < 3 {
-                r % 1000
-            } else {
-                1000 + txnum * 2 + vout
-            };
-            let mut h = [0u8; 11];
-            let digest = script.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
-            h[..8].copy_from_slice(&digest);
-            h[8..].copy_from_slice(&digest[..3]);
-            set.add(h, txnum, vout as u32, 10_000 + rnd() % 500_000_000);
-            n += 1;
+    let mut chain = super::synthetic::Chain::new(7);
+    for _ in 0..120_000 {
+        let (txnum, tx) = chain.next_tx();
+        for (t, v, h) in tx.spends {
+            assert_eq!(set.spend(t, v).unwrap().map(|x| x.0), Some(h));
         }
-        if txnum % 25_000 == 24_999 {
+        for (vout, (h, value)) in tx.outputs.into_iter().enumerate() {
+            set.add(h, txnum, vout as u32, value);
+        }
+        if txnum % 40_000 == 39_999 {
             set.flush(&mut alloc).unwrap();
+            set.compact(&mut alloc, 1 << 20).unwrap();
         }
     }
-    set.compact(&mut alloc, 1 << 20).unwrap();
-    let bytes: u64 = set.runs.iter().map(|r| r.size()).sum();
-    let per = bytes as f64 / n as f64;
-    println!("utxo run: {bytes} bytes for {n} outputs = {per:.2} B/utxo");
+    set.flush(&mut alloc).unwrap();
+    set.merge_range(0..set.runs.len(), &mut alloc, 1 << 20)
+        .unwrap();
+    let (live, dead) = set.runs[0].counts();
+    assert_eq!(dead, 0);
+    let bytes = set.runs[0].size();
+    let per = bytes as f64 / live as f64;
+    println!("utxo run: {bytes} bytes for {live} outputs = {per:.2} B/utxo");
     assert!(per < 20.0, "{per:.2} B/utxo");
 }
 
