@@ -1,5 +1,6 @@
 //! `ferrum-emulator`: serves a generated or loaded regtest chain over Bitcoin Core's JSON-RPC
 //! and REST interfaces, with an `emu_*` control port; prints its ports, runs until SIGINT/SIGTERM.
+//! With `--bench`, measures instead how fast it (or a real node, `--bench-node`) serves blocks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Parser, ValueEnum};
 use ferrum_tools::chaingen::ChainParams;
+use ferrum_tools::emulator::bench::{measure, Route, Target};
+use ferrum_tools::emulator::client::read_cookie;
 use ferrum_tools::emulator::{Auth, ChainSource, Emulator, EmulatorConfig, DEFAULT_WARMUP_MESSAGE};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -19,7 +22,7 @@ enum Preset {
 
 /// Emulate a Bitcoin Core regtest node serving a deterministic or recorded chain.
 #[derive(Parser)]
-#[command(group(ArgGroup::new("chain_source").required(true).args(["chain", "seed"])))]
+#[command(group(ArgGroup::new("chain_source").args(["chain", "seed"])))]
 struct Args {
     /// Chain file to serve (from ferrum-chaingen), loaded streaming.
     #[arg(long)]
@@ -58,10 +61,34 @@ struct Args {
     /// How many blocks back `emu_reorg` can reach on a generated chain.
     #[arg(long, default_value_t = 10)]
     reorg_depth: usize,
+    /// Measure block serving (REST .bin and getblock hex) with these connection counts, then
+    /// exit, e.g. `--bench 1,4`.
+    #[arg(long, value_delimiter = ',')]
+    bench: Vec<usize>,
+    /// Passes per measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    bench_runs: usize,
+    /// Benchmark a running node on this 127.0.0.1 port instead (e.g. bitcoind with -rest=1).
+    #[arg(long, requires = "bench_cookie")]
+    bench_node: Option<u16>,
+    /// Cookie file of the `--bench-node`.
+    #[arg(long)]
+    bench_cookie: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let (Some(port), Some(cookie)) = (args.bench_node, &args.bench_cookie) {
+        let target = read_cookie(cookie).map(|credentials| Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            credentials,
+        });
+        return report(target.and_then(|t| bench(&t, &args)));
+    }
+    if args.chain.is_none() && args.seed.is_none() {
+        eprintln!("ferrum-emulator: give --chain FILE or --seed N (or --bench-node PORT)");
+        return ExitCode::FAILURE;
+    }
     // clap makes --chain and --seed exclusive and requires one of them.
     let source = match &args.chain {
         Some(path) => ChainSource::File(path.clone()),
@@ -107,6 +134,13 @@ fn main() -> ExitCode {
         emulator.height(),
         start.elapsed().as_secs_f64()
     );
+    if !args.bench.is_empty() {
+        let target = Target {
+            addr: emulator.rpc_addr(),
+            credentials: emulator.credentials().to_string(),
+        };
+        return report(bench(&target, &args));
+    }
     let cookie = emulator
         .cookie_path()
         .map(|p| p.display().to_string())
@@ -136,4 +170,51 @@ fn wait_for_signal() -> std::io::Result<()> {
             _ = term.recv() => Ok(()),
         }
     })
+}
+
+/// Serves every block over each route and connection count; prints one line per measurement.
+fn bench(target: &Target, args: &Args) -> std::io::Result<()> {
+    let hashes = target.block_hashes()?;
+    let counts = if args.bench.is_empty() {
+        vec![1]
+    } else {
+        args.bench.clone()
+    };
+    for route in [Route::RestBin, Route::RpcHex] {
+        for &connections in &counts {
+            let mut best = None;
+            for _ in 0..args.bench_runs.max(1) {
+                let rate = measure(target, &hashes, route, connections)?;
+                if best
+                    .as_ref()
+                    .is_none_or(|b: &ferrum_tools::emulator::bench::Rate| rate.elapsed < b.elapsed)
+                {
+                    best = Some(rate);
+                }
+            }
+            if let Some(r) = best {
+                println!(
+                    "{:<13} {} conn: {} blocks, {:.1} MB in {:.3} s = {:.0} MB/s, {:.0} blocks/s",
+                    r.route.name(),
+                    r.connections,
+                    r.blocks,
+                    r.bytes as f64 / 1e6,
+                    r.elapsed.as_secs_f64(),
+                    r.mb_per_s(),
+                    r.blocks_per_s()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrum-emulator: bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

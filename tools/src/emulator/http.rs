@@ -71,6 +71,10 @@ impl Response {
         Self::new(status, "application/json", body.into_bytes())
     }
 
+    pub fn json_bytes(status: u16, body: Vec<u8>) -> Self {
+        Self::new(status, "application/json", body)
+    }
+
     /// A bare status, as libevent sends it (Core's 401, 204 and unknown paths).
     pub fn empty(status: u16) -> Self {
         Response {

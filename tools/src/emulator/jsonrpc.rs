@@ -1,6 +1,8 @@
 //! Core's JSON-RPC framing over HTTP: basic auth, JSON-RPC 1.0/1.1 and 2.0 envelopes, batches,
 //! notifications, and the HTTP status codes Core picks for each case.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use super::http::{Request, Response};
@@ -40,10 +42,12 @@ impl RpcError {
     }
 }
 
-/// A method's result: a JSON value, or JSON text made without building a value (block hex).
+/// A method's result: a JSON value, JSON text, or a JSON string holding the hex of some bytes
+/// (written straight into the response: serving block hex is the hot path).
 pub enum Reply {
     Value(Value),
     Raw(String),
+    Hex(Arc<Vec<u8>>),
 }
 
 impl From<Value> for Reply {
@@ -53,11 +57,36 @@ impl From<Value> for Reply {
 }
 
 impl Reply {
-    fn into_text(self) -> String {
+    fn write_to(self, out: &mut Vec<u8>) {
         match self {
-            Reply::Value(v) => v.to_string(),
-            Reply::Raw(s) => s,
+            Reply::Value(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Reply::Raw(s) => out.extend_from_slice(s.as_bytes()),
+            Reply::Hex(bytes) => {
+                out.push(b'"');
+                hex_into(out, &bytes);
+                out.push(b'"');
+            }
         }
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX_DIGITS[i >> 4], HEX_DIGITS[i & 15]];
+        i += 1;
+    }
+    table
+};
+
+/// Appends lower-case hex of `data`.
+pub fn hex_into(out: &mut Vec<u8>, data: &[u8]) {
+    let start = out.len();
+    out.resize(start + data.len() * 2, 0);
+    for (pair, byte) in out[start..].chunks_exact_mut(2).zip(data) {
+        pair.copy_from_slice(&HEX_PAIRS[*byte as usize]);
     }
 }
 
@@ -155,33 +184,44 @@ fn parse(request: &Value) -> Result<Call<'_>, (Option<&Value>, bool, RpcError)> 
 }
 
 /// The reply object's text (Core's `JSONRPCReplyObj`).
-fn envelope(result: Result<Reply, RpcError>, id: Option<&Value>, v2: bool) -> String {
-    let mut out = String::from("{");
+fn envelope(result: Result<Reply, RpcError>, id: Option<&Value>, v2: bool) -> Vec<u8> {
+    let capacity = match &result {
+        Ok(Reply::Hex(bytes)) => bytes.len() * 2 + 64,
+        _ => 256,
+    };
+    let mut out = Vec::with_capacity(capacity);
+    out.push(b'{');
     if v2 {
-        out.push_str("\"jsonrpc\":\"2.0\",");
+        out.extend_from_slice(b"\"jsonrpc\":\"2.0\",");
     }
     match result {
         Ok(reply) => {
-            out.push_str("\"result\":");
-            out.push_str(&reply.into_text());
+            out.extend_from_slice(b"\"result\":");
+            reply.write_to(&mut out);
             if !v2 {
-                out.push_str(",\"error\":null");
+                out.extend_from_slice(b",\"error\":null");
             }
         }
         Err(e) => {
             if !v2 {
-                out.push_str("\"result\":null,");
+                out.extend_from_slice(b"\"result\":null,");
             }
-            out.push_str("\"error\":");
-            out.push_str(&e.to_json().to_string());
+            out.extend_from_slice(b"\"error\":");
+            out.extend_from_slice(e.to_json().to_string().as_bytes());
         }
     }
     if let Some(id) = id {
-        out.push_str(",\"id\":");
-        out.push_str(&id.to_string());
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.to_string().as_bytes());
     }
-    out.push('}');
+    out.push(b'}');
     out
+}
+
+/// A reply line: the envelope and Core's trailing newline.
+fn line(mut envelope: Vec<u8>) -> Vec<u8> {
+    envelope.push(b'\n');
+    envelope
 }
 
 fn single(request: &Value, dispatch: &dyn Dispatch) -> Response {
@@ -194,10 +234,10 @@ fn single(request: &Value, dispatch: &dyn Dispatch) -> Response {
         if call.id.is_none() {
             return Response::empty(204);
         }
-        return Response::json(200, envelope(result, call.id, true) + "\n");
+        return Response::json_bytes(200, line(envelope(result, call.id, true)));
     }
     match result {
-        Ok(r) => Response::json(200, envelope(Ok(r), call.id, false) + "\n"),
+        Ok(r) => Response::json_bytes(200, line(envelope(Ok(r), call.id, false))),
         Err(e) => error_reply(&e, call.id),
     }
 }
@@ -209,7 +249,7 @@ fn error_reply(e: &RpcError, id: Option<&Value>) -> Response {
         code::METHOD_NOT_FOUND => 404,
         _ => 500,
     };
-    Response::json(status, envelope(Err(e.clone()), id, false) + "\n")
+    Response::json_bytes(status, line(envelope(Err(e.clone()), id, false)))
 }
 
 fn batch(items: &[Value], dispatch: &dyn Dispatch) -> Response {
@@ -241,7 +281,15 @@ fn batch(items: &[Value], dispatch: &dyn Dispatch) -> Response {
     if replies.is_empty() && !items.is_empty() {
         return Response::empty(204);
     }
-    Response::json(200, format!("[{}]\n", replies.join(",")))
+    let mut body = vec![b'['];
+    for (i, reply) in replies.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(reply);
+    }
+    body.extend_from_slice(b"]\n");
+    Response::json_bytes(200, body)
 }
 
 /// Standard base64 with padding (what HTTP basic auth carries).
@@ -315,11 +363,17 @@ mod tests {
         let id = json!(7);
         assert_eq!(
             envelope(Ok(json!(1).into()), Some(&id), false),
-            r#"{"result":1,"error":null,"id":7}"#
+            br#"{"result":1,"error":null,"id":7}"#
         );
         assert_eq!(
             envelope(Err(RpcError::new(-8, "x")), Some(&id), true),
-            r#"{"jsonrpc":"2.0","error":{"code":-8,"message":"x"},"id":7}"#
+            br#"{"jsonrpc":"2.0","error":{"code":-8,"message":"x"},"id":7}"#
         );
+        let hex = envelope(
+            Ok(Reply::Hex(Arc::new(vec![0, 0xab, 0xff]))),
+            Some(&id),
+            false,
+        );
+        assert_eq!(hex, br#"{"result":"00abff","error":null,"id":7}"#);
     }
 }

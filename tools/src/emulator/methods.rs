@@ -6,7 +6,7 @@ use bitcoin::{BlockHash, Transaction, Txid};
 use serde_json::{json, Map, Value};
 
 use super::chain::{BlockEntry, Chain};
-use super::jsonrpc::{code, Dispatch, Reply, RpcError};
+use super::jsonrpc::{code, hex_into, Dispatch, Reply, RpcError};
 use super::mempool::{Rejection, DEFAULT_MAX_FEE_RATE};
 use super::node::Node;
 use super::params::{self, Arg, Ty};
@@ -109,7 +109,7 @@ impl Dispatch for Rpc<'_> {
                     entry.raw.clone()
                 };
                 // Hex-encode outside the lock: it is the slow part of serving a block.
-                Ok(Reply::Raw(quoted_hex(&raw)))
+                Ok(Reply::Hex(raw))
             }
             "getrawtransaction" => {
                 let p = bind(
@@ -617,26 +617,9 @@ fn network_info() -> Value {
     })
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Lower-case hex, table driven (block hex is the hot path of getblock verbosity 0).
+/// Lower-case hex.
 pub fn hex(data: &[u8]) -> String {
     let mut out = Vec::with_capacity(data.len() * 2);
-    for b in data {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Hex in JSON string quotes, written in one pass.
-fn quoted_hex(data: &[u8]) -> String {
-    let mut out = Vec::with_capacity(data.len() * 2 + 2);
-    out.push(b'"');
-    for b in data {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
-    }
-    out.push(b'"');
+    hex_into(&mut out, data);
     String::from_utf8(out).unwrap_or_default()
 }

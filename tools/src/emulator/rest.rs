@@ -7,6 +7,7 @@ use bitcoin::{BlockHash, Txid};
 use serde_json::Value;
 
 use super::http::{Body, Request, Response};
+use super::jsonrpc::hex_into;
 use super::methods::{block_json, blockchain_info, header_json, hex};
 use super::node::Node;
 use super::txjson::{self, Detail};
@@ -112,7 +113,10 @@ fn block(uri_part: &str, node: &RwLock<Node>) -> Response {
         }
         Format::Hex => {
             drop(node);
-            Response::text(200, hex(&entry.raw) + "\n")
+            let mut body = Vec::with_capacity(entry.raw.len() * 2 + 1);
+            hex_into(&mut body, &entry.raw);
+            body.push(b'\n');
+            Response::new(200, "text/plain", body)
         }
         Format::Json => {
             // Core's REST block JSON is getblock with verbosity 3 (prevouts shown).
