@@ -282,6 +282,35 @@ fn corruption_is_reported_with_file_and_offset() {
 }
 
 #[test]
+fn bad_contents_under_valid_checksums_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in 0..6000u64 {
+        set.append(hx((t % 7) as u8), t * 5);
+        if t % 3 == 0 {
+            set.append(hx(7 + (t % 200) as u8), t * 5);
+        }
+    }
+    set.flush(&mut alloc).unwrap();
+    let state = set.state();
+    drop(set);
+    let path = dir.path().join("hist-1.seg");
+    let good = fs::read(&path).unwrap();
+    let (frames, _) = frame_starts(&good, &path);
+    let mut seed = 2;
+    let prefix = format!("corrupt store file {} at offset ", path.display());
+    for _ in 0..400 {
+        let mut bad = good.clone();
+        crate::utxo::sorted_file::mutate_with_valid_checksums(&mut bad, &frames, 4, &mut seed);
+        fs::write(&path, &bad).unwrap();
+        if let Err(e) = read_all(dir.path(), &state) {
+            assert!(e.to_string().starts_with(&prefix), "{e}");
+        }
+    }
+}
+
+#[test]
 fn arbitrary_bytes_as_a_segment_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hist-1.seg");

@@ -214,6 +214,51 @@ pub(crate) fn pick_merge(sizes: &[u64]) -> Option<Range<usize>> {
     (n - start >= 2).then_some(start..n)
 }
 
+/// Test helper: mutates bytes of a file *and* fixes the checksums around them, so decoders
+/// (not just crc checks) meet bad input. `frames` are the frame offsets, the footer is last.
+#[cfg(test)]
+pub(crate) fn mutate_with_valid_checksums(
+    data: &mut [u8],
+    frames: &[usize],
+    footer_fields: usize,
+    seed: &mut u64,
+) {
+    let mut rnd = || {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *seed >> 16
+    };
+    let footer = data.len() - footer_len(footer_fields);
+    let pick = rnd() as usize % (frames.len() + 1);
+    let (start, end) = match frames.get(pick) {
+        Some(&f) => {
+            let len = u32::from_le_bytes(data[f..f + 4].try_into().unwrap()) as usize;
+            (f + 4, f + 4 + len)
+        }
+        None => (footer + 8, footer + 8 + 8 * footer_fields),
+    };
+    if start == end {
+        return;
+    }
+    for _ in 0..1 + rnd() % 3 {
+        let at = start + rnd() as usize % (end - start);
+        data[at] = match rnd() % 3 {
+            0 => data[at] ^ (1 << (rnd() % 8)),
+            1 => rnd() as u8,
+            _ => data[at].wrapping_add(1),
+        };
+    }
+    let crc = crc32fast::hash(&data[start - 4..end]);
+    match frames.get(pick) {
+        Some(_) => data[end..end + 4].copy_from_slice(&crc.to_le_bytes()),
+        None => {
+            let crc = crc32fast::hash(&data[footer..end]);
+            data[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
