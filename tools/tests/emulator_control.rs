@@ -237,3 +237,41 @@ fn chain_files_load_streaming() {
     assert_eq!(emu.height(), 15);
     assert_eq!(emu.best_hash(), blocks[15].block_hash());
 }
+
+#[tokio::test]
+async fn works_from_async_tests() {
+    let emu = start(3);
+    let mut c = rpc(&emu);
+    assert_eq!(ok(&mut c, "getblockcount", json!([])), json!(3));
+    emu.set_online(false).unwrap();
+    assert!(TcpStream::connect(emu.rpc_addr()).is_err());
+    emu.set_online(true).unwrap();
+    assert_eq!(ok(&mut rpc(&emu), "getblockcount", json!([])), json!(3));
+    drop(emu);
+}
+
+#[test]
+fn curl_style_expect_continue_is_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    let emu = start(3);
+    let mut stream = TcpStream::connect(emu.rpc_addr()).unwrap();
+    let body = format!(
+        r#"{{"id":1,"method":"getblockcount","params":[],"pad":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    let auth = ferrum_tools::emulator::client::basic_auth(emu.credentials());
+    let head = format!(
+        "POST / HTTP/1.1\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    reader.read_line(&mut line).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+}

@@ -52,7 +52,7 @@ impl HttpClient {
 
     /// Sends `Authorization: Basic` with this `user:password`.
     pub fn with_auth(mut self, user_pass: &str) -> Self {
-        self.auth = Some(base64_encode(user_pass.as_bytes()));
+        self.auth = Some(basic_auth(user_pass));
         self
     }
 
@@ -140,6 +140,11 @@ impl HttpClient {
             _ => Ok(reply.get("result").cloned().unwrap_or(Value::Null)),
         })
     }
+}
+
+/// The `Authorization: Basic` value for `user:password`.
+pub fn basic_auth(user_pass: &str) -> String {
+    base64_encode(user_pass.as_bytes())
 }
 
 /// Reads a Core-style cookie file into `user:password`.

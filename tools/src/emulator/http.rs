@@ -144,7 +144,7 @@ async fn connection(stream: TcpStream, handler: Handler, mut online: watch::Rece
         let request = tokio::select! {
             biased;
             _ = online.wait_for(|up| !*up) => return,
-            r = read_request(&mut reader) => r,
+            r = read_request(&mut reader, &mut write) => r,
         };
         let (request, keep_alive) = match request {
             Ok(Some(r)) => r,
@@ -170,8 +170,10 @@ async fn connection(stream: TcpStream, handler: Handler, mut online: watch::Rece
 }
 
 /// Reads one request; `Ok(None)` at a clean end of stream, `Err(status)` for a bad request.
-async fn read_request<R: AsyncBufReadExt + Unpin>(
+/// Answers `Expect: 100-continue` (curl sends it for bodies over 1 kB) on `write`.
+async fn read_request<R: AsyncBufReadExt + Unpin, W: AsyncWriteExt + Unpin>(
     reader: &mut R,
+    write: &mut W,
 ) -> Result<Option<(Request, bool)>, u16> {
     let mut head = Vec::with_capacity(512);
     loop {
@@ -219,6 +221,13 @@ async fn read_request<R: AsyncBufReadExt + Unpin>(
     };
     if length > MAX_BODY_BYTES {
         return Err(400);
+    }
+    let expect = request.header("expect").map(|e| e.to_ascii_lowercase());
+    if expect.as_deref() == Some("100-continue") && length > 0 {
+        write
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| 400u16)?;
     }
     request.body = vec![0; length];
     reader
