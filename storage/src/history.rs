@@ -3,6 +3,7 @@
 //! Format and policy: docs/STORAGE-utxo-history.md.
 
 mod segment;
+mod segment_writer;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -15,7 +16,8 @@ use crate::error::{Error, Result};
 use crate::utxo::sorted_file::pick_merge;
 use crate::varint;
 use crate::HashX;
-use segment::{Segment, SegmentCursor, SegmentWriter};
+use segment::{Segment, SegmentCursor};
+use segment_writer::SegmentWriter;
 
 const STATE_VERSION: u8 = 1;
 

@@ -3,6 +3,7 @@
 //! Format and policy: docs/STORAGE-utxo-history.md.
 
 mod run;
+mod run_writer;
 pub(crate) mod sorted_file;
 mod sorter;
 #[cfg(test)]
@@ -18,7 +19,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::varint;
 use crate::HashX;
-use run::{Record, Run, RunWriter};
+use run::{Record, Run};
+use run_writer::RunWriter;
 
 /// An unspent output of a script, as listed by `UtxoView::list`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
