@@ -260,6 +260,7 @@ fn emulator_answers_like_bitcoin_core() {
         &["localaddresses"],
         Errors::CodeAndMessage,
     );
+    let _ = p.call_with("uptime", json!([]), &["result"], Errors::CodeAndMessage);
     for height in 0..=BLOCKS {
         let hash = p.call("getblockhash", json!([height])).unwrap();
         for verbosity in [

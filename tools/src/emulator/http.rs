@@ -9,6 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Core's `-rpcservertimeout` default: a connection idle this long is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct Request {
@@ -144,7 +146,10 @@ async fn connection(stream: TcpStream, handler: Handler, mut online: watch::Rece
         let request = tokio::select! {
             biased;
             _ = online.wait_for(|up| !*up) => return,
-            r = read_request(&mut reader, &mut write) => r,
+            r = tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut reader, &mut write)) => match r {
+                Ok(r) => r,
+                Err(_) => return, // idle: Core (libevent) drops the connection too
+            },
         };
         let (request, keep_alive) = match request {
             Ok(Some(r)) => r,
