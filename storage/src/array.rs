@@ -197,20 +197,16 @@ impl ArrayWriter {
     /// Opens the array the manifest describes; bytes appended after that commit are ignored
     /// and dropped by the next append.
     pub fn open(dir: &Path, spec: &'static ArraySpec, state: ArrayState) -> Result<ArrayWriter> {
-        let needed = state.len.div_ceil(spec.segment) as usize;
-        if state.segments.len() != needed {
-            return Err(Error::Invalid(format!(
-                "manifest lists {} {} segments for {} records",
-                state.segments.len(),
-                spec.name,
-                state.len
-            )));
-        }
+        // The manifest checked that `segments` matches `len`.
+        let needed = state.segments.len();
         let mut files = Vec::with_capacity(needed);
         let mut copy_tail = false;
         for (n, &id) in state.segments.iter().enumerate() {
             let path = dir.join(spec.file_name(id));
-            let records = (state.len - n as u64 * spec.segment).min(spec.segment);
+            let records = state
+                .len
+                .saturating_sub(n as u64 * spec.segment)
+                .min(spec.segment);
             let want = spec.segment_bytes(records);
             let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
             let have = f.metadata().map_err(|e| Error::io(&path, e))?.len();
@@ -416,7 +412,11 @@ impl ArrayWriter {
         let spec = self.spec;
         let mut segments = Vec::with_capacity(self.files.len());
         for (n, file) in self.files.iter().enumerate() {
-            let records = (self.state.len - n as u64 * spec.segment).min(spec.segment);
+            let records = self
+                .state
+                .len
+                .saturating_sub(n as u64 * spec.segment)
+                .min(spec.segment);
             let reuse = previous
                 .segments
                 .get(n)

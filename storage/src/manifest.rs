@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use crate::array::ArrayState;
+use crate::array::{ArrayState, COUNTS, HEADERS, TXHASHES};
 use crate::decode::{put_blob, Cursor};
 use crate::error::{Error, Result};
 use crate::file::{sync_dir, write_new_file};
@@ -156,6 +156,18 @@ impl Manifest {
         }
         if self.txhashes.len != self.tx_count {
             return Err("tx hash array length differs from the tx count".into());
+        }
+        for (a, spec) in [
+            (&self.headers, &HEADERS),
+            (&self.counts, &COUNTS),
+            (&self.txhashes, &TXHASHES),
+        ] {
+            if a.segments.len() as u64 != a.len.div_ceil(spec.segment) {
+                return Err(format!(
+                    "{} array lists the wrong number of segments",
+                    spec.name
+                ));
+            }
         }
         if self.headers.len > u64::from(u32::MAX) {
             return Err("block count out of range".into());

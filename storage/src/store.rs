@@ -442,3 +442,123 @@ impl Store {
         self.latest.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::TxData;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn txid(n: u64) -> Hash32 {
+        let mut t = [0u8; 32];
+        t[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        t[8..16].copy_from_slice(&n.to_le_bytes());
+        t
+    }
+
+    /// Block `h`: tx numbers 3h..3h+3, each paying key 0; the last spends the previous
+    /// block's first output.
+    fn block(h: u64) -> BlockData {
+        let txs = (0..3)
+            .map(|i| TxData {
+                txid: txid(3 * h + i),
+                spends: if i == 2 && h > 0 {
+                    vec![(txid(3 * h - 3), 0)]
+                } else {
+                    vec![]
+                },
+                outputs: vec![Some(([0; 11], 3 * h + i))],
+            })
+            .collect();
+        BlockData {
+            header: [h as u8; 80],
+            txs,
+        }
+    }
+
+    fn opts() -> Options {
+        Options {
+            undo_blocks: 3,
+            compaction_memory: 1 << 16,
+        }
+    }
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Snapshot>();
+        send_sync::<Reader>();
+    }
+
+    #[test]
+    fn readers_see_whole_commits_while_the_writer_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), opts()).unwrap();
+        let reader = store.reader();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut snapshots = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = reader.snapshot();
+                    let Some(h) = snap.height() else { continue };
+                    assert_eq!(snap.block_txs(h).unwrap().end, snap.tx_count());
+                    assert_eq!(snap.tx_count(), 3 * (u64::from(h) + 1));
+                    for n in (0..snap.tx_count()).step_by(5) {
+                        assert_eq!(snap.find_tx(&txid(n)).unwrap(), Some(n));
+                    }
+                    let history = snap.history(&[0; 11]).unwrap();
+                    assert_eq!(history, (0..snap.tx_count()).collect::<Vec<_>>());
+                    let utxos = snap.utxos(&[0; 11]).unwrap();
+                    assert_eq!(utxos.len() as u64, snap.tx_count() - u64::from(h));
+                    snapshots += 1;
+                }
+                snapshots
+            })
+        };
+        let mut h = 0;
+        for round in 0..60u64 {
+            store.apply_block(&block(h)).unwrap();
+            h += 1;
+            match round % 7 {
+                3 => {
+                    store.rollback(2).unwrap();
+                    h -= 2;
+                }
+                5 => {
+                    store.compact().unwrap();
+                }
+                _ => store.commit().unwrap(),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(seen.join().unwrap() > 0);
+        assert_eq!(store.height(), Some(h as u32 - 1));
+    }
+
+    #[test]
+    fn rollback_is_bounded_by_the_horizon_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), opts()).unwrap();
+        for h in 0..6 {
+            store.apply_block(&block(h)).unwrap();
+        }
+        store.commit().unwrap();
+        let err = store.rollback(4).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cannot roll back 4 blocks: undo records cover only the last 3"
+        );
+        drop(store);
+        let mut store = Store::open(dir.path(), opts()).unwrap();
+        store.rollback(3).unwrap();
+        assert_eq!(store.height(), Some(2));
+        drop(store);
+        let store = Store::open(dir.path(), opts()).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.tx_count(), 9);
+        assert_eq!(snap.find_tx(&txid(9)).unwrap(), None);
+        assert_eq!(snap.utxo(6, 0).unwrap(), Some(([0; 11], 6)));
+    }
+}

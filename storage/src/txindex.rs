@@ -150,7 +150,10 @@ impl Run {
 
     fn decode(&self, entry: &[u8]) -> (u32, u64) {
         let residual = read_le(&entry[..self.pb]) as u32;
-        (residual, self.base + read_le(&entry[self.pb..]))
+        (
+            residual,
+            self.base.saturating_add(read_le(&entry[self.pb..])),
+        )
     }
 
     /// Pushes to `out` the tx numbers below `cap` stored under `prefix`.
