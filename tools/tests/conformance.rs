@@ -478,7 +478,27 @@ fn emulator_answers_like_bitcoin_core() {
     };
     let below_out = with_first_output(&txs[3], spendable + 21_000_000 * 100_000_000 / 2);
     let confirmed = blocks[105].txdata.last().unwrap().clone();
-    for tx in [&conflicting, &orphan, &immature, &below_out, &confirmed] {
+    let too_large = with_first_output(&txs[3], 21_000_001 * 100_000_000);
+    let total_too_large = {
+        let mut tx = with_first_output(&txs[3], 15_000_000 * 100_000_000);
+        tx.output.push(tx.output[0].clone());
+        tx
+    };
+    let duplicate_input = {
+        let mut tx = txs[3].clone();
+        tx.input.push(tx.input[0].clone());
+        tx
+    };
+    for tx in [
+        &conflicting,
+        &orphan,
+        &immature,
+        &below_out,
+        &confirmed,
+        &too_large,
+        &total_too_large,
+        &duplicate_input,
+    ] {
         let _ = p.call("testmempoolaccept", json!([[hex(tx)]]));
         let _ = p.call("sendrawtransaction", json!([hex(tx)]));
     }

@@ -118,9 +118,7 @@ impl Mempool {
         chain: &Chain,
         max_fee_rate: Option<u64>,
     ) -> Result<Admission, Rejection> {
-        if tx.is_coinbase() {
-            return Err(Rejection::invalid("coinbase", None));
-        }
+        check_transaction(tx)?;
         let txid = tx.compute_txid();
         if self.entries.contains_key(&txid) {
             return Err(Rejection::AlreadyInMempool);
@@ -155,7 +153,11 @@ impl Mempool {
                 ));
             }
         }
-        let value_in: u64 = prevouts.iter().map(|p| p.txout.value.to_sat()).sum();
+        // Both sums are within MAX_MONEY: outputs by check_transaction, inputs by the chain.
+        let value_in: u64 = prevouts
+            .iter()
+            .map(|p| p.txout.value.to_sat())
+            .fold(0, u64::saturating_add);
         let value_out: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
         if value_in < value_out {
             return Err(Rejection::invalid(
@@ -390,6 +392,36 @@ impl Mempool {
             "optimal": true,
         })
     }
+}
+
+/// Core's context-free `CheckTransaction` checks that a decoded transaction can fail.
+fn check_transaction(tx: &Transaction) -> Result<(), Rejection> {
+    const MAX_MONEY: u64 = 21_000_000 * 100_000_000;
+    if tx.output.is_empty() {
+        return Err(Rejection::invalid("bad-txns-vout-empty", None));
+    }
+    let mut total = 0u64;
+    for out in &tx.output {
+        let value = out.value.to_sat();
+        if value > MAX_MONEY {
+            return Err(Rejection::invalid("bad-txns-vout-toolarge", None));
+        }
+        total += value;
+        if total > MAX_MONEY {
+            return Err(Rejection::invalid("bad-txns-txouttotal-toolarge", None));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !tx.input.iter().all(|i| seen.insert(i.previous_output)) {
+        return Err(Rejection::invalid("bad-txns-inputs-duplicate", None));
+    }
+    if tx.is_coinbase() {
+        return Err(Rejection::invalid("coinbase", None));
+    }
+    if tx.input.iter().any(|i| i.previous_output.is_null()) {
+        return Err(Rejection::invalid("bad-txns-prevout-null", None));
+    }
+    Ok(())
 }
 
 fn now() -> u64 {

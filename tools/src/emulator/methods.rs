@@ -509,16 +509,13 @@ pub fn block_json(chain: &Chain, b: &BlockEntry, verbosity: i64) -> Value {
     o.insert("size".into(), json!(b.raw.len()));
     o.insert("weight".into(), json!(b.weight));
     let txs = b.txs();
-    if let Some(cb) = txs.first() {
+    if let Some((cb, input)) = txs.first().and_then(|cb| Some((cb, cb.input.first()?))) {
         let mut c = Map::new();
         c.insert("version".into(), json!(cb.version.0));
         c.insert("locktime".into(), json!(cb.lock_time.to_consensus_u32()));
-        c.insert("sequence".into(), json!(cb.input[0].sequence.0));
-        c.insert(
-            "coinbase".into(),
-            json!(hex(cb.input[0].script_sig.as_bytes())),
-        );
-        if let Some(w) = cb.input[0].witness.iter().next() {
+        c.insert("sequence".into(), json!(input.sequence.0));
+        c.insert("coinbase".into(), json!(hex(input.script_sig.as_bytes())));
+        if let Some(w) = input.witness.iter().next() {
             c.insert("witness".into(), json!(hex(w)));
         }
         o.insert("coinbase_tx".into(), Value::Object(c));

@@ -103,8 +103,15 @@ pub fn tx_to_json(
         .collect();
     o.insert("vout".into(), Value::Array(vout));
     if let Some(prev) = prevouts {
-        let spent: u64 = prev.iter().map(|p| p.txout.value.to_sat()).sum();
-        let paid: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let spent = prev
+            .iter()
+            .map(|p| p.txout.value.to_sat())
+            .fold(0, u64::saturating_add);
+        let paid = tx
+            .output
+            .iter()
+            .map(|o| o.value.to_sat())
+            .fold(0, u64::saturating_add);
         o.insert("fee".into(), amount(spent.saturating_sub(paid)));
     }
     o.insert(
