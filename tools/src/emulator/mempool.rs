@@ -85,12 +85,23 @@ pub struct Admission {
     pub replaced: Vec<Txid>,
 }
 
-#[derive(Default)]
 pub struct Mempool {
     entries: HashMap<Txid, Entry>,
     order: Vec<Txid>,
     spends: HashMap<OutPoint, Txid>,
+    /// Core's mempool sequence: starts at 1, one more per addition or removal.
     sequence: u64,
+}
+
+impl Default for Mempool {
+    fn default() -> Self {
+        Mempool {
+            entries: HashMap::new(),
+            order: Vec::new(),
+            spends: HashMap::new(),
+            sequence: 1,
+        }
+    }
 }
 
 impl Mempool {
@@ -106,9 +117,66 @@ impl Mempool {
         self.sequence
     }
 
-    /// Entries in arrival order.
+    /// Entries in arrival order (parents before children: what mining uses).
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.order.iter().filter_map(|t| self.entries.get(t))
+    }
+
+    /// Entries as Core lists them: by mining score, highest fee rate first, parents before
+    /// children (each transaction counts as its own chunk here).
+    pub fn by_score(&self) -> Vec<&Entry> {
+        use std::cmp::Ordering;
+        use std::collections::BinaryHeap;
+        struct Ready<'a>(&'a Entry);
+        impl Ready<'_> {
+            fn key(&self) -> (u128, std::cmp::Reverse<Txid>) {
+                // fee / vsize compared exactly as fee * 2^64 / vsize.
+                let rate = ((self.0.fee as u128) << 64) / self.0.vsize.max(1) as u128;
+                (rate, std::cmp::Reverse(self.0.txid))
+            }
+        }
+        impl PartialEq for Ready<'_> {
+            fn eq(&self, other: &Self) -> bool {
+                self.key() == other.key()
+            }
+        }
+        impl Eq for Ready<'_> {}
+        impl PartialOrd for Ready<'_> {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for Ready<'_> {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.key().cmp(&other.key())
+            }
+        }
+        let mut waiting: HashMap<Txid, usize> = HashMap::new();
+        let mut heap = BinaryHeap::new();
+        for e in self.entries.values() {
+            match self.parents(e).len() {
+                0 => heap.push(Ready(e)),
+                n => {
+                    waiting.insert(e.txid, n);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.entries.len());
+        while let Some(Ready(e)) = heap.pop() {
+            out.push(e);
+            for child in self.children(e) {
+                if let Some(n) = waiting.get_mut(&child) {
+                    *n -= 1;
+                    if *n == 0 {
+                        waiting.remove(&child);
+                        if let Some(c) = self.entries.get(&child) {
+                            heap.push(Ready(c));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Runs Core's acceptance checks without changing anything.

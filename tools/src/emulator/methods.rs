@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::chain::{BlockEntry, Chain};
 use super::jsonrpc::{code, hex_into, Dispatch, Reply, RpcError};
-use super::mempool::{Rejection, DEFAULT_MAX_FEE_RATE};
+use super::mempool::{Mempool, Rejection, DEFAULT_MAX_FEE_RATE};
 use super::node::Node;
 use super::params::{self, Arg, Ty};
 use super::txjson::{self, amount, Detail};
@@ -136,18 +136,7 @@ impl Dispatch for Rpc<'_> {
                         "Verbose results cannot contain mempool sequence values.",
                     ));
                 }
-                if verbose {
-                    let map: Map<String, Value> = pool
-                        .entries()
-                        .map(|e| (e.txid.to_string(), pool.entry_json(e)))
-                        .collect();
-                    return Ok(Value::Object(map).into());
-                }
-                let txids: Vec<String> = pool.entries().map(|e| e.txid.to_string()).collect();
-                if sequence {
-                    return Ok(json!({"txids": txids, "mempool_sequence": pool.sequence()}).into());
-                }
-                Ok(json!(txids).into())
+                Ok(mempool_json(pool, verbose, sequence).into())
             }
             "getmempoolentry" => {
                 let p = bind(&[Arg("txid", Ty::Str)], 1)?;
@@ -461,6 +450,22 @@ fn raw_transaction(node: &Node, p: &[Value]) -> Result<Reply, RpcError> {
         }
     }
     Ok(Value::Object(o).into())
+}
+
+/// Core's `MempoolToJSON` (getrawmempool, REST mempool contents).
+pub fn mempool_json(pool: &Mempool, verbose: bool, sequence: bool) -> Value {
+    if verbose {
+        let map: Map<String, Value> = pool
+            .entries()
+            .map(|e| (e.txid.to_string(), pool.entry_json(e)))
+            .collect();
+        return Value::Object(map);
+    }
+    let txids: Vec<String> = pool.by_score().iter().map(|e| e.txid.to_string()).collect();
+    if sequence {
+        return json!({"txids": txids, "mempool_sequence": pool.sequence()});
+    }
+    json!(txids)
 }
 
 /// Core's `blockheaderToJSON`.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::http::{Body, Request, Response};
 use super::jsonrpc::hex_into;
-use super::methods::{block_json, blockchain_info, header_json, hex};
+use super::methods::{block_json, blockchain_info, header_json, hex, mempool_json};
 use super::node::Node;
 use super::txjson::{self, Detail};
 
@@ -70,8 +70,12 @@ pub fn handle(req: &Request, node: &RwLock<Node>) -> Response {
         return error(503, &format!("Service temporarily unavailable: {status}"));
     }
     let target = req.target.as_str();
-    if let Some(rest) = target.strip_prefix("/rest/block/") {
-        block(rest, node)
+    if let Some(rest) = target.strip_prefix("/rest/block/notxdetails/") {
+        block(rest, node, 1)
+    } else if let Some(rest) = target.strip_prefix("/rest/block/") {
+        block(rest, node, 3)
+    } else if let Some(rest) = target.strip_prefix("/rest/mempool/") {
+        mempool(req, rest, node)
     } else if let Some(rest) = target.strip_prefix("/rest/headers/") {
         headers(req, rest, node)
     } else if let Some(rest) = target.strip_prefix("/rest/blockhashbyheight/") {
@@ -93,7 +97,8 @@ pub fn handle(req: &Request, node: &RwLock<Node>) -> Response {
     }
 }
 
-fn block(uri_part: &str, node: &RwLock<Node>) -> Response {
+/// A block; its JSON form at `json_verbosity` (Core: 3 for `/block/`, 1 for `/notxdetails/`).
+fn block(uri_part: &str, node: &RwLock<Node>, json_verbosity: i64) -> Response {
     let (param, format) = parse_format(uri_part);
     let Some(hash) = parse_hash::<BlockHash>(&param) else {
         return error(400, &format!("Invalid hash: {param}"));
@@ -119,11 +124,50 @@ fn block(uri_part: &str, node: &RwLock<Node>) -> Response {
             Response::new(200, "text/plain", body)
         }
         Format::Json => {
-            // Core's REST block JSON is getblock with verbosity 3 (prevouts shown).
-            Response::json(200, format!("{}\n", block_json(&node.chain, &entry, 3)))
+            let json = block_json(&node.chain, &entry, json_verbosity);
+            Response::json(200, format!("{json}\n"))
         }
         Format::Undef => format_not_found(ALL_FORMATS),
     }
+}
+
+fn mempool(req: &Request, uri_part: &str, node: &RwLock<Node>) -> Response {
+    let (param, format) = parse_format(uri_part);
+    if param != "contents" && param != "info" {
+        return error(
+            400,
+            "Invalid URI format. Expected /rest/mempool/<info|contents>.json",
+        );
+    }
+    if format != Format::Json {
+        return format_not_found("json");
+    }
+    let node = read(node);
+    if param == "info" {
+        return Response::json(200, format!("{}\n", node.mempool.info_json()));
+    }
+    let flag = |name: &str, default: &'static str| match req.query(name).unwrap_or(default) {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(error(
+            400,
+            &format!("The \"{name}\" query parameter must be either \"true\" or \"false\"."),
+        )),
+    };
+    let (verbose, sequence) = match (flag("verbose", "true"), flag("mempool_sequence", "false")) {
+        (Ok(v), Ok(s)) => (v, s),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    if verbose && sequence {
+        return error(
+            400,
+            "Verbose results cannot contain mempool sequence values. (hint: set \"verbose=false\")",
+        );
+    }
+    Response::json(
+        200,
+        format!("{}\n", mempool_json(&node.mempool, verbose, sequence)),
+    )
 }
 
 fn headers(req: &Request, uri_part: &str, node: &RwLock<Node>) -> Response {
