@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         eprintln!("ferrum-emulator: give --chain FILE or --seed N (or --bench-node PORT)");
         return ExitCode::FAILURE;
     }
-    // clap makes --chain and --seed exclusive and requires one of them.
+    // clap makes --chain and --seed exclusive; one of them is present (checked above).
     let source = match &args.chain {
         Some(path) => ChainSource::File(path.clone()),
         None => {
@@ -145,12 +145,12 @@ fn main() -> ExitCode {
         .cookie_path()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    println!(
+    let ready = format!(
         "rpc={} control={} cookie={cookie}",
         emulator.rpc_addr().port(),
         emulator.control_addr().port()
     );
-    match wait_for_signal() {
+    match serve_until_signal(&ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrum-emulator: waiting for a signal: {e}");
@@ -159,15 +159,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn wait_for_signal() -> std::io::Result<()> {
+/// Prints the ready line once SIGINT and SIGTERM are caught, then waits for one of them.
+fn serve_until_signal(ready: &str) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        println!("{ready}");
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
+            _ = interrupt.recv() => Ok(()),
+            _ = terminate.recv() => Ok(()),
         }
     })
 }
