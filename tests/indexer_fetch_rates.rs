@@ -1,0 +1,103 @@
+//! Measures the block fetch routes (REST binary vs JSON-RPC hex, one or several connections)
+//! against the emulator and a real regtest bitcoind. A measurement, not a check: ignored by
+//! default; run in release with a chain file (e.g. from `ferrum-chaingen --txs 200000`):
+//!
+//!   FERRUM_CHAIN=/tmp/bench.chain cargo test --release -p ferrum --test indexer_fetch_rates \
+//!     -- --ignored --nocapture
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrum::coin::Network;
+use ferrum::daemon::{Daemon, DaemonSettings};
+use ferrum::fetch::{FetchSettings, Prefetcher};
+use ferrum_tools::chainfile::ChainReader;
+use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
+use ferrum_tools::regtest::RegtestNode;
+
+fn regtest() -> &'static Network {
+    Network::lookup("Bitcoin", Some("regtest")).unwrap()
+}
+
+/// Fetches blocks 1..=height over each route and prints blocks/s and MB/s.
+async fn measure(node: &str, settings: DaemonSettings, height: u32) {
+    for rest in [true, false] {
+        let daemon = Arc::new(Daemon::new(&settings, regtest()).unwrap());
+        assert!(
+            daemon.check(regtest()).await.unwrap().rest,
+            "the node must serve REST"
+        );
+        daemon.set_rest(rest);
+        let route = if rest { "REST .bin" } else { "JSON-RPC hex" };
+
+        // Raw transfer, one request at a time on one connection.
+        let hashes = daemon.block_hashes(1..height + 1).await.unwrap();
+        let started = Instant::now();
+        let mut bytes = 0;
+        for hash in &hashes {
+            bytes += daemon.block_raw(hash).await.unwrap().len();
+        }
+        report(
+            node,
+            &format!("{route}, 1 connection, fetch only"),
+            height,
+            bytes,
+            started.elapsed(),
+        );
+
+        // The prefetcher: hash batches, several downloads, parsing on the blocking pool.
+        for concurrency in [1, 4] {
+            let settings = FetchSettings {
+                concurrency,
+                ..FetchSettings::default()
+            };
+            let started = Instant::now();
+            let mut fetcher = Prefetcher::start(daemon.clone(), 1, height, &settings);
+            let mut bytes = 0;
+            while let Some(block) = fetcher.next().await {
+                bytes += block.unwrap().block.size;
+            }
+            let what = format!("{route}, prefetcher x{concurrency}, fetch + parse");
+            report(node, &what, height, bytes, started.elapsed());
+        }
+    }
+}
+
+fn report(node: &str, route: &str, blocks: u32, bytes: usize, took: Duration) {
+    let secs = took.as_secs_f64();
+    println!(
+        "{node:<9} {route:<45} {blocks} blocks {:.1} MB in {secs:.2}s: {:.0} blocks/s, {:.1} MB/s",
+        bytes as f64 / 1e6,
+        blocks as f64 / secs,
+        bytes as f64 / 1e6 / secs
+    );
+}
+
+#[test]
+#[ignore = "a measurement: run by hand in release with FERRUM_CHAIN set"]
+fn fetch_routes() {
+    let path = std::env::var("FERRUM_CHAIN").expect("FERRUM_CHAIN names a chain file");
+    let blocks: Vec<bitcoin::Block> = ChainReader::open(&path)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let height = blocks.len() as u32 - 1;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let emu = Emulator::start(EmulatorConfig::new(ChainSource::Blocks(blocks.clone()))).unwrap();
+    let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
+    rt.block_on(measure("emulator", DaemonSettings::new(vec![url]), height));
+    drop(emu);
+
+    let node = RegtestNode::start().unwrap();
+    for block in &blocks[1..] {
+        node.submit_block(block).unwrap();
+    }
+    let mut settings = DaemonSettings::new(vec![format!("127.0.0.1:{}", node.rpc_port())]);
+    settings.cookie_file = Some(node.cookie_path().to_path_buf());
+    rt.block_on(measure("bitcoind", settings, height));
+}
