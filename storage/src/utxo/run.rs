@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
+use crate::utxo::filter::{OutpointFilter, MAX_FILTERED};
 use crate::utxo::sorted_file::{decode_footer, footer_len, le_u64, partition, read_block};
 use crate::varint;
 use crate::{HashX, HASHX_LEN};
@@ -86,10 +87,19 @@ impl<'a> ScriptBlockReader<'a> {
         Error::corrupt(self.path, self.offset as u64, reason)
     }
 
+    #[inline]
     fn varint(&mut self, what: &str) -> Result<u64> {
+        // Most numbers here fit one byte; skip the general decoder for them.
+        if let Some(&b) = self.body.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
         varint::get(self.body, &mut self.pos).ok_or_else(|| self.corrupt(what))
     }
 
+    #[inline(always)]
     fn next_record(&mut self) -> Result<Option<Record>> {
         if self.left == 0 {
             if self.pos >= self.body.len() {
@@ -153,6 +163,7 @@ pub(crate) struct Run {
     oidx: usize,       // start of the outpoint index entries
     noutpoint: usize,
     outpoint_end: usize, // end of the by-outpoint section = offset of the script index frame
+    filter: Option<OutpointFilter>, // for runs of at most MAX_FILTERED records
 }
 
 impl Run {
@@ -185,6 +196,7 @@ impl Run {
             oidx,
             noutpoint,
             outpoint_end: sidx_off,
+            filter: None,
         };
         run.script_end = if noutpoint > 0 { run.ooff(0) } else { sidx_off };
         // Every block holds at least one entry, and each outpoint at least one record.
@@ -220,6 +232,9 @@ impl Run {
         if noutpoint > 0 && run.ooff(noutpoint - 1) >= sidx_off {
             return Err(bad_oidx());
         }
+        if records <= MAX_FILTERED {
+            run.build_filter(records)?;
+        }
         Ok(run)
     }
 
@@ -237,6 +252,11 @@ impl Run {
 
     pub fn size(&self) -> u64 {
         self.file.bytes().len() as u64
+    }
+
+    #[cfg(test)]
+    pub fn has_filter(&self) -> bool {
+        self.filter.is_some()
     }
 
     /// (live, tombstone) entry counts from the footer.
@@ -301,13 +321,13 @@ impl Run {
         })
     }
 
-    /// The by-script block holding `(txnum, vout)`, if this run has the outpoint.
-    fn find_outpoint(&self, txnum: u64, vout: u32) -> Result<Option<usize>> {
-        let target = outpoint_key(txnum, vout);
-        let p = partition(self.noutpoint, |i| self.okey(i) <= &target[..]);
-        let Some(i) = p.checked_sub(1) else {
-            return Ok(None);
-        };
+    /// Reads by-outpoint block `i` and calls `f(txnum, vout, script block)` on its entries
+    /// until `f` returns false.
+    fn scan_outpoint_block(
+        &self,
+        i: usize,
+        f: &mut dyn FnMut(u64, u32, usize) -> bool,
+    ) -> Result<()> {
         let off = self.ooff(i);
         let end = if i + 1 < self.noutpoint {
             self.ooff(i + 1)
@@ -341,7 +361,10 @@ impl Run {
                 }
             };
             let v = u32::try_from(v).map_err(|_| corrupt("output index out of range"))?;
-            let block = varint::get(&body, &mut pos).ok_or_else(|| corrupt("bad block number"))?;
+            let block = varint::get(&body, &mut pos)
+                .and_then(|b| usize::try_from(b).ok())
+                .filter(|&b| b < self.nscript)
+                .ok_or_else(|| corrupt("bad block number"))?;
             match prev {
                 None if outpoint_key(t, v) != self.okey(i) => {
                     return Err(corrupt("block does not match index"))
@@ -350,18 +373,51 @@ impl Run {
                 _ => {}
             }
             prev = Some((t, v));
-            match (t, v).cmp(&(txnum, vout)) {
-                Ordering::Less => {}
-                Ordering::Equal => {
-                    return match usize::try_from(block) {
-                        Ok(b) if b < self.nscript => Ok(Some(b)),
-                        _ => Err(corrupt("block number out of range")),
-                    }
-                }
-                Ordering::Greater => return Ok(None),
+            if !f(t, v, block) {
+                break;
             }
         }
-        Ok(None)
+        Ok(())
+    }
+
+    /// The by-script block holding `(txnum, vout)`, if this run has the outpoint.
+    fn find_outpoint(&self, txnum: u64, vout: u32) -> Result<Option<usize>> {
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|f| !f.may_contain(txnum, vout))
+        {
+            return Ok(None);
+        }
+        let target = outpoint_key(txnum, vout);
+        let p = partition(self.noutpoint, |i| self.okey(i) <= &target[..]);
+        let Some(i) = p.checked_sub(1) else {
+            return Ok(None);
+        };
+        let mut found = None;
+        self.scan_outpoint_block(i, &mut |t, v, block| match (t, v).cmp(&(txnum, vout)) {
+            Ordering::Less => true,
+            Ordering::Equal => {
+                found = Some(block);
+                false
+            }
+            Ordering::Greater => false,
+        })?;
+        Ok(found)
+    }
+
+    /// Builds the outpoint filter of a small run, reading (and so checking) its whole
+    /// by-outpoint section.
+    fn build_filter(&mut self, entries: u64) -> Result<()> {
+        let mut filter = OutpointFilter::with_capacity(entries);
+        for i in 0..self.noutpoint {
+            self.scan_outpoint_block(i, &mut |t, v, _| {
+                filter.insert(t, v);
+                true
+            })?;
+        }
+        self.filter = Some(filter);
+        Ok(())
     }
 
     /// `None` if this run says nothing about the outpoint; `Some(None)` if it holds a

@@ -206,6 +206,7 @@ fn big_groups_span_blocks_and_list_in_order() {
         expected.push(utxo(i, vout, i * 1000));
     }
     set.flush(&mut alloc).unwrap();
+    assert!(set.runs[0].has_filter());
     let view = set.view();
     assert_eq!(view.list(&hx(5)).unwrap(), expected);
     assert_eq!(view.list(&hx(4)).unwrap().len(), 20_000);
