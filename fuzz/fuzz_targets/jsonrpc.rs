@@ -14,13 +14,21 @@ use serde_json::Value;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    })
 }
 
 const SIGNATURES: [Signature; 3] = [
     Signature::new(&[], 0),
     Signature::new(&["scripthash", "cp_height"], 1),
-    Signature { names: &["client_name", "protocol_version"], required: 0, extras: true },
+    Signature {
+        names: &["client_name", "protocol_version"],
+        required: 0,
+        extras: true,
+    },
 ];
 
 fn assert_json(bytes: &[u8]) {
@@ -57,7 +65,9 @@ fn answer(codec: &Codec, request: Request, max_send: usize) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&limit, rest)) = data.split_first() else { return };
+    let Some((&limit, rest)) = data.split_first() else {
+        return;
+    };
     let max_recv = limit as usize * 16;
     let max_send = (limit as usize % 7) * 64;
     runtime().block_on(async {
