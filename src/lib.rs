@@ -2,13 +2,18 @@
 
 pub mod blocks;
 pub mod coin;
+pub mod config;
 pub mod daemon;
+pub mod electrum;
 pub mod fetch;
+pub mod hex;
 pub mod http;
 pub mod indexer;
-pub mod config;
 pub mod jsonrpc;
+pub mod merkle;
+pub mod query;
 pub mod server;
 pub mod services;
 pub mod session;
+pub mod status;
 pub mod transport;
