@@ -95,7 +95,7 @@ impl DaemonUrl {
 
     fn parse(text: &str) -> Result<DaemonUrl> {
         let url = text.trim().trim_end_matches('/');
-        let bad = || ConfigError(format!("invalid daemon URL: \"{url}\""));
+        let bad = || ConfigError(format!("DAEMON_URL: invalid daemon URL: \"{url}\""));
         let (scheme, rest) = match url.split_once("://") {
             Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
             Some(_) => return Err(bad()),
@@ -299,6 +299,15 @@ fn parse_log_level(value: &str) -> Result<LevelFilter> {
     })
 }
 
+/// ElectrumX's message, prefixed with the variable when it does not name it.
+fn naming(name: &str, message: String) -> ConfigError {
+    if message.contains(name) {
+        ConfigError(message)
+    } else {
+        ConfigError(format!("{name}: {message}"))
+    }
+}
+
 /// Banner paths are relative to DB_DIRECTORY (ElectrumX runs from there).
 fn under_db_dir(db_dir: &Path, path: Option<PathBuf>) -> Option<PathBuf> {
     path.map(|p| if p.is_relative() { db_dir.join(p) } else { p })
@@ -398,7 +407,7 @@ impl Config {
         }
 
         let services = parse_services(&vars.string("SERVICES", ""), ServiceList::Listen)
-            .map_err(ConfigError)?;
+            .map_err(|e| naming("SERVICES", e))?;
         let (mut ssl_certfile, mut ssl_keyfile) = (None, None);
         if services.iter().any(|s| s.protocol.is_tls()) {
             ssl_certfile = Some(PathBuf::from(vars.required("SSL_CERTFILE")?));
@@ -410,7 +419,7 @@ impl Config {
                 announce: peer_announce,
             },
         )
-        .map_err(ConfigError)?;
+        .map_err(|e| naming("REPORT_SERVICES", e))?;
 
         Ok(Config {
             coin,
@@ -626,7 +635,10 @@ mod tests {
         for bad in ["", "ftp://h", "h:x", "h:0", "@h", "u@[zz]:1", "h:99999"] {
             assert_eq!(
                 error(&[("DAEMON_URL", bad)]),
-                format!("invalid daemon URL: \"{}\"", bad.trim_end_matches('/')),
+                format!(
+                    "DAEMON_URL: invalid daemon URL: \"{}\"",
+                    bad.trim_end_matches('/')
+                ),
                 "{bad}"
             );
         }
@@ -662,7 +674,15 @@ mod tests {
         assert_eq!(c.ssl_keyfile, Some(PathBuf::from("k.pem")));
         assert_eq!(
             error(&[("SERVICES", "tcp://:1,ssl://:1")]),
-            "address all_interfaces:1 has multiple services"
+            "SERVICES: address all_interfaces:1 has multiple services"
+        );
+        assert_eq!(
+            error(&[("REPORT_SERVICES", "tcp://e.com")]),
+            "REPORT_SERVICES: \"tcp://e.com\" invalid: invalid port: "
+        );
+        assert_eq!(
+            error(&[("SERVICES", "tcp://a.onion:1")]),
+            "bad host for SERVICES: tcp://a.onion:1"
         );
         assert_eq!(
             error(&[("REPORT_SERVICES", "rpc://e.com:1")]),
