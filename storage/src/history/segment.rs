@@ -17,7 +17,7 @@ const FOOTER_FIELDS: usize = 4; // entries, min txnum, max txnum, index offset
 
 /// Target raw body size of a block: big enough for zstd to find the deltas' patterns, small
 /// enough that looking up a short history decompresses little.
-pub(super) const BLOCK: usize = 16 << 10;
+pub(super) const BLOCK: usize = 8 << 10;
 
 const ENTRY: usize = HASHX_LEN + 8; // first hashx of the block ++ block offset LE
 

@@ -3,7 +3,7 @@
 //! is opened by scanning its by-outpoint section.
 
 /// Runs with more outpoints than this get no filter: the biggest (oldest) run is looked at
-/// last, where a filter saves nothing, and memory stays at most ~2.5 MiB per run.
+/// last, where a filter saves nothing, and memory stays at most 4 MiB per run.
 pub(crate) const MAX_FILTERED: u64 = 1 << 21;
 
 const PROBES: u32 = 3;
