@@ -180,23 +180,12 @@ impl<B: Backend> WalletDispatch<B> {
         &self,
         ctx: &Arc<SessionContext>,
         method: &str,
+        signature: &Signature,
         params: Params,
-    ) -> Option<Result<Value, RpcError>> {
-        let signature = match method {
-            "server.ping" => PING_PARAMS,
-            "server.add_peer" => ADD_PEER_PARAMS,
-            "server.banner"
-            | "server.donation_address"
-            | "server.features"
-            | "server.peers.subscribe" => NO_PARAMS,
-            _ => return None,
-        };
-        let args = match params.bind(method, &signature) {
-            Ok(args) => args,
-            Err(e) => return Some(Err(e)),
-        };
+    ) -> Result<Value, RpcError> {
+        let args = params.bind(method, signature)?;
         let services = &self.services;
-        Some(match method {
+        match method {
             "server.ping" => {
                 ctx.bump_cost(0.1);
                 Ok(Value::Null)
@@ -221,8 +210,21 @@ impl<B: Backend> WalletDispatch<B> {
                     services.backend.add_peer(features, ctx.peer()).await,
                 ))
             }
-        })
+        }
     }
+}
+
+/// The parameters of the `server.*` methods answered here; None for the backend's methods.
+fn server_signature(method: &str) -> Option<Signature> {
+    Some(match method {
+        "server.ping" => PING_PARAMS,
+        "server.add_peer" => ADD_PEER_PARAMS,
+        "server.banner"
+        | "server.donation_address"
+        | "server.features"
+        | "server.peers.subscribe" => NO_PARAMS,
+        _ => return None,
+    })
 }
 
 fn is_loopback(ip: IpAddr) -> bool {
@@ -256,9 +258,9 @@ impl<B: Backend> Dispatch for WalletDispatch<B> {
             count(&self.services, ctx, &method);
             return self.server_version_call(ctx, params);
         }
-        if let Some(result) = self.server_method(ctx, &method, params.clone()).await {
+        if let Some(signature) = server_signature(&method) {
             count(&self.services, ctx, &method);
-            return Outcome::reply(result);
+            return Outcome::reply(self.server_method(ctx, &method, &signature, params).await);
         }
         let result = self
             .services
