@@ -40,6 +40,9 @@ pub trait MessageWriter: Send + 'static {
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// Per-connection read buffer: small, since a thousand idle sessions each hold one.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// Newline-framed messages with at most `max_size` bytes each (zero: no limit).
 pub struct LineReader<R> {
     inner: BufReader<R>,
@@ -50,7 +53,7 @@ pub struct LineReader<R> {
 impl<R: AsyncRead + Unpin + Send + 'static> LineReader<R> {
     pub fn new(inner: R, max_size: usize) -> Self {
         LineReader {
-            inner: BufReader::with_capacity(64 * 1024, inner),
+            inner: BufReader::with_capacity(READ_BUFFER, inner),
             partial: Vec::new(),
             max_size,
         }
