@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bitcoin::BlockHash;
@@ -223,15 +223,23 @@ enum Outcome<T> {
     Fatal(Error),
 }
 
+/// One `DAEMON_URL` entry with its idle connections.
+struct Node {
+    url: DaemonUrl,
+    pool: Mutex<Vec<HttpConn>>,
+    /// The problem last logged and what to log when it clears.
+    last_problem: Mutex<Option<(String, &'static str)>>,
+}
+
 /// The node client shared by the indexer, mempool and protocol layers.
 pub struct Daemon {
-    urls: Vec<DaemonUrl>,
+    /// Replaced whole by [`Daemon::set_urls`]; requests in flight keep the list they started with.
+    nodes: RwLock<Arc<Vec<Node>>>,
+    default_port: u16,
     cookie_file: Option<PathBuf>,
     cookie: Mutex<Option<String>>,
+    /// Index of the node in use (modulo the list's length).
     current: AtomicUsize,
-    pools: Vec<Mutex<Vec<HttpConn>>>,
-    /// Per node: the problem last logged and what to log when it clears.
-    last_problem: Vec<Mutex<Option<(String, &'static str)>>>,
     permits: Semaphore,
     timeout: Duration,
     give_up_after: Option<Duration>,
@@ -241,8 +249,27 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(settings: &DaemonSettings, network: &Network) -> Result<Daemon> {
-        let urls = parse_daemon_urls(&settings.urls, network.rpc_port)?;
-        if settings.cookie_file.is_none() {
+        let daemon = Daemon {
+            nodes: RwLock::new(Arc::new(Vec::new())),
+            default_port: network.rpc_port,
+            cookie_file: settings.cookie_file.clone(),
+            cookie: Mutex::new(None),
+            current: AtomicUsize::new(0),
+            permits: Semaphore::new(settings.max_concurrency.max(1)),
+            timeout: settings.request_timeout,
+            give_up_after: settings.give_up_after,
+            next_id: AtomicU64::new(1),
+            rest: AtomicBool::new(true),
+        };
+        daemon.set_urls(&settings.urls)?;
+        Ok(daemon)
+    }
+
+    /// Replaces the node list and rotates to its first entry (the `daemon_url` admin command).
+    /// On error the current list stays.
+    pub fn set_urls(&self, urls: &[String]) -> Result<()> {
+        let urls = parse_daemon_urls(urls, self.default_port)?;
+        if self.cookie_file.is_none() {
             if let Some(u) = urls.iter().find(|u| u.user.is_none()) {
                 return Err(Error::Config(format!(
                     "DAEMON_URL {} has no user:password and no cookie file is set",
@@ -250,25 +277,29 @@ impl Daemon {
                 )));
             }
         }
-        let n = urls.len();
-        Ok(Daemon {
-            urls,
-            cookie_file: settings.cookie_file.clone(),
-            cookie: Mutex::new(None),
-            current: AtomicUsize::new(0),
-            pools: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            last_problem: (0..n).map(|_| Mutex::new(None)).collect(),
-            permits: Semaphore::new(settings.max_concurrency.max(1)),
-            timeout: settings.request_timeout,
-            give_up_after: settings.give_up_after,
-            next_id: AtomicU64::new(1),
-            rest: AtomicBool::new(true),
-        })
+        let nodes = urls
+            .into_iter()
+            .map(|url| Node {
+                url,
+                pool: Mutex::new(Vec::new()),
+                last_problem: Mutex::new(None),
+            })
+            .collect();
+        *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
+        self.current.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn nodes(&self) -> Arc<Vec<Node>> {
+        self.nodes.read().expect("nodes lock").clone()
     }
 
     /// The node currently used, as logged.
     pub fn current_url(&self) -> String {
-        self.urls[self.current.load(Ordering::Relaxed)].logged()
+        let nodes = self.nodes();
+        nodes[self.current.load(Ordering::Relaxed) % nodes.len()]
+            .url
+            .logged()
     }
 
     /// Whether blocks are fetched over REST (set by [`Daemon::check`]).
@@ -504,38 +535,40 @@ impl Daemon {
         let mut backoff = INITIAL_BACKOFF;
         let mut failed_in_round = 0;
         loop {
-            let idx = self.current.load(Ordering::Relaxed);
-            let problem = match self.attempt(idx, method, path, body).await {
+            let nodes = self.nodes();
+            let idx = self.current.load(Ordering::Relaxed) % nodes.len();
+            let node = &nodes[idx];
+            let problem = match self.attempt(node, method, path, body).await {
                 Ok(resp) => match classify(resp) {
                     Outcome::Done(v) => {
-                        self.recovered(idx);
+                        recovered(node);
                         return Ok(v);
                     }
                     Outcome::Fatal(e) => {
-                        self.recovered(idx);
+                        recovered(node);
                         return Err(e);
                     }
                     Outcome::Retry(p) => p,
                 },
                 Err(p) => p,
             };
-            self.report(idx, &problem);
+            report(node, &problem);
             if let Some(limit) = self.give_up_after {
                 if started.elapsed() >= limit {
                     return Err(Error::Unavailable(format!(
                         "{what}: gave up after {:.1}s: daemon {}: {}",
                         started.elapsed().as_secs_f64(),
-                        self.urls[idx].logged(),
+                        node.url.logged(),
                         problem.message
                     )));
                 }
             }
             failed_in_round += 1;
-            if self.urls.len() > 1 {
-                self.failover(idx);
+            if nodes.len() > 1 {
+                self.failover(&nodes, idx);
             }
             // Try every node once before sleeping, then back off (capped) between rounds.
-            if failed_in_round >= self.urls.len() {
+            if failed_in_round >= nodes.len() {
                 failed_in_round = 0;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -547,7 +580,7 @@ impl Daemon {
     /// turns out to be stale).
     async fn attempt(
         &self,
-        idx: usize,
+        node: &Node,
         method: &str,
         path: &str,
         body: &[u8],
@@ -557,16 +590,18 @@ impl Daemon {
             .acquire()
             .await
             .expect("semaphore never closed");
-        let url = &self.urls[idx];
+        let url = &node.url;
         let auth = self.authorization(url)?;
-        let pooled = self.pools[idx].lock().expect("pool lock").pop();
+        let pooled = node.pool.lock().expect("pool lock").pop();
         let result = match pooled {
             Some(mut conn) => match self
                 .timed(&mut conn, method, path, auth.as_deref(), body)
                 .await
             {
                 // A keep-alive connection the node closed while idle: retry on a fresh one.
-                Err(HttpError::Io(_)) => self.fresh(url, method, path, auth.as_deref(), body).await,
+                Err(HttpError::Io(e)) if e.kind() != std::io::ErrorKind::TimedOut => {
+                    self.fresh(url, method, path, auth.as_deref(), body).await
+                }
                 r => r.map(|resp| (conn, resp)),
             },
             None => self.fresh(url, method, path, auth.as_deref(), body).await,
@@ -584,7 +619,7 @@ impl Daemon {
             on_recovery: "connection restored",
         })?;
         if resp.keep_alive {
-            self.pools[idx].lock().expect("pool lock").push(conn);
+            node.pool.lock().expect("pool lock").push(conn);
         }
         match resp.status {
             401 => {
@@ -660,35 +695,35 @@ impl Daemon {
         Ok(cached.clone())
     }
 
-    /// Logs a problem once per change of state, not once per retry.
-    fn report(&self, idx: usize, problem: &Problem) {
-        let mut last = self.last_problem[idx].lock().expect("problem lock");
-        if last.as_ref().map(|(m, _)| m) != Some(&problem.message) {
-            warn!(
-                "daemon {}: {}; retrying",
-                self.urls[idx].logged(),
-                problem.message
-            );
-            *last = Some((problem.message.clone(), problem.on_recovery));
-        }
-    }
-
-    fn recovered(&self, idx: usize) {
-        let mut last = self.last_problem[idx].lock().expect("problem lock");
-        if let Some((_, state)) = last.take() {
-            info!("daemon {}: {state}", self.urls[idx].logged());
-        }
-    }
-
-    fn failover(&self, from: usize) {
-        let next = (from + 1) % self.urls.len();
+    fn failover(&self, nodes: &[Node], from: usize) {
+        let next = (from + 1) % nodes.len();
         if self
             .current
             .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            info!("failing over to daemon {}", self.urls[next].logged());
+            info!("failing over to daemon {}", nodes[next].url.logged());
         }
+    }
+}
+
+/// Logs a problem once per change of state, not once per retry.
+fn report(node: &Node, problem: &Problem) {
+    let mut last = node.last_problem.lock().expect("problem lock");
+    if last.as_ref().map(|(m, _)| m) != Some(&problem.message) {
+        warn!(
+            "daemon {}: {}; retrying",
+            node.url.logged(),
+            problem.message
+        );
+        *last = Some((problem.message.clone(), problem.on_recovery));
+    }
+}
+
+fn recovered(node: &Node) {
+    let mut last = node.last_problem.lock().expect("problem lock");
+    if let Some((_, state)) = last.take() {
+        info!("daemon {}: {state}", node.url.logged());
     }
 }
 
@@ -1075,6 +1110,36 @@ mod tests {
         healthy[0].store(true, Ordering::SeqCst);
         assert_eq!(daemon.block_count().await.unwrap(), 0);
         assert_eq!(counts(&nodes), [2, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn set_urls_replaces_the_list_and_rotates_to_its_first_entry() {
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            nodes.push(
+                FakeNode::start(
+                    false,
+                    Arc::new(move |seen: &Seen| Some((200, reply(&seen.body["id"], json!(i))))),
+                )
+                .await,
+            );
+        }
+        let daemon = daemon(vec![nodes[1].url()]);
+        assert_eq!(daemon.block_count().await.unwrap(), 1);
+        let err = daemon.set_urls(&["u:p@h:bad".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bad DAEMON_URL entry \"u:p@h:bad\": bad port \"bad\""
+        );
+        assert_eq!(daemon.block_count().await.unwrap(), 1);
+        daemon
+            .set_urls(&[format!("{},{}", nodes[0].url(), nodes[1].url())])
+            .unwrap();
+        assert_eq!(
+            daemon.current_url(),
+            format!("127.0.0.1:{}/", nodes[0].port)
+        );
+        assert_eq!(daemon.block_count().await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -101,3 +101,48 @@ fn fetch_routes() {
     settings.cookie_file = Some(node.cookie_path().to_path_buf());
     rt.block_on(measure("bitcoind", settings, height));
 }
+
+/// Initial sync of the whole chain file from the emulator, end to end (fetch, parse, store,
+/// commits), with the index size: the figure to compare with electrs and ElectrumX.
+#[test]
+#[ignore = "a measurement: run by hand in release with FERRUM_CHAIN set"]
+fn full_sync() {
+    use ferrum::indexer::{open_store, Indexer, IndexerSettings};
+    let path = std::env::var("FERRUM_CHAIN").expect("FERRUM_CHAIN names a chain file");
+    let emu = Emulator::start(EmulatorConfig::new(ChainSource::File(path.into()))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
+    let daemon = Arc::new(Daemon::new(&DaemonSettings::new(vec![url]), regtest()).unwrap());
+    let settings = IndexerSettings::new(regtest());
+    let store = open_store(dir.path(), regtest(), settings.reorg_limit).unwrap();
+    let reader = store.reader();
+    let (indexer, handle) = Indexer::new(store, daemon, regtest(), settings).unwrap();
+    let started = Instant::now();
+    let took = rt.block_on(async {
+        let task = tokio::spawn(indexer.run());
+        handle.caught_up().wait_for(|c| *c).await.unwrap();
+        let took = started.elapsed();
+        handle.stop().await;
+        task.await.unwrap().unwrap();
+        took
+    });
+    let snap = reader.snapshot();
+    let bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    println!(
+        "full sync: {} blocks, {} txs in {:.2}s ({:.0} tx/s); index {:.1} MB, {:.1} B/tx",
+        snap.height().unwrap() + 1,
+        snap.tx_count(),
+        took.as_secs_f64(),
+        snap.tx_count() as f64 / took.as_secs_f64(),
+        bytes as f64 / 1e6,
+        bytes as f64 / snap.tx_count() as f64
+    );
+}
