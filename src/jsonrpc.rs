@@ -63,6 +63,38 @@ impl std::fmt::Display for RpcError {
     }
 }
 
+/// A result already serialized as JSON text. Backends can build large results (histories)
+/// straight into text instead of through a `Value` tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawJson(String);
+
+impl RawJson {
+    /// Wraps text the caller guarantees to be one valid JSON value.
+    pub fn from_json_unchecked(text: String) -> RawJson {
+        debug_assert!(
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok(),
+            "not JSON: {text}"
+        );
+        RawJson(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&Value> for RawJson {
+    fn from(value: &Value) -> RawJson {
+        RawJson(to_json(value))
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(value: Value) -> RawJson {
+        RawJson::from(&value)
+    }
+}
+
 /// Request parameters as sent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Params {
@@ -374,8 +406,8 @@ impl Codec {
     }
 
     /// Encodes a successful response.
-    pub fn encode_result(&self, result: &Value, id: &Value) -> Vec<u8> {
-        let (result, id) = (to_json(result), to_json(id));
+    pub fn encode_result(&self, result: &RawJson, id: &Value) -> Vec<u8> {
+        let (result, id) = (result.as_str(), to_json(id));
         let text = if self.dialect == Dialect::V1 {
             format!("{{\"result\":{result},\"error\":null,\"id\":{id}}}")
         } else {
@@ -400,7 +432,7 @@ impl Codec {
     /// (zero: no limit).
     pub fn encode_response(
         &self,
-        result: &Result<Value, RpcError>,
+        result: &Result<RawJson, RpcError>,
         id: &Value,
         max_size: usize,
     ) -> Vec<u8> {
@@ -559,7 +591,7 @@ mod tests {
             })
         );
         assert_eq!(
-            c.encode_result(&json!([1, "a"]), &json!(7)),
+            c.encode_result(&json!([1, "a"]).into(), &json!(7)),
             br#"{"jsonrpc":"2.0","result":[1,"a"],"id":7}"#
         );
         assert_eq!(
@@ -606,7 +638,7 @@ mod tests {
         .unwrap();
         assert!(matches!(got, Incoming::Single(Request { id: Some(_), .. })));
         assert_eq!(
-            c.encode_result(&json!(null), &json!("x")),
+            c.encode_result(&json!(null).into(), &json!("x")),
             br#"{"result":null,"error":null,"id":"x"}"#
         );
         assert_eq!(
@@ -640,7 +672,7 @@ mod tests {
         let Incoming::Single(req) = got else { panic!() };
         assert!(matches!(req.params, Params::Named(_)));
         assert_eq!(
-            c.encode_result(&json!(1), &json!(1)),
+            c.encode_result(&json!(1).into(), &json!(1)),
             br#"{"jsonrpc":"2.0","result":1,"id":1}"#
         );
         assert!(decode(&mut c, r#"{"jsonrpc":"2.0","method":"m","id":2}"#).is_ok());
@@ -733,7 +765,7 @@ mod tests {
     #[test]
     fn oversized_response() {
         let c = Codec::new();
-        let big = Ok(json!("x".repeat(100)));
+        let big = Ok(RawJson::from(json!("x".repeat(100))));
         assert_eq!(
             c.encode_response(&big, &json!(1), 50),
             br#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"response too large (over 50 bytes"},"id":1}"#

@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tracing::{debug, info};
 
 use crate::jsonrpc::{
-    join_batch, thousands, Codec, Incoming, Params, Request, RpcError, EXCESSIVE_RESOURCE_USAGE,
-    INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY,
+    join_batch, thousands, Codec, Incoming, Params, RawJson, Request, RpcError,
+    EXCESSIVE_RESOURCE_USAGE, INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY,
 };
 use crate::services::Protocol;
 use crate::transport::{MessageReader, MessageWriter, ReadEvent};
@@ -60,6 +60,23 @@ pub trait Backend: Send + Sync + 'static {
         method: &str,
         params: Params,
     ) -> impl Future<Output = Result<Value, RpcError>> + Send;
+
+    /// What the server actually calls: `call`, serialized. Override it to answer large
+    /// results (histories, unspent lists) as JSON text built directly, skipping the
+    /// `Value` tree; fall back to `call` for the rest.
+    fn call_raw(
+        &self,
+        session: &Arc<SessionContext>,
+        state: &Self::Session,
+        method: &str,
+        params: Params,
+    ) -> impl Future<Output = Result<RawJson, RpcError>> + Send {
+        async move {
+            self.call(session, state, method, params)
+                .await
+                .map(RawJson::from)
+        }
+    }
 
     /// Called once when the connection has ended.
     fn close_session(&self, _session: &SessionContext, _state: &Self::Session) {}
@@ -416,13 +433,17 @@ impl SessionContext {
 
 /// The result of handling one request.
 pub struct Outcome {
-    pub result: Result<Value, RpcError>,
+    pub result: Result<RawJson, RpcError>,
     /// Close the connection once the answer is sent (aiorpcx's ReplyAndDisconnect).
     pub disconnect: bool,
 }
 
 impl Outcome {
     pub fn reply(result: Result<Value, RpcError>) -> Outcome {
+        Outcome::reply_raw(result.map(RawJson::from))
+    }
+
+    pub fn reply_raw(result: Result<RawJson, RpcError>) -> Outcome {
         Outcome {
             result,
             disconnect: false,

@@ -439,6 +439,16 @@ async fn max_send_replaces_large_responses() {
         c.recv().await.unwrap(),
         r#"{"jsonrpc":"2.0","error":{"code":-32600,"message":"response too large (over 350,000 bytes"},"id":2}"#
     );
+    // Pre-serialized results are held to the same limit.
+    assert_eq!(
+        c.call(5, "test.raw", json!([12])).await["result"],
+        "rrrrrrrrrr"
+    );
+    let reply = c.call(6, "test.raw", json!([400_000])).await;
+    assert_eq!(
+        error_of(&reply),
+        (-32600, "response too large (over 350,000 bytes".into())
+    );
     // In a batch the running total counts.
     c.send(r#"[{"jsonrpc":"2.0","method":"test.big","params":[200000],"id":3},{"jsonrpc":"2.0","method":"test.big","params":[200000],"id":4}]"#).await;
     let reply = c.recv_json().await;

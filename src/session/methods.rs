@@ -265,7 +265,7 @@ impl<B: Backend> Dispatch for WalletDispatch<B> {
         let result = self
             .services
             .backend
-            .call(ctx, &self.state, &method, params)
+            .call_raw(ctx, &self.state, &method, params)
             .await;
         let unknown = matches!(&result, Err(e) if e.code == METHOD_NOT_FOUND);
         count(
@@ -273,7 +273,7 @@ impl<B: Backend> Dispatch for WalletDispatch<B> {
             ctx,
             if unknown { "invalid method" } else { &method },
         );
-        Outcome::reply(result)
+        Outcome::reply_raw(result)
     }
 
     fn closed(&self, ctx: &Arc<SessionContext>) {

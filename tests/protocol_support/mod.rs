@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrum::config::Config;
-use ferrum::jsonrpc::{Params, RpcError, Signature};
+use ferrum::jsonrpc::{Params, RawJson, RpcError, Signature};
 use ferrum::server::Server;
 use ferrum::services::Protocol;
 use ferrum::session::{Backend, DaemonVersion, SessionContext};
@@ -93,6 +93,31 @@ impl Backend for TestBackend {
             }
             _ => Err(RpcError::unknown_method(method)),
         }
+    }
+
+    /// "test.raw" answers pre-serialized JSON text of the requested length (at least 2).
+    async fn call_raw(
+        &self,
+        session: &Arc<SessionContext>,
+        state: &(),
+        method: &str,
+        params: Params,
+    ) -> Result<RawJson, RpcError> {
+        if method != "test.raw" {
+            return self
+                .call(session, state, method, params)
+                .await
+                .map(RawJson::from);
+        }
+        let n = params.bind(method, &ONE_ARG)?[0]
+            .as_ref()
+            .and_then(Value::as_u64)
+            .unwrap_or(2)
+            .max(2);
+        Ok(RawJson::from_json_unchecked(format!(
+            "\"{}\"",
+            "r".repeat(n as usize - 2)
+        )))
     }
 
     fn close_session(&self, session: &SessionContext, _state: &()) {
