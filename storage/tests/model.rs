@@ -95,13 +95,16 @@ impl Harness {
             Op::Rollback(n) => {
                 let n = usize::from(*n);
                 let blocks = self.applied();
-                let guaranteed = (UNDO as usize).min(blocks - self.undo_low);
+                let guaranteed = (UNDO as usize).min(blocks.saturating_sub(self.undo_low));
                 let result = self.store().rollback(n as u32);
                 self.commit_model();
                 match result {
                     Ok(()) => {
                         assert!(n <= blocks);
-                        self.undo_low = self.undo_low.max(blocks.saturating_sub(UNDO as usize));
+                        self.undo_low = self
+                            .undo_low
+                            .max(blocks.saturating_sub(UNDO as usize))
+                            .min(blocks - n);
                         self.states.truncate(blocks - n + 1);
                         self.committed = blocks - n;
                     }
@@ -161,7 +164,7 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
