@@ -22,6 +22,8 @@ use crate::varint;
 use crate::HashX;
 use run::{Record, Run};
 use run_writer::RunWriter;
+#[doc(hidden)]
+pub use sorted_file::reseal_checksums;
 
 /// An unspent output of a script, as listed by `UtxoView::list`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

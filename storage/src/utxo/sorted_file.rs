@@ -214,6 +214,27 @@ pub(crate) fn pick_merge(sizes: &[u64]) -> Option<Range<usize>> {
     (n - start >= 2).then_some(start..n)
 }
 
+/// Fuzzing aid: recomputes the checksums of a run or segment file image in place: every
+/// frame's (walking frames from offset 0 while their lengths fit before the footer) and the
+/// footer's. Mutated bytes then reach the decoders instead of stopping at a crc check.
+pub fn reseal_checksums(data: &mut [u8]) {
+    let Some(end) = data.len().checked_sub(footer_len(4)) else {
+        return;
+    };
+    let mut pos = 0;
+    while pos + 8 <= end {
+        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        if len > end - pos - 8 {
+            break;
+        }
+        let crc = crc32fast::hash(&data[pos..pos + 4 + len]);
+        data[pos + 4 + len..pos + 8 + len].copy_from_slice(&crc.to_le_bytes());
+        pos += 8 + len;
+    }
+    let crc = crc32fast::hash(&data[end..end + 40]);
+    data[end + 40..].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Test helper: mutates bytes of a file *and* fixes the checksums around them, so decoders
 /// (not just crc checks) meet bad input. `frames` are the frame offsets, the footer is last.
 #[cfg(test)]

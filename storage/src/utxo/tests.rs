@@ -432,6 +432,20 @@ fn bad_contents_under_valid_checksums_are_errors_not_panics() {
             assert!(e.to_string().starts_with(&prefix), "{e}");
         }
     }
+    // The public fuzzing aid: mutate anywhere, then reseal every checksum.
+    for i in 0..200u64 {
+        let mut bad = good.clone();
+        for j in 0..1 + i % 4 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(j);
+            let at = (seed >> 20) as usize % bad.len();
+            bad[at] ^= (seed >> 8) as u8 | 1;
+        }
+        super::reseal_checksums(&mut bad);
+        fs::write(&path, &bad).unwrap();
+        if let Err(e) = read_all(dir.path(), &state, &outpoints) {
+            assert!(e.to_string().starts_with(&prefix), "{e}");
+        }
+    }
 }
 
 #[test]
