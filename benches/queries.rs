@@ -1,6 +1,7 @@
 //! Protocol query benchmarks: `get_history`, `listunspent`, `get_balance` and a status hash
 //! for one script with 60k history entries and 30k unspent outputs, through the methods
-//! layer over a real store (JSON text out, and the `Value` the Backend trait returns today).
+//! layer over a real store: what the server calls (`call_raw`, JSON text), and through a
+//! `Value` tree for comparison.
 //! Run: `cargo bench --bench queries`.
 
 use std::hint::black_box;
@@ -81,7 +82,13 @@ impl Node for NoNode {
 fn queries(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = build(dir.path());
-    let electrum = Electrum::with_node(store.reader(), Arc::new(NoNode), Arc::new(EmptyMempool));
+    let regtest = ferrum::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
+    let electrum = Electrum::with_node(
+        store.reader(),
+        regtest,
+        Arc::new(NoNode),
+        Arc::new(EmptyMempool),
+    );
     let limits = SessionLimits {
         cost: CostParams::unlimited(10),
         max_send: 0,
@@ -107,7 +114,7 @@ fn queries(c: &mut Criterion) {
     group.sample_size(20);
     for method in ["get_history", "listunspent", "get_balance", "subscribe"] {
         let method = format!("blockchain.scripthash.{method}");
-        group.bench_function(format!("{method} json"), |b| {
+        group.bench_function(&method, |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let reply = electrum
@@ -119,7 +126,7 @@ fn queries(c: &mut Criterion) {
             })
         });
         if method.ends_with("get_history") || method.ends_with("listunspent") {
-            group.bench_function(format!("{method} value"), |b| {
+            group.bench_function(format!("{method} via Value"), |b| {
                 b.iter(|| {
                     rt.block_on(async {
                         let value = electrum

@@ -2,6 +2,7 @@
 //! (1.4 to 1.6): the method table, argument binding, per-session subscriptions, and the
 //! notifications sent when the chain or the mempool changes. Implements [`Backend`].
 
+mod admin;
 mod args;
 mod chain;
 mod node;
@@ -16,8 +17,9 @@ use serde_json::{json, Map, Value};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::coin::Network;
 use crate::daemon::Daemon;
-use crate::jsonrpc::{Params, RpcError, Signature, INTERNAL_ERROR};
+use crate::jsonrpc::{Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
 use crate::merkle::HeaderMerkle;
 use crate::query::MempoolView;
 use crate::session::{Backend, DaemonVersion, ProtocolVersion, SessionContext};
@@ -51,6 +53,7 @@ impl Reply {
 /// What every session's methods share.
 pub(crate) struct Shared {
     reader: Reader,
+    network: &'static Network,
     node: Arc<dyn Node>,
     mempool: Arc<dyn MempoolView>,
     header_tree: Mutex<HeaderMerkle>,
@@ -138,19 +141,26 @@ const NULL: Value = Value::Null;
 impl Electrum {
     /// The methods over the store `reader`, the node, and the mempool view (until the
     /// mempool mirror runs, `Arc::new(query::EmptyMempool)`).
-    pub fn new(reader: Reader, daemon: Arc<Daemon>, mempool: Arc<dyn MempoolView>) -> Electrum {
-        Electrum::with_node(reader, daemon, mempool)
+    pub fn new(
+        reader: Reader,
+        network: &'static Network,
+        daemon: Arc<Daemon>,
+        mempool: Arc<dyn MempoolView>,
+    ) -> Electrum {
+        Electrum::with_node(reader, network, daemon, mempool)
     }
 
     /// As [`Electrum::new`], with any implementation of the node's RPC.
     pub fn with_node(
         reader: Reader,
+        network: &'static Network,
         node: Arc<dyn Node>,
         mempool: Arc<dyn MempoolView>,
     ) -> Electrum {
         Electrum {
             shared: Arc::new(Shared {
                 reader,
+                network,
                 node,
                 mempool,
                 header_tree: Mutex::new(HeaderMerkle::new()),
@@ -496,6 +506,20 @@ impl Backend for Electrum {
             .into_value()
     }
 
+    /// Long lists go out as the JSON text they were written as.
+    async fn call_raw(
+        &self,
+        ctx: &Arc<SessionContext>,
+        state: &Arc<SessionState>,
+        method: &str,
+        params: Params,
+    ) -> Result<RawJson, RpcError> {
+        Ok(match self.call_reply(ctx, state, method, params).await? {
+            Reply::Value(value) => RawJson::from(value),
+            Reply::Json(text) => RawJson::from_json_unchecked(text),
+        })
+    }
+
     fn close_session(&self, ctx: &SessionContext, _state: &Arc<SessionState>) {
         lock(&self.shared.sessions).remove(&ctx.id());
     }
@@ -514,6 +538,24 @@ impl Backend for Electrum {
                 .unwrap_or_default()
                 .to_string(),
         })
+    }
+
+    /// `query` (ElectrumX's `rpc_query`); other commands are the server's.
+    async fn admin_call(&self, method: &str, params: Params) -> Result<Value, RpcError> {
+        if method != "query" {
+            return Err(RpcError::unknown_method(method));
+        }
+        let mut args = params
+            .bind(method, &Signature::new(&["items", "limit"], 2))?
+            .into_iter();
+        let items = args.next().flatten().unwrap_or(Value::Null);
+        let limit = args::non_negative_integer(&args.next().flatten().unwrap_or(Value::Null))?;
+        let shared = self.shared.clone();
+        let lines = blocking(move || {
+            admin::query(&shared.reader.snapshot(), shared.network, &items, limit)
+        })
+        .await?;
+        Ok(json!(lines))
     }
 
     fn info(&self) -> Map<String, Value> {

@@ -40,6 +40,11 @@ fn header(height: u32) -> [u8; 80] {
     h
 }
 
+/// The store key of the script `OP_TRUE`, for the local RPC's `query`.
+fn op_true_key() -> HashX {
+    crate::blocks::script_hashx(&bitcoin::ScriptBuf::from_bytes(vec![0x51]))
+}
+
 const A: u8 = 0xa1;
 const B: u8 = 0xb2;
 const C: u8 = 0xc3;
@@ -64,7 +69,11 @@ fn chain_blocks() -> Vec<BlockData> {
         },
         BlockData {
             header: header(1),
-            txs: vec![coinbase(1, A, 50)],
+            txs: vec![TxData {
+                txid: txid(1),
+                spends: vec![],
+                outputs: vec![Some((key(A), 50)), Some((op_true_key(), 7))],
+            }],
         },
         BlockData {
             header: header(2),
@@ -188,7 +197,8 @@ fn fixture(mempool: Arc<dyn MempoolView>) -> Fixture {
         "estimatesmartfee" => Ok(json!({"feerate": 0.00012, "blocks": params[0]})),
         other => Err(rpc_error(-32601, &format!("Method not found: {other}"))),
     });
-    let electrum = Electrum::with_node(store.reader(), node.clone(), mempool);
+    let regtest = crate::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
+    let electrum = Electrum::with_node(store.reader(), regtest, node.clone(), mempool);
     Fixture {
         _dir: dir,
         store,
@@ -711,4 +721,39 @@ async fn notifications_follow_the_chain() {
         .notify(Some(Arc::new(HashSet::from([key(A)]))), true)
         .await;
     assert!(c.notifications().is_empty());
+}
+
+#[tokio::test]
+async fn local_rpc_query() {
+    let f = fixture(Arc::new(query::EmptyMempool));
+    let params = Params::Positional(vec![json!(["51", "not an address", "52"]), json!(10)]);
+    let lines = f.electrum.admin_call("query", params).await.unwrap();
+    let t1 = hash_hex(&txid(1));
+    assert_eq!(
+        lines,
+        json!([
+            "Script: 51",
+            format!("History #0: height 1 txid {t1}"),
+            format!("UTXO #1: txid {t1} tx_pos 1 height 1 value 7"),
+            "Balance: 0.00000007 XTN",
+            "Script: 52",
+            "No history found",
+            "No UTXOs found",
+            "Balance: 0 XTN",
+        ])
+    );
+    let e = f
+        .electrum
+        .admin_call("query", Params::Positional(vec![json!("51")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, -32602);
+    assert_eq!(
+        f.electrum
+            .admin_call("reorg", Params::Positional(vec![]))
+            .await
+            .unwrap_err()
+            .code,
+        -32601
+    );
 }
