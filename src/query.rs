@@ -229,3 +229,132 @@ pub fn balance(
         outputs: utxos.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrum_storage::{BlockData, Options, Store, TxData};
+
+    const K: HashX = [7; 11];
+
+    fn t(n: u8) -> Hash32 {
+        [n; 32]
+    }
+
+    /// Blocks of 1, 3 and 2 txs; K is paid by txs 1 (vouts 0 and 2) and 4, and spent by
+    /// tx 5 (tx 1's vout 2).
+    fn store(dir: &std::path::Path) -> Store {
+        let tx = |n: u8, spends: Vec<(Hash32, u32)>, outputs: Vec<Option<(HashX, u64)>>| TxData {
+            txid: t(n),
+            spends,
+            outputs,
+        };
+        let other = Some(([9; 11], 1));
+        let blocks = [
+            vec![tx(0, vec![], vec![None])],
+            vec![
+                tx(1, vec![], vec![Some((K, 10)), other, Some((K, 20))]),
+                tx(2, vec![], vec![other]),
+                tx(3, vec![], vec![other]),
+            ],
+            vec![
+                tx(4, vec![], vec![other, Some((K, 40))]),
+                tx(5, vec![(t(1), 2)], vec![other]),
+            ],
+        ];
+        let mut store = Store::open(dir, Options::default()).unwrap();
+        for (h, txs) in blocks.into_iter().enumerate() {
+            store
+                .apply_block(&BlockData {
+                    header: [h as u8; 80],
+                    txs,
+                })
+                .unwrap();
+        }
+        store.commit().unwrap();
+        store
+    }
+
+    /// A mempool tx spending tx 4's output of K and paying K 3 at vout 1.
+    struct OneSpend;
+
+    impl MempoolView for OneSpend {
+        fn history(&self, _: &HashX) -> Vec<MempoolTx> {
+            vec![MempoolTx {
+                txid: t(50),
+                fee: 1,
+                unconfirmed_inputs: false,
+            }]
+        }
+        fn outputs(&self, _: &HashX) -> Vec<MempoolOutput> {
+            vec![MempoolOutput {
+                txid: t(50),
+                vout: 1,
+                value: 3,
+            }]
+        }
+        fn spends(&self, _: &HashX) -> HashSet<(Hash32, u32)> {
+            HashSet::from([(t(4), 1)])
+        }
+        fn balance_delta(&self, _: &HashX) -> i64 {
+            3 - 40
+        }
+        fn fee_histogram(&self) -> Vec<(f64, u64)> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn views_of_one_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = store(dir.path()).snapshot();
+        let history = confirmed_history(&snap, &K, None).unwrap();
+        let expect = |n: u8, height: u32| ConfirmedTx { txid: t(n), height };
+        assert_eq!(history, [expect(1, 1), expect(4, 2), expect(5, 2)]);
+        assert!(matches!(
+            confirmed_history(&snap, &K, Some(3)),
+            Err(QueryError::HistoryTooLarge { limit: 3 })
+        ));
+        assert_eq!(confirmed_history(&snap, &K, Some(4)).unwrap().len(), 3);
+        let unspent = |n: u8, vout: u32, height: u32, value: u64| Unspent {
+            txid: t(n),
+            vout,
+            height,
+            value,
+        };
+        assert_eq!(
+            confirmed_unspent(&snap, &K).unwrap(),
+            [unspent(1, 0, 1, 10), unspent(4, 1, 2, 40)]
+        );
+        // Mempool: tx 4's output is spent (left out), the new output comes last at height 0.
+        let (listed, considered) = super::unspent(&snap, &OneSpend, &K).unwrap();
+        assert_eq!(listed, [unspent(1, 0, 1, 10), unspent(50, 1, 0, 3)]);
+        assert_eq!(considered, 3);
+        let b = balance(&snap, &OneSpend, &K).unwrap();
+        assert_eq!(
+            b,
+            Balance {
+                confirmed: 50,
+                unconfirmed: -37,
+                outputs: 2
+            }
+        );
+        assert_eq!(
+            balance(&snap, &EmptyMempool, &[1; 11]).unwrap(),
+            Balance {
+                confirmed: 0,
+                unconfirmed: 0,
+                outputs: 0
+            }
+        );
+        assert_eq!(
+            MempoolTx {
+                txid: t(1),
+                fee: 0,
+                unconfirmed_inputs: true
+            }
+            .height(),
+            -1
+        );
+    }
+}
