@@ -378,16 +378,18 @@ impl Indexer {
             }
         }
         let mut failures = 0u32;
-        let mut failing_height = None;
+        // What failed last: a block's height, or Some(None) for any other node error.
+        let mut failing_height: Option<Option<u32>> = None;
+        let mut last_message = String::new();
         loop {
             let step = match self.deferred.take() {
                 Some(command) => self.run_command(command).await,
                 None => self.step().await,
             };
             match step {
-                Ok(Step::Busy) => failures = 0,
+                Ok(Step::Busy) => (failures, failing_height) = (0, None),
                 Ok(Step::Idle) => {
-                    failures = 0;
+                    (failures, failing_height) = (0, None);
                     self.wait_for_poll().await;
                 }
                 Ok(Step::Stop(reply)) => {
@@ -396,13 +398,31 @@ impl Indexer {
                     let _ = reply.send(());
                     return Ok(());
                 }
-                Err(Transient { height, message }) => {
-                    failures = if failing_height == Some(height) {
+                Err(Transient {
+                    height: None,
+                    message,
+                }) => {
+                    // The node answered a call with an error (e.g. mid-reorg): keep asking,
+                    // logging each new complaint once.
+                    failures = 0;
+                    if failing_height != Some(None) || last_message != message {
+                        warn!("{message}; retrying");
+                    }
+                    failing_height = Some(None);
+                    last_message = message;
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                }
+                Err(Transient {
+                    height: Some(height),
+                    message,
+                }) => {
+                    // A block the node keeps sending wrong, or lacks: stop after a few tries.
+                    failures = if failing_height == Some(Some(height)) {
                         failures + 1
                     } else {
                         1
                     };
-                    failing_height = Some(height);
+                    failing_height = Some(Some(height));
                     if failures >= MAX_ATTEMPTS {
                         return Err(IndexError::BadBlock(format!(
                             "{message} ({failures} attempts); the index stays at height {}",
