@@ -218,12 +218,23 @@ impl UtxoSet {
         let mut worked = false;
         loop {
             let sizes: Vec<u64> = self.runs.iter().map(|r| r.size()).collect();
-            let Some(range) = sorted_file::pick_merge(&sizes) else {
+            let range = sorted_file::pick_merge(&sizes).or_else(|| self.tombstone_heavy());
+            let Some(range) = range else {
                 return Ok(worked);
             };
             self.merge_range(range, alloc_id, memory)?;
             worked = true;
         }
+    }
+
+    /// Tombstones live until a merge includes the oldest run, which the size-tiered rule
+    /// rarely does. Once the newer runs hold tombstones amounting to 1/8 of the oldest run's
+    /// live entries, merge everything: that bounds their space at 1/8 of the set, for a
+    /// rewrite cost of 8 records per spend.
+    fn tombstone_heavy(&self) -> Option<Range<usize>> {
+        let (oldest, newer) = self.runs.split_first()?;
+        let dead: u64 = newer.iter().map(|r| r.counts().1).sum();
+        (dead > 0 && dead.saturating_mul(8) >= oldest.counts().0).then_some(0..self.runs.len())
     }
 
     /// Merges `runs[range]` into one run; returns the peak bytes of its outpoint sort.

@@ -157,6 +157,7 @@ impl<'a> ScriptBlockReader<'a> {
 pub(crate) struct Run {
     file: ImmutableFile,
     id: u64,
+    counts: (u64, u64),
     sidx: usize,       // start of the script index entries (after the frame header)
     nscript: usize,    // number of by-script blocks
     script_end: usize, // end of the by-script section = start of the by-outpoint section
@@ -190,6 +191,7 @@ impl Run {
         let mut run = Run {
             file,
             id,
+            counts: (live, dead),
             sidx,
             nscript,
             script_end: 0,
@@ -259,12 +261,9 @@ impl Run {
         self.filter.is_some()
     }
 
-    /// (live, tombstone) entry counts from the footer.
-    #[cfg(test)]
+    /// (live, tombstone) entry counts.
     pub fn counts(&self) -> (u64, u64) {
-        let [live, dead, ..] =
-            decode_footer::<FOOTER_FIELDS>(self.file.bytes(), MAGIC, self.path()).unwrap();
-        (live, dead)
+        self.counts
     }
 
     fn skey(&self, i: usize) -> &[u8] {

@@ -114,6 +114,31 @@ fn tombstones_are_dropped_only_when_the_merge_includes_the_oldest_run() {
 }
 
 #[test]
+fn tombstone_heavy_runs_are_merged_into_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = UtxoSet::open(dir.path(), &[]).unwrap();
+    for i in 0..8000 {
+        set.add(hx((i % 7) as u8), i, 0, 1 << 40);
+    }
+    set.flush(&mut alloc).unwrap();
+    // Few spends: the small run stays apart.
+    for i in 0..100 {
+        set.spend(i, 0).unwrap();
+    }
+    set.flush(&mut alloc).unwrap();
+    assert!(!set.compact(&mut alloc, 1 << 20).unwrap());
+    // A run of tombstones for 1/8 of the oldest run's entries triggers a full merge.
+    for i in 100..1000 {
+        set.spend(i, 0).unwrap();
+    }
+    set.flush(&mut alloc).unwrap();
+    assert!(set.compact(&mut alloc, 1 << 20).unwrap());
+    assert_eq!(set.runs.len(), 1);
+    assert_eq!(set.runs[0].counts(), (7000, 0));
+}
+
+#[test]
 fn outpoint_readded_under_another_script_after_rollback() {
     let dir = tempfile::tempdir().unwrap();
     let mut alloc = ids();
