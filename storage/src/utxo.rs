@@ -2,7 +2,7 @@
 //! tombstones, the newest run wins, and compaction merges runs with bounded memory.
 //! Format and policy: docs/STORAGE-utxo-history.md.
 
-mod filter;
+pub(crate) mod filter;
 mod run;
 mod run_writer;
 pub(crate) mod sorted_file;

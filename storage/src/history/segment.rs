@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
+use crate::utxo::filter::{hashx_parts, KeyFilter, MAX_FILTERED};
 use crate::utxo::sorted_file::{decode_footer, footer_len, le_u64, partition, read_block};
 use crate::varint;
 use crate::{HashX, HASHX_LEN};
@@ -84,6 +85,7 @@ pub(crate) struct Segment {
     idx: usize,
     nblocks: usize,
     blocks_end: usize,
+    filter: Option<KeyFilter>, // for segments of at most MAX_FILTERED entries
 }
 
 impl Segment {
@@ -102,7 +104,7 @@ impl Segment {
             return Err(Error::corrupt(path, idx_off as u64, "bad index length"));
         }
         let nblocks = payload.len() / ENTRY;
-        let seg = Segment {
+        let mut seg = Segment {
             file,
             id,
             min,
@@ -110,6 +112,7 @@ impl Segment {
             idx: idx_off + 4,
             nblocks,
             blocks_end: idx_off,
+            filter: None,
         };
         if entries < seg.nblocks as u64 || (entries > 0 && min > max) {
             return Err(bad_footer("counts disagree with index"));
@@ -126,6 +129,19 @@ impl Segment {
         }
         if n > 0 && seg.offset(n - 1) >= idx_off {
             return Err(bad_index());
+        }
+        if entries <= MAX_FILTERED {
+            // Reads (and so checks) every block of a small segment.
+            let mut filter = KeyFilter::with_capacity(entries);
+            let mut block = Block::default();
+            for i in 0..n {
+                seg.block(i, &mut block)?;
+                for (h, _, _) in &block.groups {
+                    let (a, b) = hashx_parts(h);
+                    filter.insert(a, b);
+                }
+            }
+            seg.filter = Some(filter);
         }
         Ok(seg)
     }
@@ -144,6 +160,11 @@ impl Segment {
 
     pub fn size(&self) -> u64 {
         self.file.bytes().len() as u64
+    }
+
+    #[cfg(test)]
+    pub fn has_filter(&self) -> bool {
+        self.filter.is_some()
     }
 
     /// Smallest and largest tx number held.
@@ -182,6 +203,10 @@ impl Segment {
     /// Appends the tx numbers of `hashx` below `cut` to `out`, ascending. The entries of one
     /// key are contiguous, so this reads consecutive blocks.
     pub fn get(&self, hashx: &HashX, cut: Option<u64>, out: &mut Vec<u64>) -> Result<()> {
+        let (a, b) = hashx_parts(hashx);
+        if self.filter.as_ref().is_some_and(|f| !f.may_contain(a, b)) {
+            return Ok(());
+        }
         let start = partition(self.nblocks, |i| self.first(i) < &hashx[..]).saturating_sub(1);
         let mut block = Block::default();
         for i in start..self.nblocks {

@@ -171,6 +171,7 @@ fn long_histories_span_consecutive_blocks() {
         }
     }
     set.flush(&mut alloc).unwrap();
+    assert!(set.segs[0].seg.has_filter());
     let view = set.view();
     assert_eq!(view.get(&hx(5)).unwrap(), want);
     assert_eq!(view.get(&hx(4)).unwrap().len(), 20_000);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
-use crate::utxo::filter::{OutpointFilter, MAX_FILTERED};
+use crate::utxo::filter::{KeyFilter, MAX_FILTERED};
 use crate::utxo::sorted_file::{decode_footer, footer_len, le_u64, partition, read_block};
 use crate::varint;
 use crate::{HashX, HASHX_LEN};
@@ -164,7 +164,7 @@ pub(crate) struct Run {
     oidx: usize,       // start of the outpoint index entries
     noutpoint: usize,
     outpoint_end: usize, // end of the by-outpoint section = offset of the script index frame
-    filter: Option<OutpointFilter>, // for runs of at most MAX_FILTERED records
+    filter: Option<KeyFilter>, // for runs of at most MAX_FILTERED records
 }
 
 impl Run {
@@ -408,7 +408,7 @@ impl Run {
     /// Builds the outpoint filter of a small run, reading (and so checking) its whole
     /// by-outpoint section.
     fn build_filter(&mut self, entries: u64) -> Result<()> {
-        let mut filter = OutpointFilter::with_capacity(entries);
+        let mut filter = KeyFilter::with_capacity(entries);
         for i in 0..self.noutpoint {
             self.scan_outpoint_block(i, &mut |t, v, _| {
                 filter.insert(t, v);
