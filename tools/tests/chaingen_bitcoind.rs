@@ -234,3 +234,31 @@ fn bitcoind_follows_a_reorg_between_forks() {
     }
     assert_eq!(best_hash(&node), branch.tip_hash().to_string());
 }
+
+/// The `large` preset (≈450 txs a block, up to 12 inputs and 30 outputs) at benchmark scale:
+/// `FERRUM_CHAINGEN_BLOCKS` blocks (default 250, ≈65k txs). Slow in debug builds, so run with
+/// `cargo test --release -p ferrum-tools --test chaingen_bitcoind -- --ignored`.
+#[test]
+#[ignore]
+fn bitcoind_accepts_a_large_preset_chain() {
+    let blocks: u32 = std::env::var("FERRUM_CHAINGEN_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    let node = RegtestNode::start().expect("start regtest bitcoind");
+    let mut generator = ChainGenerator::new(ChainParams::large(7));
+    for _ in 0..blocks {
+        let block = generator.next_block();
+        if let Err(e) = node.submit_block(&block) {
+            panic!("block {} rejected: {e}", generator.height());
+        }
+    }
+    assert_eq!(best_hash(&node), generator.tip_hash().to_string());
+    let txs = node.rpc("getchaintxstats", json!([])).unwrap()["txcount"].clone();
+    assert_eq!(txs, json!(generator.tx_count()));
+    let mempool: Vec<_> = (0..50).map(|_| generator.mempool_tx()).collect();
+    for tx in &mempool {
+        let sent = node.rpc("sendrawtransaction", json!([serialize_hex(tx)]));
+        assert_eq!(sent, Ok(json!(tx.compute_txid().to_string())));
+    }
+}
