@@ -4,7 +4,7 @@
 use super::OutputKind;
 
 /// What the generated chain looks like. Two generators with equal params produce
-/// byte-identical chains.
+/// byte-identical chains (on one platform: the Zipf draw goes through `f64::powf`).
 #[derive(Clone, Debug)]
 pub struct ChainParams {
     pub seed: u64,
