@@ -5,6 +5,7 @@
 mod admin;
 mod args;
 mod chain;
+mod history_cache;
 mod node;
 mod scripts;
 
@@ -57,6 +58,7 @@ pub(crate) struct Shared {
     node: Arc<dyn Node>,
     mempool: Arc<dyn MempoolView>,
     header_tree: Mutex<HeaderMerkle>,
+    history_cache: history_cache::HistoryCache,
     node_cache: NodeCache,
     sessions: Mutex<HashMap<u64, Arc<SessionState>>>,
     /// The `blockchain.headers.subscribe` result for the last tip announced.
@@ -164,6 +166,7 @@ impl Electrum {
                 node,
                 mempool,
                 header_tree: Mutex::new(HeaderMerkle::new()),
+                history_cache: Default::default(),
                 node_cache: NodeCache::default(),
                 sessions: Mutex::new(HashMap::new()),
                 header_sub: Mutex::new(None),

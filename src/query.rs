@@ -170,9 +170,16 @@ pub fn confirmed_unspent(snap: &Snapshot, hashx: &HashX) -> Result<Vec<Unspent>,
     let utxos = snap.utxos(hashx)?;
     let mut walk = HeightWalk::new(snap);
     let mut out = Vec::with_capacity(utxos.len());
+    // Outputs of one transaction are adjacent: read its txid once.
+    let mut last: Option<(u64, Hash32)> = None;
     for u in utxos {
+        let txid = match last {
+            Some((txnum, txid)) if txnum == u.txnum => txid,
+            _ => snap.txid(u.txnum)?,
+        };
+        last = Some((u.txnum, txid));
         out.push(Unspent {
-            txid: snap.txid(u.txnum)?,
+            txid,
             vout: u.vout,
             height: walk.height(u.txnum)?,
             value: u.value,

@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 
-use ferrum_storage::{Hash32, HashX};
+use ferrum_storage::{Hash32, HashX, Snapshot};
 use serde_json::{json, Value};
 
+use super::history_cache::Tip;
 use super::{blocking, internal, Reply, Shared};
 use crate::hex::{push_hash_hex, to_hex};
 use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
+use crate::merkle::header_hash;
 use crate::query::{self, ConfirmedTx, MempoolTx, QueryError, Unspent};
 use crate::session::SessionContext;
 use crate::status::{history, itoa, StatusHasher};
@@ -34,6 +36,37 @@ fn query_error(e: QueryError) -> RpcError {
     }
 }
 
+/// The snapshot's chain tip, which cached histories are valid for.
+fn tip(snap: &Snapshot) -> Result<Option<Tip>, RpcError> {
+    match snap.height() {
+        Some(h) => Ok(Some((h, header_hash(&snap.header(h).map_err(internal)?)))),
+        None => Ok(None),
+    }
+}
+
+/// ElectrumX's `limited_history` through the history cache: the confirmed history and the
+/// cost to charge (0.1 for a hit).
+fn limited_history(
+    shared: &Shared,
+    snap: &Snapshot,
+    tip: Option<Tip>,
+    hashx: &HashX,
+    limit: Option<usize>,
+) -> Result<(Arc<Vec<ConfirmedTx>>, f64), RpcError> {
+    if let Some(history) = tip.and_then(|tip| shared.history_cache.get(tip, hashx)) {
+        if let Some(limit) = limit.filter(|&limit| history.len() >= limit) {
+            return Err(query_error(QueryError::HistoryTooLarge { limit }));
+        }
+        return Ok((history, 0.1));
+    }
+    let history = Arc::new(query::confirmed_history(snap, hashx, limit).map_err(query_error)?);
+    if let Some(tip) = tip {
+        shared.history_cache.insert(tip, *hashx, history.clone());
+    }
+    let cost = history_cost(history.len());
+    Ok((history, cost))
+}
+
 /// A script's status, whether its history has mempool entries, and the cost to charge.
 pub struct Status {
     pub status: Option<Hash32>,
@@ -47,23 +80,23 @@ pub async fn statuses(
     max_send: usize,
     hashxs: Vec<HashX>,
 ) -> Result<Vec<Result<Status, RpcError>>, RpcError> {
-    let (snap, mempool) = (shared.reader.snapshot(), shared.mempool.clone());
+    let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let limit = history_limit(max_send);
     blocking(move || {
+        let tip = tip(&snap)?;
         Ok(hashxs
             .iter()
             .map(|hashx| {
-                let confirmed =
-                    query::confirmed_history(&snap, hashx, limit).map_err(query_error)?;
-                let unconfirmed = mempool.history(hashx);
+                let (confirmed, cost) = limited_history(&shared, &snap, tip, hashx, limit)?;
+                let unconfirmed = shared.mempool.history(hashx);
                 let mut hasher = StatusHasher::new();
-                for c in &confirmed {
+                for c in confirmed.iter() {
                     hasher.add(&c.txid, c.height as i32);
                 }
                 for m in &unconfirmed {
                     hasher.add(&m.txid, m.height());
                 }
-                let cost = history_cost(confirmed.len()) + 0.1 + hasher.text_len() as f64 * 0.00002;
+                let cost = cost + 0.1 + hasher.text_len() as f64 * 0.00002;
                 Ok(Status {
                     status: hasher.finish(),
                     in_mempool: !unconfirmed.is_empty(),
@@ -101,16 +134,22 @@ pub async fn get_history(
     ctx: &SessionContext,
     hashx: HashX,
 ) -> Result<Reply, RpcError> {
-    let (snap, mempool) = (shared.reader.snapshot(), shared.mempool.clone());
+    let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let limit = history_limit(ctx.limits().max_send);
-    let (confirmed, unconfirmed) = blocking(move || {
-        let confirmed = query::confirmed_history(&snap, &hashx, limit).map_err(query_error)?;
-        Ok((confirmed, mempool.history(&hashx)))
+    // Rendered on the blocking pool too: long histories take milliseconds to write.
+    let (text, cost, unconfirmed) = blocking(move || {
+        let (confirmed, cost) = limited_history(&shared, &snap, tip(&snap)?, &hashx, limit)?;
+        let unconfirmed = shared.mempool.history(&hashx);
+        Ok((
+            history_json(&confirmed, &unconfirmed),
+            cost,
+            unconfirmed.len(),
+        ))
     })
     .await?;
-    ctx.bump_cost(history_cost(confirmed.len()));
-    ctx.bump_cost(0.25 + unconfirmed.len() as f64 / 50.0);
-    Ok(Reply::Json(history_json(&confirmed, &unconfirmed)))
+    ctx.bump_cost(cost);
+    ctx.bump_cost(0.25 + unconfirmed as f64 / 50.0);
+    Ok(Reply::Json(text))
 }
 
 pub fn get_mempool(
@@ -129,10 +168,14 @@ pub async fn listunspent(
     hashx: HashX,
 ) -> Result<Reply, RpcError> {
     let (snap, mempool) = (shared.reader.snapshot(), shared.mempool.clone());
-    let (unspent, considered) =
-        blocking(move || query::unspent(&snap, &*mempool, &hashx).map_err(query_error)).await?;
+    let (text, considered) = blocking(move || {
+        let (unspent, considered) =
+            query::unspent(&snap, &*mempool, &hashx).map_err(query_error)?;
+        Ok((unspent_json(&unspent), considered))
+    })
+    .await?;
     ctx.bump_cost(1.0 + considered as f64 / 50.0);
-    Ok(Reply::Json(unspent_json(&unspent)))
+    Ok(Reply::Json(text))
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
