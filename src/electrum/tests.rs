@@ -757,3 +757,34 @@ async fn local_rpc_query() {
         -32601
     );
 }
+
+#[tokio::test]
+async fn touched_scripts_are_always_sent() {
+    let f = fixture(Arc::new(FakeMempool::new()));
+    let mut c = client(&f, &[1, 6], 0);
+    let status = c
+        .ok(
+            &f,
+            "blockchain.scripthash.subscribe",
+            json!([scripthash(A)]),
+        )
+        .await;
+    // Touched: sent even though nothing changed.
+    f.electrum
+        .notify(Some(Arc::new(HashSet::from([key(A)]))), false)
+        .await;
+    let got = c.notifications();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["params"], json!([scripthash(A), status]));
+    // A's status covers the mempool, so a new tip re-checks it: unchanged, not sent; and
+    // this session did not subscribe to headers.
+    f.electrum
+        .notify(Some(Arc::new(HashSet::new())), true)
+        .await;
+    assert!(c.notifications().is_empty());
+    // Nothing touched and no new tip: nothing to check.
+    f.electrum
+        .notify(Some(Arc::new(HashSet::from([key(B)]))), false)
+        .await;
+    assert!(c.notifications().is_empty());
+}
