@@ -109,6 +109,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(internal)?
 }
 
+/// ElectrumX's `getinfo` line for a cache.
+fn cache_line((lookups, hits, entries): (u64, u64, usize)) -> String {
+    let rate = hits as f64 / lookups.max(1) as f64;
+    format!("{lookups} lookups, {hits} hits, {entries} entries, hitrate {rate:.4}")
+}
+
 /// The parameters of each method the negotiated `version` has (ElectrumX's handler table).
 fn signature(method: &str, version: &ProtocolVersion) -> Option<Signature> {
     const SCRIPTHASH: Signature = Signature::new(&["scripthash"], 1);
@@ -566,6 +572,14 @@ impl Backend for Electrum {
         info.insert(
             "db height".into(),
             json!(self.shared.reader.snapshot().height()),
+        );
+        let shared = &self.shared;
+        info.insert(
+            "caches".into(),
+            json!({
+                "estimatefee": cache_line(shared.node_cache.estimate_stats()),
+                "history": cache_line(shared.history_cache.stats()),
+            }),
         );
         info
     }

@@ -2,6 +2,7 @@
 //! A hit skips the store's txid reads and is charged 0.1, as ElectrumX charges it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferrum_storage::{Hash32, HashX};
@@ -26,19 +27,40 @@ struct Inner {
 }
 
 #[derive(Default)]
-pub struct HistoryCache(Mutex<Inner>);
+pub struct HistoryCache {
+    inner: Mutex<Inner>,
+    lookups: AtomicU64,
+    hits: AtomicU64,
+}
 
 impl HistoryCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (lookups, hits, histories held), for the local RPC's `getinfo`.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        let held = self.lock().map.len();
+        (
+            self.lookups.load(Ordering::Relaxed),
+            self.hits.load(Ordering::Relaxed),
+            held,
+        )
     }
 
     /// The cached history of `hashx` at `tip`. A newer tip than the cache's empties it;
     /// an older one (a request that took its snapshot earlier) bypasses it.
     pub fn get(&self, tip: Tip, hashx: &HashX) -> Option<Arc<Vec<ConfirmedTx>>> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         match inner.tip {
-            Some(current) if current == tip => inner.map.get(hashx).cloned(),
+            Some(current) if current == tip => {
+                let hit = inner.map.get(hashx).cloned();
+                if hit.is_some() {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                }
+                hit
+            }
             Some((height, _)) if tip.0 < height => None,
             _ => {
                 *inner = Inner {
@@ -95,6 +117,7 @@ mod tests {
         assert!(cache.get(t1, &k).is_none());
         cache.insert(t1, k, history(3));
         assert_eq!(cache.get(t1, &k).unwrap().len(), 3);
+        assert_eq!(cache.stats(), (2, 1, 1));
         // An older snapshot neither sees nor resets it.
         assert!(cache.get((9, [0; 32]), &k).is_none());
         assert!(cache.get(t1, &k).is_some());

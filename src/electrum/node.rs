@@ -3,6 +3,7 @@
 //! with ElectrumX's wording for the node's errors.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,8 @@ pub struct NodeCache {
     /// Cache misses wait here, so a burst of requests asks the node once.
     estimate_fetch: tokio::sync::Mutex<()>,
     info: Mutex<HashMap<&'static str, (Instant, Value)>>,
+    estimate_lookups: AtomicU64,
+    estimate_hits: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,10 +77,24 @@ impl NodeCache {
     }
 
     fn cached_estimate(&self, key: &EstimateKey, tip: &Hash32) -> Option<Value> {
-        lock(&self.estimates)
+        let hit = lock(&self.estimates)
             .get(key)
             .filter(|(at, _)| at == tip)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.clone());
+        if hit.is_some() {
+            self.estimate_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// (lookups, hits, estimates held), for the local RPC's `getinfo`.
+    pub fn estimate_stats(&self) -> (u64, u64, usize) {
+        let held = lock(&self.estimates).len();
+        (
+            self.estimate_lookups.load(Ordering::Relaxed),
+            self.estimate_hits.load(Ordering::Relaxed),
+            held,
+        )
     }
 
     /// `estimatesmartfee`'s `feerate`, or -1 when the node has no estimate. The bool says
@@ -90,6 +107,7 @@ impl NodeCache {
         mode: Option<String>,
     ) -> Result<(Value, bool), RpcError> {
         let key = (target, mode);
+        self.estimate_lookups.fetch_add(1, Ordering::Relaxed);
         if let Some(v) = self.cached_estimate(&key, &tip) {
             return Ok((v, false));
         }
@@ -322,6 +340,7 @@ pub(crate) mod tests {
         );
         let calls = node.calls();
         assert_eq!(calls.len(), 4);
+        assert_eq!(cache.estimate_stats(), (5, 1, 1));
         assert_eq!(
             calls[1],
             ("estimatesmartfee".into(), json!([6, "ECONOMICAL"]))

@@ -658,6 +658,12 @@ async fn node_backed_methods() {
             .1,
         "0g should be a hex string"
     );
+    let info = f.electrum.info();
+    assert_eq!(info["db height"], 39);
+    assert_eq!(
+        info["caches"]["estimatefee"],
+        "3 lookups, 1 hits, 2 entries, hitrate 0.3333"
+    );
     let version = f.electrum.daemon_version().await.unwrap();
     assert_eq!(
         (version.version, version.subversion.as_str()),
