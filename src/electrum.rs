@@ -7,6 +7,7 @@ mod args;
 mod chain;
 mod history_cache;
 mod node;
+mod notify;
 mod scripts;
 
 use std::collections::{HashMap, HashSet};
@@ -15,8 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use ferrum_storage::{Hash32, HashX, Reader};
 use serde_json::{json, Map, Value};
-use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::coin::Network;
 use crate::daemon::Daemon;
@@ -367,127 +367,7 @@ impl Electrum {
     /// (the caller does not know what changed) every subscribed script is checked and sent
     /// its status if it changed. Returns when every session has been handled.
     pub async fn notify(&self, touched: Option<Arc<HashSet<HashX>>>, new_tip: bool) {
-        let shared = &self.shared;
-        if new_tip {
-            shared.node_cache.new_block();
-            match chain::header_subscription(&shared.reader.snapshot()) {
-                Ok(v) => *lock(&shared.header_sub) = Some(v),
-                Err(e) => warn!("no header to announce: {}", e.message),
-            }
-        }
-        let header = lock(&shared.header_sub).clone();
-        let sessions: Vec<Arc<SessionState>> = lock(&shared.sessions).values().cloned().collect();
-        let mut tasks = JoinSet::new();
-        for state in sessions {
-            let (shared, touched, header) = (shared.clone(), touched.clone(), header.clone());
-            tasks.spawn(async move {
-                notify_session(&shared, &state, touched.as_deref(), new_tip, header).await
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-    }
-}
-
-async fn notify_session(
-    shared: &Arc<Shared>,
-    state: &SessionState,
-    touched: Option<&HashSet<HashX>>,
-    new_tip: bool,
-    header: Option<Value>,
-) {
-    let Some(ctx) = state.ctx.upgrade() else {
-        return;
-    };
-    if ctx.is_closing() {
-        return;
-    }
-    // (script, send even if unchanged)
-    let (send_header, plan): (bool, Vec<(HashX, bool)>) = {
-        let subs = lock(&state.subs);
-        let plan = match touched {
-            None => subs.scripts.keys().map(|h| (*h, false)).collect(),
-            Some(touched) => {
-                let hit: Vec<(HashX, bool)> = subs
-                    .scripts
-                    .keys()
-                    .filter(|h| touched.contains(*h))
-                    .map(|h| (*h, true))
-                    .collect();
-                let in_mempool = subs
-                    .scripts
-                    .iter()
-                    .filter(|(h, s)| s.in_mempool && !touched.contains(*h));
-                if !hit.is_empty() || (new_tip && subs.scripts.values().any(|s| s.in_mempool)) {
-                    hit.into_iter()
-                        .chain(in_mempool.map(|(h, _)| (*h, false)))
-                        .collect()
-                } else {
-                    Vec::new()
-                }
-            }
-        };
-        (new_tip && subs.headers, plan)
-    };
-    if let (true, Some(header)) = (send_header, header) {
-        ctx.notify("blockchain.headers.subscribe", &[header]);
-    }
-    if plan.is_empty() {
-        return;
-    }
-    let hashxs = plan.iter().map(|(h, _)| *h).collect();
-    let results = match scripts::statuses(shared, ctx.limits().max_send, hashxs).await {
-        Ok(results) => results,
-        Err(e) => {
-            warn!(
-                session = ctx.id(),
-                "statuses for notifications: {}", e.message
-            );
-            return;
-        }
-    };
-    let mut sends = Vec::new();
-    {
-        let mut subs = lock(&state.subs);
-        for ((hashx, always), result) in plan.into_iter().zip(results) {
-            let Some(sub) = subs.scripts.get_mut(&hashx) else {
-                continue;
-            };
-            match result {
-                Ok(status) => {
-                    ctx.bump_cost(status.cost);
-                    let changed = status.status != sub.status;
-                    sub.status = status.status;
-                    sub.in_mempool = status.in_mempool;
-                    if always || changed {
-                        sends.push((
-                            sub.scripthash.clone(),
-                            scripts::status_value(&status.status),
-                        ));
-                    }
-                }
-                // ElectrumX drops a subscription whose status it cannot compute.
-                Err(_) => {
-                    let scripthash = sub.scripthash.clone();
-                    subs.scripts.remove(&hashx);
-                    sends.push((scripthash, Value::Null));
-                }
-            }
-        }
-        ctx.set_subscription_count(subs.scripts.len());
-    }
-    if !sends.is_empty() {
-        info!(
-            session = ctx.id(),
-            "notified of {} address{}",
-            sends.len(),
-            if sends.len() == 1 { "" } else { "es" }
-        );
-    }
-    for (scripthash, status) in sends {
-        ctx.notify(
-            "blockchain.scripthash.subscribe",
-            &[Value::String(scripthash), status],
-        );
+        notify::notify_all(&self.shared, touched, new_tip).await
     }
 }
 

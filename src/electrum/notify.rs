@@ -1,0 +1,140 @@
+//! Notifications to subscribed sessions when the chain or the mempool changes, with
+//! ElectrumX's rules for which scripts are re-checked and which statuses are sent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ferrum_storage::HashX;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::{chain, lock, scripts, SessionState, Shared};
+
+/// See [`super::Electrum::notify`].
+pub(super) async fn notify_all(
+    shared: &Arc<Shared>,
+    touched: Option<Arc<HashSet<HashX>>>,
+    new_tip: bool,
+) {
+    if new_tip {
+        shared.node_cache.new_block();
+        match chain::header_subscription(&shared.reader.snapshot()) {
+            Ok(v) => *lock(&shared.header_sub) = Some(v),
+            Err(e) => warn!("no header to announce: {}", e.message),
+        }
+    }
+    let header = lock(&shared.header_sub).clone();
+    let sessions: Vec<Arc<SessionState>> = lock(&shared.sessions).values().cloned().collect();
+    let mut tasks = JoinSet::new();
+    for state in sessions {
+        let (shared, touched, header) = (shared.clone(), touched.clone(), header.clone());
+        tasks.spawn(async move {
+            notify_session(&shared, &state, touched.as_deref(), new_tip, header).await
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn notify_session(
+    shared: &Arc<Shared>,
+    state: &SessionState,
+    touched: Option<&HashSet<HashX>>,
+    new_tip: bool,
+    header: Option<Value>,
+) {
+    let Some(ctx) = state.ctx.upgrade() else {
+        return;
+    };
+    if ctx.is_closing() {
+        return;
+    }
+    // (script, send even if unchanged)
+    let (send_header, plan): (bool, Vec<(HashX, bool)>) = {
+        let subs = lock(&state.subs);
+        let plan = match touched {
+            None => subs.scripts.keys().map(|h| (*h, false)).collect(),
+            Some(touched) => {
+                let hit: Vec<(HashX, bool)> = subs
+                    .scripts
+                    .keys()
+                    .filter(|h| touched.contains(*h))
+                    .map(|h| (*h, true))
+                    .collect();
+                let in_mempool = subs
+                    .scripts
+                    .iter()
+                    .filter(|(h, s)| s.in_mempool && !touched.contains(*h));
+                if !hit.is_empty() || (new_tip && subs.scripts.values().any(|s| s.in_mempool)) {
+                    hit.into_iter()
+                        .chain(in_mempool.map(|(h, _)| (*h, false)))
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        (new_tip && subs.headers, plan)
+    };
+    if let (true, Some(header)) = (send_header, header) {
+        ctx.notify("blockchain.headers.subscribe", &[header]);
+    }
+    if plan.is_empty() {
+        return;
+    }
+    let hashxs = plan.iter().map(|(h, _)| *h).collect();
+    let results = match scripts::statuses(shared, ctx.limits().max_send, hashxs).await {
+        Ok(results) => results,
+        Err(e) => {
+            warn!(
+                session = ctx.id(),
+                "statuses for notifications: {}", e.message
+            );
+            return;
+        }
+    };
+    let mut sends = Vec::new();
+    {
+        let mut subs = lock(&state.subs);
+        for ((hashx, always), result) in plan.into_iter().zip(results) {
+            let Some(sub) = subs.scripts.get_mut(&hashx) else {
+                continue;
+            };
+            match result {
+                Ok(status) => {
+                    ctx.bump_cost(status.cost);
+                    let changed = status.status != sub.status;
+                    sub.status = status.status;
+                    sub.in_mempool = status.in_mempool;
+                    if always || changed {
+                        sends.push((
+                            sub.scripthash.clone(),
+                            scripts::status_value(&status.status),
+                        ));
+                    }
+                }
+                // ElectrumX drops a subscription whose status it cannot compute.
+                Err(_) => {
+                    let scripthash = sub.scripthash.clone();
+                    subs.scripts.remove(&hashx);
+                    sends.push((scripthash, Value::Null));
+                }
+            }
+        }
+        ctx.set_subscription_count(subs.scripts.len());
+    }
+    if !sends.is_empty() {
+        info!(
+            session = ctx.id(),
+            "notified of {} address{}",
+            sends.len(),
+            if sends.len() == 1 { "" } else { "es" }
+        );
+    }
+    for (scripthash, status) in sends {
+        ctx.notify(
+            "blockchain.scripthash.subscribe",
+            &[Value::String(scripthash), status],
+        );
+    }
+}
