@@ -8,18 +8,20 @@ pub mod version;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::jsonrpc::{
     join_batch, thousands, Codec, Incoming, Params, RawJson, Request, RpcError,
-    EXCESSIVE_RESOURCE_USAGE, INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY,
+    EXCESSIVE_RESOURCE_USAGE, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, SERVER_BUSY,
 };
 use crate::services::Protocol;
 use crate::transport::{MessageReader, MessageWriter, ReadEvent};
@@ -656,7 +658,18 @@ async fn throttled<D: Dispatch>(
         if !sleep.is_zero() {
             tokio::time::sleep(sleep).await;
         }
-        dispatch.handle(ctx, request).await
+        let method = request.method.clone();
+        // A failing handler answers its request, like aiorpcx, instead of leaving it hanging.
+        match AssertUnwindSafe(dispatch.handle(ctx, request))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                error!(session = ctx.id, "internal error handling {method}");
+                Outcome::reply(Err(RpcError::new(INTERNAL_ERROR, "internal server error")))
+            }
+        }
     };
     let outcome = match ctx.limits.request_timeout {
         Some(limit) => match tokio::time::timeout(limit, work).await {

@@ -577,6 +577,19 @@ async fn notifications_and_client_notifications() {
 }
 
 #[tokio::test]
+async fn a_panicking_handler_answers_internal_error() {
+    let s = server().await;
+    let mut c = s.tcp().await;
+    c.hello("1.6").await;
+    let reply = c.call(1, "test.panic", json!([])).await;
+    assert_eq!(error_of(&reply), (-32603, "internal server error".into()));
+    assert_eq!(
+        c.call(2, "server.ping", json!([])).await["result"],
+        Value::Null
+    );
+}
+
+#[tokio::test]
 async fn request_timeout() {
     let s = TestServer::start(&["tcp"], &[("REQUEST_TIMEOUT", "1".into())]).await;
     let mut c = s.tcp().await;

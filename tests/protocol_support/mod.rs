@@ -75,6 +75,7 @@ impl Backend for TestBackend {
                 Ok(json!(ms))
             }
             "test.fail" => Err(RpcError::bad_request("test failure")),
+            "test.panic" => panic!("test panic"),
             // Sends a notification with the argument, then answers true.
             "test.notify" => {
                 let args = params.bind(method, &ONE_ARG)?;
