@@ -181,12 +181,21 @@ impl FileWriter {
 
     /// Flushes and fsyncs; the file is complete (its directory entry is made durable by the
     /// caller's manifest commit).
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        let path = self.path.clone();
+        let file = self.close()?;
+        file.sync_all().map_err(|e| Error::io(&path, e))
+    }
+
+    /// Flushes without fsync, for temporary files that no crash needs to survive.
+    pub fn finish_temporary(self) -> Result<()> {
+        self.close().map(drop)
+    }
+
+    fn close(mut self) -> Result<File> {
         let out = self.out.take().expect("writer finished twice");
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.path, e))
+        out.into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))
     }
 }
 

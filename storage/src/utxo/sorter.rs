@@ -109,7 +109,7 @@ impl Sorter {
         for r in &self.chunk {
             w.write(&r.to_bytes())?;
         }
-        w.finish()?;
+        w.finish_temporary()?;
         self.spills.push(spill);
         self.chunk.clear();
         Ok(())
@@ -138,7 +138,7 @@ impl Sorter {
             let group: Vec<Spill> = self.spills.drain(..FAN_IN).collect();
             let (spill, mut w) = self.new_spill()?;
             self.merge(group, &mut |r| w.write(&r.to_bytes()))?;
-            w.finish()?;
+            w.finish_temporary()?;
             self.spills.push(spill);
         }
         let group = std::mem::take(&mut self.spills);
