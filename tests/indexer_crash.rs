@@ -1,0 +1,101 @@
+//! kill -9 at random moments of a sync: each restart resumes from the last commit, and the
+//! finished index has the same `ferrum-db verify` digest as one built without interruption.
+//! The killed indexer is this test binary run again as a child (`child_indexer`).
+
+mod indexer_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indexer_support::*;
+
+const CHILD_DB: &str = "FERRUM_TEST_CHILD_DB";
+const CHILD_URL: &str = "FERRUM_TEST_CHILD_URL";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Indexes into `$FERRUM_TEST_CHILD_DB` from `$FERRUM_TEST_CHILD_URL` until killed. Only
+/// meaningful when started by `kill_9_during_sync`.
+#[test]
+#[ignore = "run as a child process by kill_9_during_sync"]
+fn child_indexer() {
+    let (Ok(db), Ok(url)) = (std::env::var(CHILD_DB), std::env::var(CHILD_URL)) else {
+        return;
+    };
+    runtime().block_on(async {
+        let mut small_cache = settings(10);
+        small_cache.cache_mb = 0; // commit after every batch: many commit points to land in
+        let run = start_indexer(db.as_ref(), daemon_for(url), small_cache);
+        run.task.await.unwrap().unwrap();
+    });
+}
+
+fn verify_digest(dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
+        .arg("verify")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "verify failed: {stdout}");
+    stdout
+        .lines()
+        .find(|l| l.starts_with("index digest: "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn kill_9_during_sync() {
+    let emu = emulator(13, 400, 10);
+    let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
+    let (straight, killed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    runtime().block_on(async {
+        let run = start_indexer(straight.path(), emulator_daemon(&emu), settings(10));
+        wait_for_tip(&run.handle, emu.best_hash()).await;
+        run.handle.stop().await;
+        run.task.await.unwrap().unwrap();
+    });
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    println!("kill delays seeded with {seed}");
+    let mut state = seed | 1;
+    let mut heights = Vec::new();
+    for _ in 0..8 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(5 + (state >> 33) % 250);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "child_indexer", "--nocapture"])
+            .env(CHILD_DB, killed.path())
+            .env(CHILD_URL, &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let store = ferrum::indexer::open_store(killed.path(), regtest(), 10).unwrap();
+        heights.push(store.height());
+    }
+    println!("heights after each kill: {heights:?}");
+
+    runtime().block_on(async {
+        let run = start_indexer(killed.path(), emulator_daemon(&emu), settings(10));
+        wait_for_tip(&run.handle, emu.best_hash()).await;
+        run.handle.stop().await;
+        run.task.await.unwrap().unwrap();
+    });
+    assert_eq!(verify_digest(straight.path()), verify_digest(killed.path()));
+}
