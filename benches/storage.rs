@@ -1,7 +1,9 @@
 //! Storage engine benchmarks: tx-hash appends through the Store, UTXO add/spend/lookup over
-//! 10M entries, history lookups at 10k and 100k entries, and compaction throughput.
+//! 10M entries, history lookups at 10k and 100k entries, compaction throughput, and a one-shot
+//! sync of a 200k-tx synthetic chain through the Store that reports bytes per tx by file kind.
 //! Run: `cargo bench --bench storage`; results and machine notes live in docs/BENCHMARKS.md.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -202,6 +204,97 @@ fn compaction(c: &mut Criterion) {
     g.finish();
 }
 
+/// One pass, not a criterion loop: apply a 200k-tx chain (451 blocks of 443 txs, like the
+/// regtest anchor chain; each tx spends 1–2 random UTXOs and pays 2 outputs, 60% to an
+/// existing script), committing every 20 blocks and compacting every 100, then report the
+/// time and the bytes per tx of each kind of file.
+fn store_sync_and_space(_: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), Options::default()).unwrap();
+    let mut live: Vec<([u8; 32], u32)> = Vec::new();
+    let (mut n, mut keys) = (0u64, 0u64);
+    let started = Instant::now();
+    for h in 0..451u64 {
+        let txs = (0..443)
+            .map(|i| {
+                n += 1;
+                let mut txid = [0u8; 32];
+                for (j, c) in txid.chunks_mut(8).enumerate() {
+                    c.copy_from_slice(&mix(n * 4 + j as u64).to_le_bytes());
+                }
+                let mut spends = Vec::new();
+                for _ in 0..if i == 0 { 0 } else { 1 + mix(n) % 2 } {
+                    if !live.is_empty() {
+                        let at = (mix(n ^ live.len() as u64) % live.len() as u64) as usize;
+                        spends.push(live.swap_remove(at));
+                    }
+                }
+                let outputs = (0..2u64)
+                    .map(|o| {
+                        let r = mix(n * 2 + o);
+                        let k = if r % 10 < 6 && keys > 0 {
+                            // Zipf-like: low ranks are reused most.
+                            let u = (r >> 8) % keys + 1;
+                            (keys * u / (u + keys / 16 + 1)).min(keys - 1)
+                        } else {
+                            keys += 1;
+                            keys - 1
+                        };
+                        Some((key(k), 1000 + (r >> 20) % 5_000_000_000))
+                    })
+                    .collect();
+                live.push((txid, 0));
+                live.push((txid, 1));
+                TxData {
+                    txid,
+                    spends,
+                    outputs,
+                }
+            })
+            .collect();
+        store
+            .apply_block(&BlockData {
+                header: [h as u8; 80],
+                txs,
+            })
+            .unwrap();
+        if h % 20 == 19 {
+            store.commit().unwrap();
+        }
+        if h % 100 == 99 {
+            store.compact().unwrap();
+        }
+    }
+    store.commit().unwrap();
+    while store.compact().unwrap() {}
+    let elapsed = started.elapsed();
+    let txs = store.snapshot().tx_count();
+    let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let kind = name.split(['-', '.']).next().unwrap().to_string();
+        *bytes.entry(kind).or_default() += e.metadata().unwrap().len();
+    }
+    let total: u64 = bytes.values().sum();
+    eprintln!(
+        "store sync: {txs} txs in 451 blocks in {elapsed:?} ({:.0} tx/s), {} UTXOs left",
+        txs as f64 / elapsed.as_secs_f64(),
+        live.len()
+    );
+    for (kind, b) in &bytes {
+        eprintln!(
+            "  {kind:>8}: {b:>10} bytes = {:6.2} B/tx",
+            *b as f64 / txs as f64
+        );
+    }
+    eprintln!(
+        "  {:>8}: {total:>10} bytes = {:6.2} B/tx",
+        "total",
+        total as f64 / txs as f64
+    );
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -212,6 +305,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = txhash_appends, utxo_10m, history_lookup, compaction
+    targets = store_sync_and_space, txhash_appends, utxo_10m, history_lookup, compaction
 }
 criterion_main!(benches);
