@@ -12,7 +12,7 @@ mod scripts;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use ferrum_storage::{Hash32, HashX, Reader};
 use serde_json::{json, Map, Value};
@@ -20,7 +20,8 @@ use tracing::{error, info};
 
 use crate::coin::Network;
 use crate::daemon::Daemon;
-use crate::jsonrpc::{Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
+use crate::indexer::IndexerHandle;
+use crate::jsonrpc::{thousands, Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
 use crate::merkle::HeaderMerkle;
 use crate::query::MempoolView;
 use crate::session::{Backend, DaemonVersion, ProtocolVersion, SessionContext};
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<u64, Arc<SessionState>>>,
     /// The `blockchain.headers.subscribe` result for the last tip announced.
     header_sub: Mutex<Option<Value>>,
+    /// The indexer, for the local RPC's `reorg`; absent in tests that have no indexer.
+    indexer: OnceLock<IndexerHandle>,
 }
 
 /// The protocol methods over the store, the node and the mempool. Cheap to clone.
@@ -176,8 +179,37 @@ impl Electrum {
                 node_cache: NodeCache::default(),
                 sessions: Mutex::new(HashMap::new()),
                 header_sub: Mutex::new(None),
+                indexer: OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets the local RPC's `reorg` command reach the indexer.
+    pub fn with_indexer(self, indexer: IndexerHandle) -> Electrum {
+        let _ = self.shared.indexer.set(indexer);
+        self
+    }
+
+    /// ElectrumX's `rpc_reorg`: roll back `count` blocks; the indexer then syncs forward.
+    async fn admin_reorg(&self, params: Params) -> Result<Value, RpcError> {
+        let mut args = params
+            .bind("reorg", &Signature::new(&["count"], 1))?
+            .into_iter();
+        let count = args::non_negative_integer(&args.next().flatten().unwrap_or(Value::Null))?;
+        let indexer = self.shared.indexer.get().filter(|i| i.is_caught_up());
+        let Some(indexer) = indexer else {
+            return Err(RpcError::bad_request("still catching up with daemon"));
+        };
+        let blocks = u32::try_from(count)
+            .map_err(|_| RpcError::bad_request(format!("cannot reorg {count} blocks")))?;
+        indexer
+            .force_rollback(blocks)
+            .await
+            .map_err(|e| RpcError::bad_request(e.to_string()))?;
+        Ok(json!(format!(
+            "scheduled a reorg of {} blocks",
+            thousands(count)
+        )))
     }
 
     /// Caches the header merkle tree for the store's chain, so the first `cp_height` proof
@@ -429,8 +461,11 @@ impl Backend for Electrum {
         })
     }
 
-    /// `query` (ElectrumX's `rpc_query`); other commands are the server's.
+    /// `query` (ElectrumX's `rpc_query`) and `reorg`; other commands are the server's.
     async fn admin_call(&self, method: &str, params: Params) -> Result<Value, RpcError> {
+        if method == "reorg" {
+            return self.admin_reorg(params).await;
+        }
         if method != "query" {
             return Err(RpcError::unknown_method(method));
         }
