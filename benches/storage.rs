@@ -207,8 +207,8 @@ fn compaction(c: &mut Criterion) {
 /// One pass, not a criterion loop: apply a 200k-tx chain (451 blocks of 443 txs, like the
 /// regtest anchor chain; each tx spends 1–2 random UTXOs and pays 2 outputs, 60% to an
 /// existing script), committing every 20 blocks and compacting every 100, then report the
-/// time and the bytes per tx of each kind of file.
-fn store_sync_and_space(_: &mut Criterion) {
+/// time and the bytes per tx of each kind of file; then bench txid and tx-number lookups on it.
+fn store_sync_and_space(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), Options::default()).unwrap();
     let mut live: Vec<([u8; 32], u32)> = Vec::new();
@@ -293,6 +293,24 @@ fn store_sync_and_space(_: &mut Criterion) {
         "total",
         total as f64 / txs as f64
     );
+    let snap = store.snapshot();
+    let mut g = c.benchmark_group("store_200k");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("find_tx", |b| {
+        b.iter(|| {
+            i += 1;
+            let txid = snap.txid(mix(i) % txs).unwrap();
+            black_box(snap.find_tx(&txid).unwrap())
+        })
+    });
+    g.bench_function("tx_height", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(snap.tx_height(mix(i) % txs).unwrap())
+        })
+    });
+    g.finish();
 }
 
 fn config() -> Criterion {
