@@ -23,6 +23,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The store's single writer. Blocks are applied to memory, made durable by `commit`, and
+/// published to readers as a new `Snapshot`; see docs/STORAGE.md for the files it keeps.
 pub struct Store {
     dir: PathBuf,
     opts: Options,
