@@ -11,7 +11,7 @@ use crate::block::BlockData;
 use crate::error::{Error, Result};
 use crate::file::sync_dir;
 use crate::history::HistorySet;
-use crate::manifest::{Manifest, MANIFEST};
+use crate::manifest::{Manifest, MANIFEST, MANIFEST_TMP};
 use crate::options::Options;
 use crate::snapshot::{Reader, Snapshot, SnapshotParts};
 use crate::txindex::TxIndexWriter;
@@ -44,6 +44,58 @@ pub struct Store {
     failed: bool,
     latest: Snapshot,
     published: Arc<RwLock<Snapshot>>,
+    /// Held for the store's lifetime: a second writer on the same directory would corrupt it.
+    _lock: fs::File,
+}
+
+/// The lock file that marks a directory as open by a writer.
+const LOCK: &str = "LOCK";
+
+/// Takes the directory's writer lock, or says who holds it.
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Invalid(format!(
+            "the store in {} is open in another process (it holds {}); stop that process first",
+            dir.display(),
+            path.display()
+        ))),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Names the store writes: `MANIFEST.tmp`, `<kind>-<id>.<ext>` for its own kinds, and a
+/// merge's spill files `<that name>.<n>.sort`.
+fn is_store_file_name(name: &str) -> bool {
+    if name == MANIFEST_TMP {
+        return true;
+    }
+    let Some((stem, ext)) = name.rsplit_once('.') else {
+        return false;
+    };
+    if ext == "sort" {
+        return stem.rsplit_once('.').is_some_and(|(file, n)| {
+            n.bytes().all(|b| b.is_ascii_digit()) && is_store_file_name(file)
+        });
+    }
+    let Some((kind, id)) = stem.split_once('-') else {
+        return false;
+    };
+    let known = matches!(
+        (kind, ext),
+        ("hdr" | "cnt" | "txh", "arr")
+            | ("txi" | "utxo", "run")
+            | ("hist", "seg")
+            | ("undo", "log")
+    );
+    known && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl Store {
@@ -51,6 +103,7 @@ impl Store {
     /// manifest: array bytes past it are truncated and files it does not name are deleted.
     pub fn open(dir: &Path, opts: Options) -> Result<Store> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         let m = Manifest::read(dir)?.unwrap_or_default();
         let headers = ArrayWriter::open(dir, &HEADERS, m.headers)?;
         let counts = ArrayWriter::open(dir, &COUNTS, m.counts)?;
@@ -98,14 +151,17 @@ impl Store {
             failed: false,
             published: Arc::new(RwLock::new(latest.clone())),
             latest,
+            _lock: lock,
         };
         store.remove_unreferenced()?;
         Ok(store)
     }
 
-    /// Deletes crash leftovers: every file in the directory no part of the manifest names.
+    /// Deletes crash leftovers: every store-named file in the directory that no part of the
+    /// manifest names. Files the store could not have written are left alone, so a
+    /// DB_DIRECTORY pointed at the wrong place never loses anyone's data.
     fn remove_unreferenced(&self) -> Result<()> {
-        let mut keep: HashSet<String> = [MANIFEST.to_string()].into();
+        let mut keep: HashSet<String> = [MANIFEST.to_string(), LOCK.to_string()].into();
         keep.extend(self.headers.file_names());
         keep.extend(self.counts.file_names());
         keep.extend(self.txhashes.file_names());
@@ -122,8 +178,9 @@ impl Store {
                 .map_err(|e| Error::io(entry.path(), e))?
                 .is_file();
             let name = entry.file_name();
+            let ours = name.to_str().is_some_and(is_store_file_name);
             let referenced = name.to_str().is_some_and(|n| keep.contains(n));
-            if is_file && !referenced {
+            if is_file && ours && !referenced {
                 fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
                 removed = true;
             }
@@ -562,5 +619,54 @@ mod tests {
         assert_eq!(snap.tx_count(), 9);
         assert_eq!(snap.find_tx(&txid(9)).unwrap(), None);
         assert_eq!(snap.utxo(6, 0).unwrap(), Some(([0; 11], 6)));
+    }
+
+    #[test]
+    fn second_writer_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), Options::default()).unwrap();
+        let err = Store::open(dir.path(), Options::default()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the store in {} is open in another process (it holds {}/LOCK); stop that \
+                 process first",
+                dir.path().display(),
+                dir.path().display()
+            )
+        );
+        drop(first);
+        Store::open(dir.path(), Options::default()).unwrap();
+    }
+
+    #[test]
+    fn recovery_deletes_only_files_the_store_could_have_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), Options::default()).unwrap();
+        store.apply_block(&block(0)).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let leftovers = [
+            "utxo-999.run",
+            "hist-998.seg",
+            "MANIFEST.tmp",
+            "utxo-5.run.2.sort",
+        ];
+        let foreign = [
+            "notes.txt",
+            "utxo-backup.run",
+            "hdr-1.arr.bak",
+            "wallet.dat",
+        ];
+        for name in leftovers.iter().chain(&foreign) {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        Store::open(dir.path(), Options::default()).unwrap();
+        for name in leftovers {
+            assert!(!dir.path().join(name).exists(), "{name} should be removed");
+        }
+        for name in foreign {
+            assert!(dir.path().join(name).exists(), "{name} must be kept");
+        }
     }
 }
