@@ -221,7 +221,7 @@ impl ArrayWriter {
             // They are never read; rather than truncating a file that a snapshot of an earlier
             // `Store` in this process may still map, the next append copies the kept prefix
             // into a fresh segment (as after a rollback).
-            if have > want && records % spec.segment != 0 {
+            if have > want && !records.is_multiple_of(spec.segment) {
                 copy_tail = true;
             }
             files.push(Arc::new(SegmentFile {
@@ -292,7 +292,7 @@ impl ArrayWriter {
             self.dropped.push(file);
         }
         self.state.segments.truncate(keep);
-        if len % spec.segment == 0 {
+        if len.is_multiple_of(spec.segment) {
             // The kept segments are full; the next append starts a new file.
             self.copy_tail = false;
         } else if len < self.state.len {
@@ -360,7 +360,7 @@ impl ArrayWriter {
                 buf.extend_from_slice(record);
                 crc.update(record);
                 i += 1;
-                if i % spec.chunk == 0 {
+                if i.is_multiple_of(spec.chunk) {
                     buf.extend_from_slice(&crc.clone().finalize().to_le_bytes());
                     crc = crc32fast::Hasher::new();
                 }
@@ -380,7 +380,7 @@ impl ArrayWriter {
             f.sync_all().map_err(|e| Error::io(path, e))?;
         }
         self.state.len = i;
-        self.state.tail_crc = if i % spec.chunk == 0 {
+        self.state.tail_crc = if i.is_multiple_of(spec.chunk) {
             0
         } else {
             crc.finalize()
