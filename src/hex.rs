@@ -78,7 +78,7 @@ pub fn parse_hash(text: &str) -> Option<Hash32> {
 
 /// ElectrumX's `is_hex_str`: a string of hex digit pairs and nothing else.
 pub fn is_hex_str(text: &str) -> bool {
-    text.len() % 2 == 0 && text.bytes().all(|c| c.is_ascii_hexdigit())
+    text.len().is_multiple_of(2) && text.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
