@@ -794,7 +794,7 @@ fn as_block_hash(method: &str, v: &Value) -> Result<BlockHash> {
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let bytes = hex.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes

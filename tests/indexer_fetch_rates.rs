@@ -1,6 +1,7 @@
 //! Measures the block fetch routes (REST binary vs JSON-RPC hex, one or several connections)
-//! against the emulator and a real regtest bitcoind. A measurement, not a check: ignored by
-//! default; run in release with a chain file (e.g. from `ferrum-chaingen --txs 200000`):
+//! and a full initial sync, against the emulator and a real regtest bitcoind. Measurements,
+//! not checks: ignored by default; run in release with a chain file (e.g. from
+//! `ferrum-chaingen --txs 200000`):
 //!
 //!   FERRUM_CHAIN=/tmp/bench.chain cargo test --release -p ferrum --test indexer_fetch_rates \
 //!     -- --ignored --nocapture
@@ -75,7 +76,7 @@ fn report(node: &str, route: &str, blocks: u32, bytes: usize, took: Duration) {
 
 #[test]
 #[ignore = "a measurement: run by hand in release with FERRUM_CHAIN set"]
-fn fetch_routes() {
+fn fetch_routes_and_full_sync() {
     let path = std::env::var("FERRUM_CHAIN").expect("FERRUM_CHAIN names a chain file");
     let blocks: Vec<bitcoin::Block> = ChainReader::open(&path)
         .unwrap()
@@ -90,7 +91,12 @@ fn fetch_routes() {
 
     let emu = Emulator::start(EmulatorConfig::new(ChainSource::Blocks(blocks.clone()))).unwrap();
     let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
-    rt.block_on(measure("emulator", DaemonSettings::new(vec![url]), height));
+    rt.block_on(measure(
+        "emulator",
+        DaemonSettings::new(vec![url.clone()]),
+        height,
+    ));
+    rt.block_on(full_sync("emulator", DaemonSettings::new(vec![url])));
     drop(emu);
 
     let node = RegtestNode::start().unwrap();
@@ -99,45 +105,33 @@ fn fetch_routes() {
     }
     let mut settings = DaemonSettings::new(vec![format!("127.0.0.1:{}", node.rpc_port())]);
     settings.cookie_file = Some(node.cookie_path().to_path_buf());
-    rt.block_on(measure("bitcoind", settings, height));
+    rt.block_on(measure("bitcoind", settings.clone(), height));
+    rt.block_on(full_sync("bitcoind", settings));
 }
 
-/// Initial sync of the whole chain file from the emulator, end to end (fetch, parse, store,
-/// commits), with the index size: the figure to compare with electrs and ElectrumX.
-#[test]
-#[ignore = "a measurement: run by hand in release with FERRUM_CHAIN set"]
-fn full_sync() {
+/// Initial sync from `node` to its tip, end to end (fetch, parse, store, commits), with the
+/// index size: the figure to compare with electrs and ElectrumX.
+async fn full_sync(node: &str, settings: DaemonSettings) {
     use ferrum::indexer::{open_store, Indexer, IndexerSettings};
-    let path = std::env::var("FERRUM_CHAIN").expect("FERRUM_CHAIN names a chain file");
-    let emu = Emulator::start(EmulatorConfig::new(ChainSource::File(path.into()))).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
-    let daemon = Arc::new(Daemon::new(&DaemonSettings::new(vec![url]), regtest()).unwrap());
+    let daemon = Arc::new(Daemon::new(&settings, regtest()).unwrap());
     let settings = IndexerSettings::new(regtest());
     let store = open_store(dir.path(), regtest(), settings.reorg_limit).unwrap();
     let reader = store.reader();
     let (indexer, handle) = Indexer::new(store, daemon, regtest(), settings).unwrap();
     let started = Instant::now();
-    let took = rt.block_on(async {
-        let task = tokio::spawn(indexer.run());
-        handle.caught_up().wait_for(|c| *c).await.unwrap();
-        let took = started.elapsed();
-        handle.stop().await;
-        task.await.unwrap().unwrap();
-        took
-    });
+    let task = tokio::spawn(indexer.run());
+    handle.caught_up().wait_for(|c| *c).await.unwrap();
+    let took = started.elapsed();
+    handle.stop().await;
+    task.await.unwrap().unwrap();
     let snap = reader.snapshot();
     let bytes: u64 = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
     println!(
-        "full sync: {} blocks, {} txs in {:.2}s ({:.0} tx/s); index {:.1} MB, {:.1} B/tx",
+        "{node:<9} full sync: {} blocks, {} txs in {:.2}s ({:.0} tx/s); index {:.1} MB, {:.1} B/tx",
         snap.height().unwrap() + 1,
         snap.tx_count(),
         took.as_secs_f64(),
