@@ -102,7 +102,9 @@ fn forced_rollback_then_resync() {
         );
         // The indexer syncs the same blocks again.
         let deadline = tokio::time::Instant::now() + WAIT;
-        while run.reader.snapshot().height() != Some(tip.height) {
+        while run.reader.snapshot().height() != Some(tip.height)
+            || run.handle.current_tip() != Some(tip)
+        {
             assert!(tokio::time::Instant::now() < deadline, "resync timed out");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
