@@ -45,7 +45,7 @@ fn build(dir: &std::path::Path) -> Store {
         let txs = (0..TXS_PER_BLOCK)
             .map(|i| {
                 n += 1;
-                let spends = if i > 0 && n % 2 == 0 {
+                let spends = if i > 0 && n.is_multiple_of(2) {
                     vec![(txid(n - 1), 0)]
                 } else {
                     vec![]
