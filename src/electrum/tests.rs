@@ -754,9 +754,22 @@ async fn local_rpc_query() {
         .await
         .unwrap_err();
     assert_eq!(e.code, -32602);
+    let missing = f
+        .electrum
+        .admin_call("reorg", Params::Positional(vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code, -32602);
+    // Without a caught-up indexer, ElectrumX's answer.
+    let e = f
+        .electrum
+        .admin_call("reorg", Params::Positional(vec![json!(1)]))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (1, "still catching up with daemon"));
     assert_eq!(
         f.electrum
-            .admin_call("reorg", Params::Positional(vec![]))
+            .admin_call("frobnicate", Params::Positional(vec![]))
             .await
             .unwrap_err()
             .code,
