@@ -766,7 +766,10 @@ async fn local_rpc_query() {
         .admin_call("reorg", Params::Positional(vec![json!(1)]))
         .await
         .unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (1, "still catching up with daemon"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (1, "still catching up with daemon")
+    );
     assert_eq!(
         f.electrum
             .admin_call("frobnicate", Params::Positional(vec![]))
