@@ -1,6 +1,6 @@
 //! Script histories: immutable segments (one per flush, merged size-tiered) mapping a script
 //! key to ascending tx numbers, plus an in-memory buffer. Rollback records a cut per segment.
-//! Format and policy: docs/STORAGE-utxo-history.md.
+//! Format and policy: docs/STORAGE.md ("UTXO runs and history segments").
 
 mod segment;
 mod segment_writer;

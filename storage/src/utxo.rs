@@ -1,6 +1,6 @@
 //! The UTXO set: immutable sorted run files plus an in-memory write buffer. Spends are
 //! tombstones, the newest run wins, and compaction merges runs with bounded memory.
-//! Format and policy: docs/STORAGE-utxo-history.md.
+//! Format and policy: docs/STORAGE.md ("UTXO runs and history segments").
 
 pub(crate) mod filter;
 mod run;

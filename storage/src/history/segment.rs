@@ -1,7 +1,7 @@
 //! Reading one immutable history segment file: zstd-compressed blocks of (script key ->
 //! ascending tx numbers, delta + varint coded), a sparse index of each block's first key, and
 //! a checksummed footer; plus cursors and the k-way merge. The layout is specified in
-//! docs/STORAGE-utxo-history.md; `segment_writer.rs` writes it.
+//! docs/STORAGE.md ("UTXO runs and history segments"); `segment_writer.rs` writes it.
 
 use std::path::Path;
 use std::sync::Arc;

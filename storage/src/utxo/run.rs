@@ -1,7 +1,8 @@
 //! Reading one immutable UTXO run file: a by-script section of blocks sorted by (hashx,
 //! txnum, vout), a by-outpoint section mapping (txnum, vout) to the by-script block holding
 //! it, two sparse indexes and a checksummed footer; plus cursors and the k-way merge. The
-//! layout is specified in docs/STORAGE-utxo-history.md; `run_writer.rs` writes it.
+//! layout is specified in docs/STORAGE.md ("UTXO runs and history segments");
+//! `run_writer.rs` writes it.
 
 use std::cmp::Ordering;
 use std::path::Path;
