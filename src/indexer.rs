@@ -619,7 +619,12 @@ impl Indexer {
                 }
                 let pending = store.pending_bytes();
                 let started = Instant::now();
-                let committed = store.commit().map(|()| Some((pending, started.elapsed())));
+                // Each commit adds a run or segment per structure; merging right after, by
+                // the store's size-tiered policy, keeps lookups to a few files at any height.
+                let committed = store
+                    .commit()
+                    .and_then(|()| store.compact())
+                    .map(|_| Some((pending, started.elapsed())));
                 (batch.len(), committed, touched)
             })
             .await
