@@ -9,6 +9,7 @@ use std::time::Duration;
 use regex::Regex;
 use tracing::level_filters::LevelFilter;
 
+use crate::daemon::parse_daemon_urls;
 use crate::services::{parse_services, Service, ServiceList};
 
 /// A start-up configuration error; the text names the variable at fault.
@@ -59,95 +60,14 @@ pub enum PeerDiscovery {
     SelfOnly,
 }
 
-/// One entry of `DAEMON_URL`: `[http[s]://][user:password@]host[:port][/]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DaemonUrl {
-    pub scheme: String,
-    /// `user:password`, when given in the URL (otherwise the cookie file authenticates).
-    pub auth: Option<String>,
-    /// Host as written; an IPv6 address keeps its brackets.
-    pub host: String,
-    /// None: the network's default RPC port (filled by the coin module).
-    pub port: Option<u16>,
-}
-
-impl DaemonUrl {
-    /// The URL with the port filled in, in ElectrumX's sanitized form (trailing slash).
-    pub fn with_default_port(&self, default_port: u16) -> String {
-        let auth = self
-            .auth
-            .as_ref()
-            .map(|a| format!("{a}@"))
-            .unwrap_or_default();
-        let port = self.port.unwrap_or(default_port);
-        format!("{}://{auth}{}:{port}/", self.scheme, self.host)
-    }
-
-    /// The URL for logs: credentials removed.
-    pub fn logged(&self, default_port: u16) -> String {
-        format!(
-            "{}://{}:{}/",
-            self.scheme,
-            self.host,
-            self.port.unwrap_or(default_port)
-        )
-    }
-
-    fn parse(text: &str) -> Result<DaemonUrl> {
-        let url = text.trim().trim_end_matches('/');
-        let bad = || ConfigError(format!("DAEMON_URL: invalid daemon URL: \"{url}\""));
-        let (scheme, rest) = match url.split_once("://") {
-            Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
-            Some(_) => return Err(bad()),
-            None => ("http", url),
-        };
-        let (auth, hostport) = match rest.rfind('@') {
-            Some(at) if at > 0 => (Some(rest[..at].to_string()), &rest[at + 1..]),
-            Some(_) => return Err(bad()),
-            None => (None, rest),
-        };
-        let (host, port) = if hostport.starts_with('[') {
-            let end = hostport.find(']').ok_or_else(bad)?;
-            let inner = &hostport[1..end];
-            if inner.is_empty() || !inner.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
-                return Err(bad());
-            }
-            (&hostport[..=end], &hostport[end + 1..])
-        } else {
-            match hostport.find(':') {
-                Some(colon) => (&hostport[..colon], &hostport[colon..]),
-                None => (hostport, ""),
-            }
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(bad());
-        }
-        let port = match port {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|d| d.parse::<u16>().ok())
-                    .filter(|&p| p != 0)
-                    .ok_or_else(bad)?,
-            ),
-        };
-        Ok(DaemonUrl {
-            scheme: scheme.to_string(),
-            auth,
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
 /// Everything the server reads from its environment.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub coin: String,
     pub net: Network,
     pub db_dir: PathBuf,
-    pub daemon_urls: Vec<DaemonUrl>,
+    /// `DAEMON_URL` as given (a comma-separated list), checked by the node client's parser.
+    pub daemon_url: String,
     pub daemon_cookie_file: Option<PathBuf>,
     pub cache_mb: u64,
     /// `REORG_LIMIT` when set; None means the network's default (200 on mainnet).
@@ -350,10 +270,9 @@ impl Config {
 
         let db_dir = PathBuf::from(vars.required("DB_DIRECTORY")?);
         let daemon_url = vars.required("DAEMON_URL")?;
-        let daemon_urls = daemon_url
-            .split(',')
-            .map(DaemonUrl::parse)
-            .collect::<Result<Vec<_>>>()?;
+        // Syntax only: the default port is the network's, applied when the node client starts.
+        parse_daemon_urls(std::slice::from_ref(&daemon_url), 0)
+            .map_err(|e| naming("DAEMON_URL", e.to_string()))?;
         let coin = vars.string("COIN", "Bitcoin").trim().to_string();
         let net = parse_network(&coin, vars.string("NET", "mainnet").trim())?;
 
@@ -425,7 +344,7 @@ impl Config {
             coin,
             net,
             db_dir,
-            daemon_urls,
+            daemon_url,
             daemon_cookie_file: vars.path("DAEMON_COOKIE_FILE"),
             cache_mb: vars.count("CACHE_MB", 1200)?,
             reorg_limit,
@@ -611,37 +530,30 @@ mod tests {
     #[test]
     fn daemon_urls() {
         let c = with(&[("DAEMON_URL", "http://u:p@h1:8332/, u:p@[::1],h3")]).unwrap();
-        assert_eq!(c.daemon_urls.len(), 3);
-        assert_eq!(c.daemon_urls[0].with_default_port(1), "http://u:p@h1:8332/");
-        assert_eq!(
-            c.daemon_urls[1].with_default_port(18443),
-            "http://u:p@[::1]:18443/"
-        );
-        assert_eq!(c.daemon_urls[1].logged(18443), "http://[::1]:18443/");
-        assert_eq!(
-            c.daemon_urls[2],
-            DaemonUrl {
-                scheme: "http".into(),
-                auth: None,
-                host: "h3".into(),
-                port: None
-            }
-        );
-        let https = DaemonUrl::parse("https://a:b:c@host").unwrap();
-        assert_eq!(
-            (https.scheme.as_str(), https.auth.as_deref()),
-            ("https", Some("a:b:c"))
-        );
-        for bad in ["", "ftp://h", "h:x", "h:0", "@h", "u@[zz]:1", "h:99999"] {
+        assert_eq!(c.daemon_url, "http://u:p@h1:8332/, u:p@[::1],h3");
+        // Bad entries are start-up errors naming DAEMON_URL, in the node client's words.
+        for (bad, why) in [
+            ("ftp://h", "only http:// URLs are supported"),
+            (
+                "https://a:b@h",
+                "https is not supported (bitcoind serves plain HTTP)",
+            ),
+            ("h:x", "bad port \"x\""),
+            ("h:0", "bad port \"0\""),
+            ("h:99999", "bad port \"99999\""),
+            ("@h", "expected user:password before '@'"),
+            ("u:p@[zz]:1", "bad IPv6 address \"zz\""),
+        ] {
             assert_eq!(
-                error(&[("DAEMON_URL", bad)]),
-                format!(
-                    "DAEMON_URL: invalid daemon URL: \"{}\"",
-                    bad.trim_end_matches('/')
-                ),
+                error(&[("DAEMON_URL", &format!("h0,{bad}"))]),
+                format!("bad DAEMON_URL entry {bad:?}: {why}"),
                 "{bad}"
             );
         }
+        assert_eq!(
+            error(&[("DAEMON_URL", "")]),
+            "DAEMON_URL is empty: set it to user:password@host:port"
+        );
         let c = with(&[("DAEMON_COOKIE_FILE", "/node/.cookie")]).unwrap();
         assert_eq!(c.daemon_cookie_file, Some(PathBuf::from("/node/.cookie")));
     }

@@ -128,6 +128,9 @@ impl DaemonUrl {
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad(&format!("bad IPv6 address {host:?}")));
+            }
             match after {
                 "" => (host, None),
                 p => (
@@ -146,7 +149,11 @@ impl DaemonUrl {
         }
         let port = match port {
             None => default_port,
-            Some(p) => p.parse().map_err(|_| bad(&format!("bad port {p:?}")))?,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| bad(&format!("bad port {p:?}")))?,
         };
         Ok(DaemonUrl {
             host: host.to_string(),
@@ -966,6 +973,14 @@ mod tests {
             "bad DAEMON_URL entry \"useronly@h:1\": expected user:password before '@'"
         );
         assert_eq!(e("u:p@:1"), "bad DAEMON_URL entry \"u:p@:1\": no host");
+        assert_eq!(
+            e("u:p@h:0"),
+            "bad DAEMON_URL entry \"u:p@h:0\": bad port \"0\""
+        );
+        assert_eq!(
+            e("u:p@[zz]:1"),
+            "bad DAEMON_URL entry \"u:p@[zz]:1\": bad IPv6 address \"zz\""
+        );
         assert_eq!(
             e("u:p@h:1/wallet/x"),
             "bad DAEMON_URL entry \"u:p@h:1/wallet/x\": a path is not supported"

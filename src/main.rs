@@ -58,13 +58,7 @@ async fn run(config: Config) -> Result<(), String> {
         network.db_name()
     );
 
-    let mut daemon_settings = DaemonSettings::new(
-        config
-            .daemon_urls
-            .iter()
-            .map(|url| url.with_default_port(network.rpc_port))
-            .collect(),
-    );
+    let mut daemon_settings = DaemonSettings::new(vec![config.daemon_url.clone()]);
     daemon_settings.cookie_file = config.daemon_cookie_file.clone();
     let daemon = Arc::new(Daemon::new(&daemon_settings, network).map_err(|e| e.to_string())?);
 
