@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::coin::Network;
+use crate::hex::from_hex;
 use crate::http::{base64, HttpConn, HttpError, Response};
 
 /// Oldest bitcoind accepted (0.21: signet, REST `blockhashbyheight`, stable `getblock` verbosity 0).
@@ -456,7 +457,7 @@ impl Daemon {
             // over JSON-RPC, which tells the two apart.
         }
         match self.call("getblock", json!([hash.to_string(), 0])).await {
-            Ok(Value::String(hex)) => decode_hex(&hex)
+            Ok(Value::String(hex)) => from_hex(&hex)
                 .ok_or_else(|| Error::Protocol(format!("getblock {hash}: reply is not hex"))),
             Ok(_) => Err(Error::Protocol(format!(
                 "getblock {hash}: reply is not a string"
@@ -796,18 +797,6 @@ fn as_block_hash(method: &str, v: &Value) -> Result<BlockHash> {
     v.as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::Protocol(format!("{method}: expected a block hash, got {v}")))
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let bytes = hex.as_bytes();
-    if !bytes.len().is_multiple_of(2) {
-        return None;
-    }
-    bytes
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]
@@ -1219,7 +1208,7 @@ mod tests {
         let raw = bitcoin::consensus::serialize(&genesis_block);
         let rest_on = Arc::new(AtomicBool::new(false));
         let rest = rest_on.clone();
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::to_hex(&raw);
         let node = FakeNode::start(
             false,
             Arc::new(move |seen: &Seen| {
@@ -1264,12 +1253,5 @@ mod tests {
             "the node at 127.0.0.1:{}/ is on another network: its genesis block is {}, but \
              Bitcoin mainnet starts with {}; point DAEMON_URL at a mainnet node or set COIN/NET to match",
             node.port, regtest.genesis_hash, mainnet.genesis_hash));
-    }
-
-    #[test]
-    fn hex_decoding() {
-        assert_eq!(decode_hex("00ffA0"), Some(vec![0, 255, 160]));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
     }
 }
