@@ -35,12 +35,7 @@ fn sync_follow_and_reorg_against_bitcoind() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.rpc_port()));
     let cookie = || std::fs::read_to_string(node.cookie_path()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let mut settings = DaemonSettings::new(vec![format!("127.0.0.1:{}", node.rpc_port())]);
         settings.cookie_file = Some(node.cookie_path().to_path_buf());
         settings.give_up_after = Some(Duration::from_secs(20));
@@ -62,7 +57,6 @@ fn sync_follow_and_reorg_against_bitcoind() {
         let branch_tip = *mine(&node, 6, &other.to_string()).last().unwrap();
         assert_eq!(wait_for_tip(&run.handle, branch_tip).await.height, 113);
         assert_index_matches(&run.reader.snapshot(), &node_chain(addr, cookie().trim()));
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        run.stop().await;
     });
 }

@@ -12,14 +12,6 @@ use indexer_support::*;
 const CHILD_DB: &str = "FERRUM_TEST_CHILD_DB";
 const CHILD_URL: &str = "FERRUM_TEST_CHILD_URL";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Indexes into `$FERRUM_TEST_CHILD_DB` from `$FERRUM_TEST_CHILD_URL` until killed. Only
 /// meaningful when started by `kill_9_during_sync`.
 #[test]
@@ -36,32 +28,12 @@ fn child_indexer() {
     });
 }
 
-fn verify_digest(dir: &std::path::Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "verify failed: {stdout}");
-    stdout
-        .lines()
-        .find(|l| l.starts_with("index digest: "))
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn kill_9_during_sync() {
     let emu = emulator(13, 400, 10);
     let url = format!("{}@{}", emu.credentials(), emu.rpc_addr());
     let (straight, killed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    runtime().block_on(async {
-        let run = start_indexer(straight.path(), emulator_daemon(&emu), settings(10));
-        wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
-    });
+    runtime().block_on(index_to_tip(straight.path(), &emu, settings(10)));
 
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -91,11 +63,6 @@ fn kill_9_during_sync() {
     }
     println!("heights after each kill: {heights:?}");
 
-    runtime().block_on(async {
-        let run = start_indexer(killed.path(), emulator_daemon(&emu), settings(10));
-        wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
-    });
+    runtime().block_on(index_to_tip(killed.path(), &emu, settings(10)));
     assert_eq!(verify_digest(straight.path()), verify_digest(killed.path()));
 }

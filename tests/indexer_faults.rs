@@ -11,21 +11,13 @@ use indexer_support::*;
 use ferrum::indexer::IndexError;
 use ferrum_tools::emulator::{Emulator, EmulatorConfig};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Syncs through a proxy that applies `fault` to the block at height 60; returns the error.
 fn sync_with_fault(
     seed: u64,
     mut fault: impl FnMut(&[bitcoin::Block]) -> Fault,
 ) -> (String, String) {
     let emu = emulator(seed, 80, 10);
-    let chain = node_chain(emu.rpc_addr(), emu.credentials());
+    let chain = emulator_chain(&emu);
     let bad = chain[60].block_hash();
     let dir = tempfile::tempdir().unwrap();
     let message = runtime().block_on(async {
@@ -47,8 +39,7 @@ fn sync_with_fault(
         let run = start_indexer(dir.path(), daemon, settings(10));
         wait_for_tip(&run.handle, emu.best_hash()).await;
         assert_index_matches(&run.reader.snapshot(), &chain);
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        run.stop().await;
         err.to_string()
     });
     (message, bad.to_string())
@@ -105,11 +96,7 @@ fn node_warming_up_at_start() {
     runtime().block_on(async {
         let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
         wait_for_tip(&run.handle, emu.best_hash()).await;
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
     });
 }

@@ -9,14 +9,6 @@ use indexer_support::*;
 
 use ferrum::indexer::IndexError;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn reorg_within_the_limit_follows_the_new_chain() {
     let emu = emulator(4, 120, 10);
@@ -24,7 +16,7 @@ fn reorg_within_the_limit_follows_the_new_chain() {
     runtime().block_on(async {
         let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
         wait_for_tip(&run.handle, emu.best_hash()).await;
-        let old_chain = node_chain(emu.rpc_addr(), emu.credentials());
+        let old_chain = emulator_chain(&emu);
         // Replace the last 3 blocks with 5 others, then with a shorter branch of 2.
         let mut changes = run.handle.subscribe_changes();
         for (depth, blocks, salt) in [(3, 5, 7), (4, 2, 8)] {
@@ -39,15 +31,14 @@ fn reorg_within_the_limit_follows_the_new_chain() {
                 last = changes.recv().await.unwrap();
             }
             assert_eq!(tip.height, emu.height());
-            let chain = node_chain(emu.rpc_addr(), emu.credentials());
+            let chain = emulator_chain(&emu);
             assert_ne!(
                 chain.last().unwrap().block_hash(),
                 old_chain.last().unwrap().block_hash()
             );
             assert_index_matches(&run.reader.snapshot(), &chain);
         }
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        run.stop().await;
     });
 }
 
@@ -58,7 +49,7 @@ fn reorg_beyond_the_limit_stops_and_leaves_the_index_alone() {
     runtime().block_on(async {
         let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(3));
         let tip = wait_for_tip(&run.handle, emu.best_hash()).await;
-        let chain = node_chain(emu.rpc_addr(), emu.credentials());
+        let chain = emulator_chain(&emu);
         emu.reorg(5, 6, 11).unwrap();
         let err = tokio::time::timeout(WAIT, run.task)
             .await
@@ -109,11 +100,7 @@ fn forced_rollback_then_resync() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(run.handle.current_tip(), Some(tip));
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
     });
 }

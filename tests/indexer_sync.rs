@@ -7,14 +7,6 @@ use indexer_support::*;
 
 use ferrum::indexer::{open_store, IndexError};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn initial_sync_then_follow_the_tip() {
     let emu = emulator(1, 130, 10);
@@ -27,10 +19,7 @@ fn initial_sync_then_follow_the_tip() {
             .await
             .unwrap()
             .unwrap();
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
 
         // New blocks are picked up by polling and committed at once, and their scripts are
         // announced.
@@ -48,16 +37,12 @@ fn initial_sync_then_follow_the_tip() {
                     break;
                 }
             }
-            let chain = node_chain(emu.rpc_addr(), emu.credentials());
+            let chain = emulator_chain(&emu);
             let new_blocks = &chain[chain.len() - 2..];
             assert_eq!(announced, touched_by(&chain[..chain.len() - 2], new_blocks));
         }
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
     });
 }
 
@@ -66,24 +51,14 @@ fn restart_resumes_from_the_last_commit() {
     let emu = emulator(2, 120, 10);
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let first_tip = rt.block_on(async {
-        let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
-        let tip = wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
-        tip
-    });
+    let first_tip = rt.block_on(index_to_tip(dir.path(), &emu, settings(10)));
     emu.mine(15).unwrap();
     rt.block_on(async {
         let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
         assert_eq!(run.handle.current_tip(), Some(first_tip));
         wait_for_tip(&run.handle, emu.best_hash()).await;
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
     });
 }
 
@@ -98,12 +73,8 @@ fn json_rpc_hex_route_when_rest_is_off() {
         let run = start_indexer(dir.path(), daemon.clone(), settings(10));
         wait_for_tip(&run.handle, emu.best_hash()).await;
         assert!(!daemon.rest_enabled());
-        assert_index_matches(
-            &run.reader.snapshot(),
-            &node_chain(emu.rpc_addr(), emu.credentials()),
-        );
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
     });
 }
 
@@ -125,32 +96,12 @@ fn an_index_of_another_network_is_refused() {
     }
 }
 
-/// `ferrum-db verify` on `dir`: must succeed; returns the whole-index digest line.
-fn verify_digest(dir: &std::path::Path) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "verify failed: {stdout}");
-    assert!(stdout.ends_with("ok\n"), "{stdout}");
-    stdout
-        .lines()
-        .find(|l| l.starts_with("index digest: "))
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn stopping_and_resuming_mid_sync_gives_the_same_index() {
     let emu = emulator(11, 150, 10);
     let (straight, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     runtime().block_on(async {
-        let run = start_indexer(straight.path(), emulator_daemon(&emu), settings(10));
-        wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        index_to_tip(straight.path(), &emu, settings(10)).await;
 
         // A tiny cache commits often; stop at a few points of the sync, then finish.
         let mut small_cache = settings(10);
@@ -158,13 +109,9 @@ fn stopping_and_resuming_mid_sync_gives_the_same_index() {
         for delay_ms in [1, 5, 20] {
             let run = start_indexer(resumed.path(), emulator_daemon(&emu), small_cache.clone());
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-            run.handle.stop().await;
-            run.task.await.unwrap().unwrap();
+            run.stop().await;
         }
-        let run = start_indexer(resumed.path(), emulator_daemon(&emu), small_cache);
-        wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
+        index_to_tip(resumed.path(), &emu, small_cache).await;
     });
     assert_eq!(
         verify_digest(straight.path()),
@@ -176,12 +123,7 @@ fn stopping_and_resuming_mid_sync_gives_the_same_index() {
 fn ferrum_db_info_lists_components() {
     let emu = emulator(12, 105, 10);
     let dir = tempfile::tempdir().unwrap();
-    runtime().block_on(async {
-        let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
-        wait_for_tip(&run.handle, emu.best_hash()).await;
-        run.handle.stop().await;
-        run.task.await.unwrap().unwrap();
-    });
+    runtime().block_on(index_to_tip(dir.path(), &emu, settings(10)));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
         .arg("info")
         .arg(dir.path())

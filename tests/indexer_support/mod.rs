@@ -167,6 +167,11 @@ pub fn actual(snap: &Snapshot) -> Expected {
     }
 }
 
+/// The emulated node's whole chain, genesis first.
+pub fn emulator_chain(emu: &Emulator) -> Vec<Block> {
+    node_chain(emu.rpc_addr(), emu.credentials())
+}
+
 /// Asserts the snapshot holds exactly `blocks`, also through the per-key lookups.
 pub fn assert_index_matches(snap: &Snapshot, blocks: &[Block]) {
     let want = expected(blocks);
@@ -232,6 +237,22 @@ pub fn start_indexer(dir: &Path, daemon: Arc<Daemon>, settings: IndexerSettings)
     }
 }
 
+impl Running {
+    /// Stops the indexer and checks that it ended without error.
+    pub async fn stop(self) {
+        self.handle.stop().await;
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Indexes `emu`'s chain into `dir` up to its current tip, then stops the indexer.
+pub async fn index_to_tip(dir: &Path, emu: &Emulator, settings: IndexerSettings) -> Tip {
+    let run = start_indexer(dir, emulator_daemon(emu), settings);
+    let tip = wait_for_tip(&run.handle, emu.best_hash()).await;
+    run.stop().await;
+    tip
+}
+
 /// Waits until the committed tip is `hash`.
 pub async fn wait_for_tip(handle: &IndexerHandle, hash: BlockHash) -> Tip {
     let mut tips = handle.tip();
@@ -240,6 +261,31 @@ pub async fn wait_for_tip(handle: &IndexerHandle, hash: BlockHash) -> Tip {
         .expect("indexer reached the tip in time")
         .expect("indexer running");
     found.unwrap()
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `ferrum-db verify` on `dir`: must succeed; returns the whole-index digest line.
+pub fn verify_digest(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
+        .arg("verify")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "verify failed: {stdout}");
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+    stdout
+        .lines()
+        .find(|l| l.starts_with("index digest: "))
+        .unwrap()
+        .to_string()
 }
 
 /// How the proxy tampers with one block.
