@@ -7,20 +7,14 @@ use crate::error::Result;
 use crate::utxo::run::{
     outpoint_key, script_key, Record, COMPRESS, MAGIC, OUTPOINT_BLOCK, SCRIPT_BLOCK, SKEY,
 };
-use crate::utxo::sorted_file::{encode_block, encode_footer, FileWriter};
+use crate::utxo::sorted_file::{encode_block, encode_footer, FileWriter, GroupedBlock};
 use crate::utxo::sorter::{OpRef, Sorter};
 use crate::varint;
-use crate::{HashX, HASHX_LEN};
 
 /// Writes a new run from records pushed in strictly ascending key order.
 pub(crate) struct RunWriter {
     w: FileWriter,
-    body: Vec<u8>,
-    group: Vec<u8>,
-    group_hashx: Option<HashX>,
-    prev_hashx: Option<HashX>, // the block's previous group, for front coding
-    group_count: u64,
-    group_last: u64,
+    block: GroupedBlock,
     block_first: Option<[u8; SKEY]>,
     script_index: Vec<u8>,
     nscript: u32,
@@ -40,12 +34,7 @@ impl RunWriter {
     pub fn create(path: &Path, memory: usize) -> Result<RunWriter> {
         Ok(RunWriter {
             w: FileWriter::create(path)?,
-            body: Vec::with_capacity(SCRIPT_BLOCK + 64),
-            group: Vec::new(),
-            group_hashx: None,
-            prev_hashx: None,
-            group_count: 0,
-            group_last: 0,
+            block: GroupedBlock::new(SCRIPT_BLOCK),
             block_first: None,
             script_index: Vec::new(),
             nscript: 0,
@@ -56,69 +45,36 @@ impl RunWriter {
     }
 
     pub fn push(&mut self, r: &Record) -> Result<()> {
-        if self.group_hashx != Some(r.hashx) {
-            self.close_group();
-            self.group_hashx = Some(r.hashx);
-        }
         if self.block_first.is_none() {
             self.block_first = Some(script_key(&r.hashx, r.txnum, r.vout));
         }
-        let delta = if self.group_count == 0 {
-            r.txnum
-        } else {
-            r.txnum - self.group_last
-        };
-        varint::put(&mut self.group, delta);
-        varint::put(
-            &mut self.group,
-            (u64::from(r.vout) << 1) | r.value.is_none() as u64,
-        );
+        let fields = self.block.entry(&r.hashx, r.txnum);
+        varint::put(fields, (u64::from(r.vout) << 1) | r.value.is_none() as u64);
         match r.value {
             Some(v) => {
-                varint::put(&mut self.group, v);
+                varint::put(fields, v);
                 self.live += 1;
             }
             None => self.dead += 1,
         }
-        self.group_count += 1;
-        self.group_last = r.txnum;
         self.sorter.push(OpRef {
             txnum: r.txnum,
             vout: r.vout,
             dead: r.value.is_none(),
             block: self.nscript,
         })?;
-        if self.body.len() + self.group.len() + HASHX_LEN + 10 >= SCRIPT_BLOCK {
-            self.close_group();
+        if self.block.is_full(SCRIPT_BLOCK) {
             self.emit_script_block()?;
         }
         Ok(())
     }
 
-    fn close_group(&mut self) {
-        if self.group_count > 0 {
-            let hashx = self.group_hashx.unwrap();
-            let shared = self.prev_hashx.map_or(0, |p| {
-                p.iter().zip(&hashx).take_while(|(a, b)| a == b).count()
-            });
-            varint::put(&mut self.body, self.group_count << 4 | shared as u64);
-            self.body.extend_from_slice(&hashx[shared..]);
-            self.body.extend_from_slice(&self.group);
-            self.prev_hashx = Some(hashx);
-            self.group.clear();
-            self.group_count = 0;
-        }
-        self.group_hashx = None;
-    }
-
     fn emit_script_block(&mut self) -> Result<()> {
         let first = self.block_first.take().unwrap();
-        let off = self.w.write_frame(&encode_block(&self.body, COMPRESS))?;
+        let off = self.w.write_frame(&self.block.take(COMPRESS))?;
         self.script_index.extend_from_slice(&first);
         self.script_index.extend_from_slice(&off.to_le_bytes());
         self.nscript += 1;
-        self.body.clear();
-        self.prev_hashx = None;
         Ok(())
     }
 
@@ -128,8 +84,7 @@ impl RunWriter {
         if self.live + self.dead == 0 {
             return Ok(None);
         }
-        self.close_group();
-        if !self.body.is_empty() {
+        if !self.block.is_empty() {
             self.emit_script_block()?;
         }
         let RunWriter {

@@ -1,6 +1,6 @@
 //! Plumbing shared by UTXO runs and history segments: block payloads (raw or bounded zstd)
-//! inside crc32 frames, a streaming writer for new files, checksummed fixed-size footers, and
-//! the size-tiered merge policy.
+//! inside crc32 frames, front-coded by-script blocks, a streaming writer for new files,
+//! checksummed fixed-size footers, and the size-tiered merge policy.
 
 use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::frame::{decode_frame, encode_frame};
 use crate::varint;
+use crate::{HashX, HASHX_LEN};
 
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
@@ -135,6 +136,84 @@ pub(crate) fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
         }
     }
     lo
+}
+
+/// A by-script block being built (runs and segments): entries grouped under their hashX,
+/// each group written as `count << 4 | shared` (the hashX prefix shared with the block's
+/// previous group), the rest of the hashX, then the group's entries, whose tx numbers are
+/// delta-coded within the group.
+pub(crate) struct GroupedBlock {
+    body: Vec<u8>,
+    group: Vec<u8>,
+    hashx: Option<HashX>,
+    prev_hashx: Option<HashX>,
+    count: u64,
+    last_txnum: u64,
+}
+
+impl GroupedBlock {
+    pub fn new(block_size: usize) -> GroupedBlock {
+        GroupedBlock {
+            body: Vec::with_capacity(block_size + 64),
+            group: Vec::new(),
+            hashx: None,
+            prev_hashx: None,
+            count: 0,
+            last_txnum: 0,
+        }
+    }
+
+    /// Starts an entry: writes its tx number (delta within the group) and returns the buffer
+    /// for the entry's other fields.
+    pub fn entry(&mut self, hashx: &HashX, txnum: u64) -> &mut Vec<u8> {
+        if self.hashx != Some(*hashx) {
+            self.close_group();
+            self.hashx = Some(*hashx);
+        }
+        let delta = if self.count == 0 {
+            txnum
+        } else {
+            txnum - self.last_txnum
+        };
+        varint::put(&mut self.group, delta);
+        self.count += 1;
+        self.last_txnum = txnum;
+        &mut self.group
+    }
+
+    /// Whether the block has reached `block_size`, keeping room for one group header.
+    pub fn is_full(&self, block_size: usize) -> bool {
+        self.body.len() + self.group.len() + HASHX_LEN + 10 >= block_size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty() && self.hashx.is_none()
+    }
+
+    /// Closes the block and returns its frame payload; the next entry starts a new block.
+    pub fn take(&mut self, compress: bool) -> Vec<u8> {
+        self.close_group();
+        let payload = encode_block(&self.body, compress);
+        self.body.clear();
+        self.prev_hashx = None;
+        payload
+    }
+
+    fn close_group(&mut self) {
+        // A group's hashX is set only together with its first entry.
+        let Some(hashx) = self.hashx.take() else {
+            return;
+        };
+        let shared = self.prev_hashx.map_or(0, |p| {
+            p.iter().zip(&hashx).take_while(|(a, b)| a == b).count()
+        });
+        varint::put(&mut self.body, self.count << 4 | shared as u64);
+        self.body.extend_from_slice(&hashx[shared..]);
+        self.body.extend_from_slice(&self.group);
+        self.prev_hashx = Some(hashx);
+        self.group.clear();
+        self.count = 0;
+    }
 }
 
 /// A new file written front to back and fsynced by `finish`. Dropped unfinished (an error
