@@ -1,0 +1,550 @@
+//! End-to-end method tests: the real `ferrum` binary indexes an emulated regtest chain, then
+//! every Electrum method is checked over tcp, ssl, ws and wss against answers computed here
+//! from the blocks alone, with bad inputs and notifications of a newly mined block.
+
+mod e2e_support;
+mod protocol_support;
+
+use bitcoin::hex::DisplayHex;
+use bitcoin::ScriptBuf;
+use e2e_support::{fold_branch, node_chain, script_hash, FerrumProcess, Model};
+use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
+use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
+use protocol_support::{error_of, make_cert, Client};
+use serde_json::{json, Value};
+
+const SEED: u64 = 7;
+const BLOCKS: u32 = 120;
+/// The fee rate the emulated node estimates, in sat/kvB.
+const FEE_RATE: u64 = 2500;
+
+fn start_emulator() -> Emulator {
+    let emu = Emulator::start(EmulatorConfig::new(ChainSource::Generated {
+        params: ChainParams::medium(SEED),
+        blocks: BLOCKS,
+    }))
+    .unwrap();
+    emu.set_fee_rate(Some(FEE_RATE));
+    emu
+}
+
+/// A TCP client without Nagle's delay: the shared client writes a message and its newline
+/// separately, and the second write would otherwise wait for the server's delayed ACK.
+async fn tcp_client(addr: std::net::SocketAddr) -> Client {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    Client::from_tcp(stream)
+}
+
+/// A result, failing on an error answer.
+async fn ok(c: &mut Client, method: &str, params: Value) -> Value {
+    let reply = c.call(1, method, params.clone()).await;
+    match reply.get("result") {
+        Some(result) => result.clone(),
+        None => panic!("{method}({params}) failed: {reply}"),
+    }
+}
+
+/// The (code, message) of an error answer.
+async fn err(c: &mut Client, method: &str, params: Value) -> (i64, String) {
+    error_of(&c.call(1, method, params).await)
+}
+
+fn assert_float(value: &Value, expected: f64, what: &str) {
+    let got = value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: {value} is not a number"));
+    assert!(
+        (got - expected).abs() < 1e-12,
+        "{what}: {got} != {expected}"
+    );
+}
+
+/// Scripts worth asking about: the most reused ones, one used once, one fully spent, and one
+/// never seen.
+fn chosen_scripts(model: &Model) -> Vec<ScriptBuf> {
+    let by_reuse = model.scripts_by_reuse();
+    let mut chosen: Vec<ScriptBuf> = by_reuse[..3].to_vec();
+    chosen.push(
+        by_reuse
+            .iter()
+            .rev()
+            .find(|s| model.histories[*s].len() == 1)
+            .unwrap()
+            .clone(),
+    );
+    chosen.push(
+        by_reuse
+            .iter()
+            .find(|s| model.balance_json(s)["confirmed"] == 0)
+            .expect("a fully spent script")
+            .clone(),
+    );
+    chosen.push(ScriptBuf::from_bytes(vec![0x51, 0x52, 0x53]));
+    chosen
+}
+
+/// A multi-input transaction and one with an OP_RETURN output, with their positions.
+fn chosen_txs(model: &Model) -> Vec<(bitcoin::Txid, u32, u32)> {
+    let mut picks = vec![(model.blocks[1].txdata[0].compute_txid(), 1, 0)];
+    let mut found = |pred: &dyn Fn(&bitcoin::Transaction) -> bool| {
+        let (h, p, tx) = model
+            .blocks
+            .iter()
+            .enumerate()
+            .skip(1)
+            .flat_map(|(h, b)| b.txdata.iter().enumerate().map(move |(p, t)| (h, p, t)))
+            .find(|(_, _, t)| pred(t))
+            .expect("the chain has such a transaction");
+        picks.push((tx.compute_txid(), h as u32, p as u32));
+    };
+    found(&|t| t.input.len() >= 3);
+    found(&|t| t.output.iter().any(|o| o.script_pubkey.is_op_return()));
+    let tip = model.tip();
+    let last = model.blocks[tip as usize].txdata.len() - 1;
+    picks.push((
+        model.blocks[tip as usize].txdata[last].compute_txid(),
+        tip,
+        last as u32,
+    ));
+    picks
+}
+
+async fn check_server_methods(c: &mut Client, model: &Model) {
+    assert_eq!(
+        ok(c, "server.features", json!([])).await["genesis_hash"],
+        json!(model.blocks[0].block_hash().to_string())
+    );
+    let features = ok(c, "server.features", json!([])).await;
+    assert_eq!(features["protocol_min"], "1.4");
+    assert_eq!(features["protocol_max"], "1.6");
+    assert_eq!(features["hash_function"], "sha256");
+    assert_eq!(features["pruning"], Value::Null);
+    assert_eq!(ok(c, "server.ping", json!([])).await, Value::Null);
+    let banner = ok(c, "server.banner", json!([])).await;
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .starts_with("You are connected to a ferrum "),
+        "{banner}"
+    );
+    assert_eq!(
+        ok(c, "server.donation_address", json!([])).await,
+        "bcrt1qdonation"
+    );
+}
+
+async fn check_header_methods(c: &mut Client, model: &Model, v16: bool) {
+    let tip = model.tip();
+    assert_eq!(
+        ok(c, "blockchain.headers.subscribe", json!([])).await,
+        json!({"hex": model.header_hex(tip), "height": tip})
+    );
+    for height in [0, 1, 57, tip] {
+        assert_eq!(
+            ok(c, "blockchain.block.header", json!([height])).await,
+            json!(model.header_hex(height))
+        );
+        assert_eq!(
+            ok(c, "blockchain.block.header", json!([height, 0])).await,
+            json!(model.header_hex(height))
+        );
+    }
+    for (height, cp) in [(0, 0), (5, 60), (60, 60), (0, tip), (tip, tip), (33, 100)] {
+        if cp == 0 {
+            continue;
+        }
+        let proof = ok(c, "blockchain.block.header", json!([height, cp])).await;
+        let mut expected = model.header_proof(height, cp);
+        expected["header"] = json!(model.header_hex(height));
+        assert_eq!(proof, expected, "header {height} under {cp}");
+        let leaf = model.blocks[height as usize].block_hash().to_string();
+        assert_eq!(
+            json!(fold_branch(&leaf, &proof["branch"], height.into())),
+            proof["root"]
+        );
+    }
+    // (start, count, headers expected)
+    let cases = [
+        (0, 10, 10),
+        (110, 50, tip + 1 - 110),
+        (tip, 1, 1),
+        (tip + 1, 5, 0),
+        (0, 3000, tip + 1),
+    ];
+    for (start, count, n) in cases {
+        let got = ok(c, "blockchain.block.headers", json!([start, count])).await;
+        let headers: Vec<String> = (start..start + n).map(|h| model.header_hex(h)).collect();
+        let expected = if v16 {
+            json!({"count": n, "headers": headers, "max": 2016})
+        } else {
+            json!({"count": n, "hex": headers.concat(), "max": 2016})
+        };
+        assert_eq!(got, expected, "headers({start}, {count})");
+    }
+    // A proof of the last header returned.
+    let got = ok(c, "blockchain.block.headers", json!([3, 5, 100])).await;
+    let proof = model.header_proof(7, 100);
+    assert_eq!(got["count"], 5);
+    assert_eq!(got["branch"], proof["branch"]);
+    assert_eq!(got["root"], proof["root"]);
+    let leaf = model.blocks[7].block_hash().to_string();
+    assert_eq!(json!(fold_branch(&leaf, &got["branch"], 7)), got["root"]);
+}
+
+async fn check_script_methods(c: &mut Client, model: &Model, v16: bool) {
+    for script in chosen_scripts(model) {
+        let sh = script_hash(&script);
+        let what = format!("script {}", script.as_bytes().to_lower_hex_string());
+        assert_eq!(
+            ok(c, "blockchain.scripthash.get_balance", json!([sh])).await,
+            model.balance_json(&script),
+            "{what}"
+        );
+        assert_eq!(
+            ok(c, "blockchain.scripthash.get_history", json!([sh])).await,
+            model.history_json(&script),
+            "{what}"
+        );
+        assert_eq!(
+            ok(c, "blockchain.scripthash.listunspent", json!([sh])).await,
+            model.listunspent_json(&script),
+            "{what}"
+        );
+        assert_eq!(
+            ok(c, "blockchain.scripthash.get_mempool", json!([sh])).await,
+            json!([]),
+            "{what}"
+        );
+        assert_eq!(
+            ok(c, "blockchain.scripthash.subscribe", json!([sh])).await,
+            model.status(&script),
+            "{what}"
+        );
+        if !v16 {
+            // Only from 1.4.2.
+            assert_eq!(
+                err(c, "blockchain.scripthash.unsubscribe", json!([sh])).await,
+                (
+                    -32601,
+                    "unknown method \"blockchain.scripthash.unsubscribe\"".into()
+                )
+            );
+            continue;
+        }
+        assert_eq!(
+            ok(c, "blockchain.scripthash.unsubscribe", json!([sh])).await,
+            json!(true)
+        );
+        assert_eq!(
+            ok(c, "blockchain.scripthash.unsubscribe", json!([sh])).await,
+            json!(false)
+        );
+    }
+}
+
+async fn check_tx_methods(c: &mut Client, model: &Model) {
+    for (txid, height, pos) in chosen_txs(model) {
+        let tx = &model.blocks[height as usize].txdata[pos as usize];
+        let hex = bitcoin::consensus::encode::serialize_hex(tx);
+        let id = txid.to_string();
+        assert_eq!(
+            ok(c, "blockchain.transaction.get", json!([id])).await,
+            json!(hex)
+        );
+        assert_eq!(
+            ok(c, "blockchain.transaction.get", json!([id, false])).await,
+            json!(hex)
+        );
+        let verbose = ok(c, "blockchain.transaction.get", json!([id, true])).await;
+        assert_eq!(verbose["txid"], json!(id));
+        assert_eq!(verbose["hex"], json!(hex));
+        assert_eq!(
+            verbose["blockhash"],
+            json!(model.blocks[height as usize].block_hash().to_string())
+        );
+
+        let branch = model.tx_branch(height, pos);
+        let merkle = ok(c, "blockchain.transaction.get_merkle", json!([id, height])).await;
+        assert_eq!(
+            merkle,
+            json!({"block_height": height, "merkle": branch, "pos": pos})
+        );
+        let root = model.blocks[height as usize].header.merkle_root;
+        assert_eq!(
+            fold_branch(&id, &merkle["merkle"], pos.into()),
+            root.to_string()
+        );
+        assert_eq!(
+            ok(
+                c,
+                "blockchain.transaction.id_from_pos",
+                json!([height, pos])
+            )
+            .await,
+            json!(id)
+        );
+        assert_eq!(
+            ok(
+                c,
+                "blockchain.transaction.id_from_pos",
+                json!([height, pos, true])
+            )
+            .await,
+            json!({"tx_hash": id, "merkle": branch})
+        );
+    }
+}
+
+async fn check_fee_methods(c: &mut Client, v16: bool) {
+    let rate = FEE_RATE as f64 / 1e8;
+    assert_float(
+        &ok(c, "blockchain.estimatefee", json!([2])).await,
+        rate,
+        "estimatefee",
+    );
+    assert_float(
+        &ok(c, "blockchain.estimatefee", json!([6, "economical"])).await,
+        rate,
+        "estimatefee economical",
+    );
+    assert_eq!(
+        ok(c, "mempool.get_fee_histogram", json!([])).await,
+        json!([])
+    );
+    if v16 {
+        assert_eq!(
+            err(c, "blockchain.relayfee", json!([])).await,
+            (-32601, "unknown method \"blockchain.relayfee\"".into())
+        );
+        let info = ok(c, "mempool.get_info", json!([])).await;
+        for key in ["mempoolminfee", "minrelaytxfee", "incrementalrelayfee"] {
+            assert_float(&info[key], 100.0 / 1e8, key);
+        }
+    } else {
+        assert_float(
+            &ok(c, "blockchain.relayfee", json!([])).await,
+            100.0 / 1e8,
+            "relayfee",
+        );
+        assert_eq!(
+            err(c, "mempool.get_info", json!([])).await,
+            (-32601, "unknown method \"mempool.get_info\"".into())
+        );
+    }
+    let (code, message) = err(c, "blockchain.transaction.broadcast", json!(["00"])).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        message,
+        "the transaction was rejected by network rules.\n\n\
+         TX decode failed. Make sure the tx has at least one input.\n[00]"
+    );
+}
+
+/// Every method in a fresh session negotiating `version`.
+async fn check_session(mut c: Client, model: &Model, version: &str) {
+    let hello = c.hello(version).await;
+    assert_eq!(hello["result"][1], json!(version));
+    assert!(hello["result"][0].as_str().unwrap().starts_with("ferrum "));
+    let v16 = version == "1.6";
+    check_server_methods(&mut c, model).await;
+    check_header_methods(&mut c, model, v16).await;
+    check_script_methods(&mut c, model, v16).await;
+    check_tx_methods(&mut c, model).await;
+    check_fee_methods(&mut c, v16).await;
+}
+
+/// A 1.6 session over plain TCP or WebSocket.
+async fn session(server: &FerrumProcess, ws: bool) -> Client {
+    let mut c = if ws {
+        Client::ws(server.ws).await
+    } else {
+        tcp_client(server.tcp).await
+    };
+    c.hello("1.6").await;
+    c
+}
+
+/// Bad arguments, each with its exact code and message, each in a fresh session (every error
+/// costs 100, and ten of them would reach the throttling limit).
+async fn check_bad_inputs(server: &FerrumProcess, ws: bool, model: &Model) {
+    let tip = model.tip();
+    let (txid, height, _) = chosen_txs(model)[1];
+    let id = txid.to_string();
+    let bad_request = |m: &str| (1, m.to_string());
+    let cases: Vec<(&str, Value, (i64, String))> = vec![
+        ("server.version", json!(["again", "1.4"]), bad_request("server.version already sent")),
+        ("blockchain.scripthash.get_balance", json!(["zz"]), bad_request("zz is not a valid script hash")),
+        ("blockchain.scripthash.get_history", json!(["abcd"]), bad_request("abcd is not a valid script hash")),
+        ("blockchain.scripthash.listunspent", json!([5]), bad_request("5 is not a valid script hash")),
+        ("blockchain.scripthash.subscribe", json!([format!("{id}00")]), bad_request(&format!("{id}00 is not a valid script hash"))),
+        ("blockchain.block.header", json!([-1]), bad_request("-1 should be a non-negative integer")),
+        ("blockchain.block.header", json!(["abc"]), bad_request("abc should be a non-negative integer")),
+        ("blockchain.block.header", json!([tip + 1]), bad_request(&format!("height {} out of range", tip + 1))),
+        ("blockchain.block.header", json!([1_000_000]), bad_request("height 1,000,000 out of range")),
+        ("blockchain.block.header", json!([10, 5]), bad_request(&format!("require header height 10 <= cp_height 5 <= chain height {tip}"))),
+        ("blockchain.block.header", json!([5, tip + 10]), bad_request(&format!("require header height 5 <= cp_height {} <= chain height {tip}", tip + 10))),
+        ("blockchain.block.headers", json!([0, -5]), bad_request("-5 should be a non-negative integer")),
+        ("blockchain.block.headers", json!([10, 5, 12]), bad_request(&format!("require header height 14 <= cp_height 12 <= chain height {tip}"))),
+        ("blockchain.block.headers", json!([null, 1]), bad_request("None should be a non-negative integer")),
+        ("blockchain.transaction.get", json!(["xyz"]), bad_request("xyz should be a transaction hash")),
+        ("blockchain.transaction.get", json!([id, "yes"]), bad_request("\"verbose\" must be a boolean")),
+        ("blockchain.transaction.get_merkle", json!([id, tip + 5]), bad_request(&format!("height {} out of range", tip + 5))),
+        ("blockchain.transaction.get_merkle", json!([id, height + 1]), bad_request(&format!("tx {id} not in block at height {}", height + 1))),
+        ("blockchain.transaction.get_merkle", json!([id, -2]), bad_request("-2 should be a non-negative integer")),
+        ("blockchain.transaction.id_from_pos", json!([1, 999]), bad_request("no tx at position 999 in block at height 1")),
+        ("blockchain.transaction.id_from_pos", json!([1000, 0]), bad_request(&format!("db error: DBError('block 1,000 not on disk (>{tip})')"))),
+        ("blockchain.transaction.id_from_pos", json!([1, 0, "x"]), bad_request("\"merkle\" must be a boolean")),
+        ("blockchain.transaction.broadcast", json!(["xyz"]), bad_request("xyz should be a hex string")),
+        ("blockchain.estimatefee", json!(["abc"]), bad_request("abc should be a non-negative integer")),
+        ("blockchain.estimatefee", json!([2, "fast"]), bad_request("unknown estimatefee mode: FAST")),
+        ("blockchain.scripthash.get_balance", json!([]), (-32602, "0 arguments passed to method \"blockchain.scripthash.get_balance\" but it requires 1".into())),
+        ("blockchain.block.headers", json!([1]), (-32602, "1 argument passed to method \"blockchain.block.headers\" but it requires 2".into())),
+        ("blockchain.headers.subscribe", json!([1]), (-32602, "1 argument passed to method blockchain.headers.subscribe taking at most 0".into())),
+        ("blockchain.nosuch", json!([]), (-32601, "unknown method \"blockchain.nosuch\"".into())),
+    ];
+    for (method, params, expected) in cases {
+        let mut c = session(server, ws).await;
+        assert_eq!(
+            err(&mut c, method, params.clone()).await,
+            expected,
+            "{method}({params})"
+        );
+        // The session survives it.
+        assert_eq!(ok(&mut c, "server.ping", json!([])).await, Value::Null);
+    }
+
+    // A huge count is answered clamped to the chain, but charged as asked (count / 50, as
+    // ElectrumX does), so the next request finds the session over its hard cost limit.
+    let mut c = session(server, ws).await;
+    let got = ok(
+        &mut c,
+        "blockchain.block.headers",
+        json!([5, 1_000_000_000u64]),
+    )
+    .await;
+    assert_eq!(got["count"], json!(tip + 1 - 5));
+    assert_eq!(got["headers"].as_array().unwrap().len() as u32, tip + 1 - 5);
+    assert_eq!(
+        err(&mut c, "server.ping", json!([])).await,
+        (-101, "excessive resource usage".into())
+    );
+    c.assert_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_over_every_transport() {
+    let emu = start_emulator();
+    let model = Model::new(node_chain(&emu));
+    let cert_dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = make_cert(cert_dir.path()) else {
+        return;
+    };
+    let server = FerrumProcess::start(&emu, &cert, &key);
+
+    for version in ["1.4", "1.6"] {
+        check_session(tcp_client(server.tcp).await, &model, version).await;
+        check_session(Client::tls(server.ssl, &cert).await, &model, version).await;
+        check_session(Client::ws(server.ws).await, &model, version).await;
+        check_session(Client::wss(server.wss, &cert).await, &model, version).await;
+    }
+
+    check_bad_inputs(&server, false, &model).await;
+    check_bad_inputs(&server, true, &model).await;
+
+    // Anything before server.version closes the session.
+    let mut c = Client::tls(server.ssl, &cert).await;
+    assert_eq!(
+        err(&mut c, "blockchain.headers.subscribe", json!([])).await,
+        (1, "use server.version to identify client".into())
+    );
+    c.assert_closed().await;
+    // So does an unsupported version.
+    let mut c = Client::wss(server.wss, &cert).await;
+    assert_eq!(
+        err(&mut c, "server.version", json!(["old", "1.2"])).await,
+        (1, "unsupported protocol version: 1.2".into())
+    );
+    c.assert_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mined_block_is_notified() {
+    let emu = start_emulator();
+    let model = Model::new(node_chain(&emu));
+    // The emulator keeps mining with the same deterministic generator: predict its next block.
+    let mut gen = ChainGenerator::new(ChainParams::medium(SEED));
+    for _ in 0..BLOCKS {
+        gen.next_block();
+    }
+    let next = gen.next_block();
+    // A script the next block spends from (it has a history) and one it pays.
+    let spent = next.txdata[1..]
+        .iter()
+        .flat_map(|t| &t.input)
+        .find_map(|i| model.output(&i.previous_output))
+        .expect("the next block spends a confirmed output")
+        .script_pubkey
+        .clone();
+    let paid = next.txdata[0].output[0].script_pubkey.clone();
+
+    let cert_dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = make_cert(cert_dir.path()) else {
+        return;
+    };
+    let server = FerrumProcess::start(&emu, &cert, &key);
+    let mut c = Client::ws(server.ws).await;
+    c.hello("1.4").await;
+    ok(&mut c, "blockchain.headers.subscribe", json!([])).await;
+    for script in [&spent, &paid] {
+        assert_eq!(
+            ok(
+                &mut c,
+                "blockchain.scripthash.subscribe",
+                json!([script_hash(script)])
+            )
+            .await,
+            model.status(script)
+        );
+    }
+
+    emu.mine(1).unwrap();
+    let chain = node_chain(&emu);
+    assert_eq!(
+        chain.last().unwrap(),
+        &next,
+        "the generator predicted the block"
+    );
+    let after = Model::new(chain);
+    let tip = after.tip();
+    let mut expected = vec![
+        json!({"jsonrpc": "2.0", "method": "blockchain.headers.subscribe",
+               "params": [{"hex": after.header_hex(tip), "height": tip}]}),
+    ];
+    for script in [&spent, &paid] {
+        assert_ne!(after.status(script), model.status(script));
+        expected.push(
+            json!({"jsonrpc": "2.0", "method": "blockchain.scripthash.subscribe",
+                             "params": [script_hash(script), after.status(script)]}),
+        );
+    }
+    let mut got: Vec<Value> = Vec::new();
+    for _ in 0..expected.len() {
+        got.push(c.recv_json().await);
+    }
+    let key = |v: &Value| v.to_string();
+    got.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(got, expected);
+    // Queries see the new block too.
+    assert_eq!(
+        ok(
+            &mut c,
+            "blockchain.scripthash.get_history",
+            json!([script_hash(&paid)])
+        )
+        .await,
+        after.history_json(&paid)
+    );
+}
