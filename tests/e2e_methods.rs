@@ -5,9 +5,12 @@
 mod e2e_support;
 mod protocol_support;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use bitcoin::hex::DisplayHex;
 use bitcoin::ScriptBuf;
-use e2e_support::{fold_branch, node_chain, script_hash, FerrumProcess, Model};
+use e2e_support::{fold_branch, node_call, node_chain, script_hash, FerrumProcess, Model};
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
 use protocol_support::{error_of, make_cert, Client};
@@ -244,8 +247,9 @@ async fn check_script_methods(c: &mut Client, model: &Model, v16: bool) {
     }
 }
 
-async fn check_tx_methods(c: &mut Client, model: &Model) {
-    for (txid, height, pos) in chosen_txs(model) {
+/// `node_json` holds the node's own verbose answer for each of `chosen_txs`.
+async fn check_tx_methods(c: &mut Client, model: &Model, node_json: &[Value]) {
+    for ((txid, height, pos), node_json) in chosen_txs(model).into_iter().zip(node_json) {
         let tx = &model.blocks[height as usize].txdata[pos as usize];
         let hex = bitcoin::consensus::encode::serialize_hex(tx);
         let id = txid.to_string();
@@ -258,6 +262,7 @@ async fn check_tx_methods(c: &mut Client, model: &Model) {
             json!(hex)
         );
         let verbose = ok(c, "blockchain.transaction.get", json!([id, true])).await;
+        assert_eq!(&verbose, node_json, "verbose is the node's answer");
         assert_eq!(verbose["txid"], json!(id));
         assert_eq!(verbose["hex"], json!(hex));
         assert_eq!(
@@ -343,7 +348,7 @@ async fn check_fee_methods(c: &mut Client, v16: bool) {
 }
 
 /// Every method in a fresh session negotiating `version`.
-async fn check_session(mut c: Client, model: &Model, version: &str) {
+async fn check_session(mut c: Client, model: &Model, node_json: &[Value], version: &str) {
     let hello = c.hello(version).await;
     assert_eq!(hello["result"][1], json!(version));
     assert!(hello["result"][0].as_str().unwrap().starts_with("ferrum "));
@@ -351,7 +356,7 @@ async fn check_session(mut c: Client, model: &Model, version: &str) {
     check_server_methods(&mut c, model).await;
     check_header_methods(&mut c, model, v16).await;
     check_script_methods(&mut c, model, v16).await;
-    check_tx_methods(&mut c, model).await;
+    check_tx_methods(&mut c, model, node_json).await;
     check_fee_methods(&mut c, v16).await;
 }
 
@@ -441,13 +446,29 @@ async fn every_method_over_every_transport() {
     let Some((cert, key)) = make_cert(cert_dir.path()) else {
         return;
     };
+    let node_json: Vec<Value> = chosen_txs(&model)
+        .iter()
+        .map(|(txid, _, _)| node_call(&emu, "getrawtransaction", json!([txid.to_string(), true])))
+        .collect();
     let server = FerrumProcess::start(&emu, &cert, &key);
 
     for version in ["1.4", "1.6"] {
-        check_session(tcp_client(server.tcp).await, &model, version).await;
-        check_session(Client::tls(server.ssl, &cert).await, &model, version).await;
-        check_session(Client::ws(server.ws).await, &model, version).await;
-        check_session(Client::wss(server.wss, &cert).await, &model, version).await;
+        check_session(tcp_client(server.tcp).await, &model, &node_json, version).await;
+        check_session(
+            Client::tls(server.ssl, &cert).await,
+            &model,
+            &node_json,
+            version,
+        )
+        .await;
+        check_session(Client::ws(server.ws).await, &model, &node_json, version).await;
+        check_session(
+            Client::wss(server.wss, &cert).await,
+            &model,
+            &node_json,
+            version,
+        )
+        .await;
     }
 
     check_bad_inputs(&server, false, &model).await;
@@ -470,7 +491,7 @@ async fn every_method_over_every_transport() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mined_block_is_notified() {
+async fn a_mined_block_and_a_reorg_are_notified() {
     let emu = start_emulator();
     let model = Model::new(node_chain(&emu));
     // The emulator keeps mining with the same deterministic generator: predict its next block.
@@ -547,4 +568,68 @@ async fn a_mined_block_is_notified() {
         .await,
         after.history_json(&paid)
     );
+
+    // A reorganisation replaces the last two blocks with three others: watch scripts the
+    // replaced blocks touched.
+    let before = after;
+    let mut watched: Vec<ScriptBuf> = before
+        .scripts_by_reuse()
+        .into_iter()
+        .filter(|s| before.histories[s].last().unwrap().1 + 1 >= tip)
+        .take(30)
+        .collect();
+    watched.extend([spent.clone(), paid.clone()]);
+    watched.sort();
+    watched.dedup();
+    for script in &watched {
+        assert_eq!(
+            ok(
+                &mut c,
+                "blockchain.scripthash.subscribe",
+                json!([script_hash(script)])
+            )
+            .await,
+            before.status(script)
+        );
+    }
+    emu.reorg(2, 3, 99).unwrap();
+    let after = Model::new(node_chain(&emu));
+    assert_eq!(after.tip(), tip + 1);
+    let changed: Vec<&ScriptBuf> = watched
+        .iter()
+        .filter(|s| after.status(s) != before.status(s))
+        .collect();
+    assert!(!changed.is_empty(), "the reorg changes some watched script");
+
+    // Notifications until a quiet second: the last of each kind must be the new state.
+    let mut last_header = None;
+    let mut last_status: HashMap<String, Value> = HashMap::new();
+    while let Ok(note) = tokio::time::timeout(Duration::from_secs(1), c.recv_json()).await {
+        match note["method"].as_str().unwrap() {
+            "blockchain.headers.subscribe" => last_header = Some(note["params"][0].clone()),
+            "blockchain.scripthash.subscribe" => {
+                let sh = note["params"][0].as_str().unwrap().to_string();
+                last_status.insert(sh, note["params"][1].clone());
+            }
+            other => panic!("unexpected notification {other}: {note}"),
+        }
+    }
+    let tip = after.tip();
+    assert_eq!(
+        last_header,
+        Some(json!({"hex": after.header_hex(tip), "height": tip}))
+    );
+    for script in &watched {
+        let sh = script_hash(script);
+        let got = last_status.get(&sh);
+        if changed.contains(&script) {
+            assert_eq!(got, Some(&after.status(script)), "script {sh}");
+        } else if let Some(got) = got {
+            assert_eq!(got, &after.status(script), "script {sh}");
+        }
+        assert_eq!(
+            ok(&mut c, "blockchain.scripthash.get_history", json!([sh])).await,
+            after.history_json(script)
+        );
+    }
 }

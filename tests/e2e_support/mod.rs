@@ -50,6 +50,16 @@ pub fn node_chain(emu: &Emulator) -> Vec<Block> {
         .collect()
 }
 
+/// One JSON-RPC call to the emulated node, which must succeed.
+pub fn node_call(emu: &Emulator, method: &str, params: Value) -> Value {
+    HttpClient::connect(emu.rpc_addr())
+        .unwrap()
+        .with_auth(emu.credentials())
+        .call(method, params.clone())
+        .unwrap()
+        .unwrap_or_else(|e| panic!("node {method}({params}): {e:?}"))
+}
+
 /// A running `ferrum` process (killed on drop) with every wallet transport and the local RPC.
 pub struct FerrumProcess {
     child: Child,
