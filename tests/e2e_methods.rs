@@ -408,6 +408,10 @@ async fn check_bad_inputs(server: &FerrumProcess, ws: bool, model: &Model) {
         ("blockchain.block.headers", json!([1]), (-32602, "1 argument passed to method \"blockchain.block.headers\" but it requires 2".into())),
         ("blockchain.headers.subscribe", json!([1]), (-32602, "1 argument passed to method blockchain.headers.subscribe taking at most 0".into())),
         ("blockchain.nosuch", json!([]), (-32601, "unknown method \"blockchain.nosuch\"".into())),
+        ("blockchain.block.header", json!("x"), (-32602, "invalid request arguments: x".into())),
+        ("blockchain.block.header", json!({"foo": 1}), (-32602, "method \"blockchain.block.header\" requires parameter \"height\"".into())),
+        ("blockchain.block.header", json!({"height": 1, "foo": 1, "bar": 2}), (-32602, "method \"blockchain.block.header\" does not take parameters \"bar\", \"foo\"".into())),
+        ("blockchain.transaction.get", json!({"verbose": true}), (-32602, "method \"blockchain.transaction.get\" requires parameter \"tx_hash\"".into())),
     ];
     for (method, params, expected) in cases {
         let mut c = session(server, ws).await;
@@ -473,6 +477,39 @@ async fn every_method_over_every_transport() {
 
     check_bad_inputs(&server, false, &model).await;
     check_bad_inputs(&server, true, &model).await;
+
+    // Named parameters work like positional ones.
+    let mut c = session(&server, false).await;
+    assert_eq!(
+        ok(&mut c, "blockchain.block.header", json!({"height": 7})).await,
+        json!(model.header_hex(7))
+    );
+    assert_eq!(
+        ok(
+            &mut c,
+            "blockchain.transaction.id_from_pos",
+            json!({"height": 1, "tx_pos": 0})
+        )
+        .await,
+        json!(model.blocks[1].txdata[0].compute_txid().to_string())
+    );
+    // A [min, max] range negotiates the highest common version ("1.6.0" > "1.6" as tuples).
+    let mut c = tcp_client(server.tcp).await;
+    assert_eq!(
+        ok(&mut c, "server.version", json!(["range", ["1.4", "1.6.0"]])).await[1],
+        "1.6"
+    );
+    let mut c = tcp_client(server.tcp).await;
+    assert_eq!(
+        ok(&mut c, "server.version", json!(["default"])).await[1],
+        "1.4"
+    );
+    let mut c = tcp_client(server.tcp).await;
+    assert_eq!(
+        err(&mut c, "server.version", json!(["exact", "1.6.0"])).await,
+        (1, "unsupported protocol version: 1.6.0".into())
+    );
+    c.assert_closed().await;
 
     // Anything before server.version closes the session.
     let mut c = Client::tls(server.ssl, &cert).await;
@@ -630,6 +667,65 @@ async fn a_mined_block_and_a_reorg_are_notified() {
         assert_eq!(
             ok(&mut c, "blockchain.scripthash.get_history", json!([sh])).await,
             after.history_json(script)
+        );
+    }
+}
+
+/// A chain longer than one chunk: counts are clamped to 2016, in both answer forms, with proofs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_requests_are_clamped_at_2016() {
+    let tip = 2030;
+    let emu = Emulator::start(EmulatorConfig::generated(SEED, tip)).unwrap();
+    let model = Model::new(node_chain(&emu));
+    let cert_dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = make_cert(cert_dir.path()) else {
+        return;
+    };
+    let server = FerrumProcess::start(&emu, &cert, &key);
+    for version in ["1.4", "1.6"] {
+        let mut c = tcp_client(server.tcp).await;
+        c.hello(version).await;
+        for (start, count, cp) in [
+            (0, 5000, 0),
+            (10, 2017, 0),
+            (3, 2016, tip),
+            (14, 10_000, 2029),
+        ] {
+            let got = ok(
+                &mut c,
+                "blockchain.block.headers",
+                json!([start, count, cp]),
+            )
+            .await;
+            let headers: Vec<String> = (start..start + 2016).map(|h| model.header_hex(h)).collect();
+            assert_eq!(got["count"], 2016);
+            assert_eq!(got["max"], 2016);
+            if version == "1.6" {
+                assert_eq!(got["headers"], json!(headers));
+            } else {
+                assert_eq!(got["hex"], json!(headers.concat()));
+            }
+            if cp > 0 {
+                let last = start + 2015;
+                let proof = model.header_proof(last, cp);
+                assert_eq!(got["branch"], proof["branch"]);
+                assert_eq!(got["root"], proof["root"]);
+                let leaf = model.blocks[last as usize].block_hash().to_string();
+                assert_eq!(
+                    json!(fold_branch(&leaf, &got["branch"], last.into())),
+                    got["root"]
+                );
+            } else {
+                assert_eq!(got.get("branch"), None);
+            }
+        }
+        // Past the clamp, the proof rule uses the last header actually returned.
+        assert_eq!(
+            err(&mut c, "blockchain.block.headers", json!([10, 5000, 2000])).await,
+            (
+                1,
+                "require header height 2,025 <= cp_height 2,000 <= chain height 2,030".into()
+            )
         );
     }
 }
