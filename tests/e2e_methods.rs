@@ -371,6 +371,60 @@ async fn session(server: &FerrumProcess, ws: bool) -> Client {
     c
 }
 
+/// Results of a JSON-RPC batch, in request order; each must succeed.
+async fn batch(c: &mut Client, calls: &[(&str, Value)]) -> Vec<Value> {
+    let requests: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(id, (method, params))| {
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        })
+        .collect();
+    c.send(&Value::Array(requests).to_string()).await;
+    let replies = c.recv_json().await;
+    let mut results = vec![Value::Null; calls.len()];
+    for reply in replies.as_array().expect("a batch answer") {
+        let id = reply["id"].as_u64().unwrap() as usize;
+        results[id] = match reply.get("result") {
+            Some(r) => r.clone(),
+            None => panic!("{}({}) failed: {reply}", calls[id].0, calls[id].1),
+        };
+    }
+    results
+}
+
+/// Every script the chain touched: history, status, balance and UTXOs, in batches of
+/// requests, a fresh session per hundred scripts to stay clear of the cost limits.
+async fn check_every_script(server: &FerrumProcess, model: &Model) {
+    let scripts = model.scripts_by_reuse();
+    // The chain must stay interesting: many scripts, one heavily reused.
+    assert!(scripts.len() > 1000, "{} scripts", scripts.len());
+    assert!(model.histories[&scripts[0]].len() > 100);
+    for chunk in scripts.chunks(100) {
+        let mut c = session(server, true).await;
+        let calls: Vec<(&str, Value)> = chunk
+            .iter()
+            .flat_map(|s| {
+                let sh = json!([script_hash(s)]);
+                [
+                    ("blockchain.scripthash.get_history", sh.clone()),
+                    ("blockchain.scripthash.subscribe", sh.clone()),
+                    ("blockchain.scripthash.get_balance", sh.clone()),
+                    ("blockchain.scripthash.listunspent", sh),
+                ]
+            })
+            .collect();
+        let results = batch(&mut c, &calls).await;
+        for (script, got) in chunk.iter().zip(results.chunks(4)) {
+            let what = script.as_bytes().to_lower_hex_string();
+            assert_eq!(got[0], model.history_json(script), "history of {what}");
+            assert_eq!(got[1], model.status(script), "status of {what}");
+            assert_eq!(got[2], model.balance_json(script), "balance of {what}");
+            assert_eq!(got[3], model.listunspent_json(script), "utxos of {what}");
+        }
+    }
+}
+
 /// Bad arguments, each with its exact code and message, each in a fresh session (every error
 /// costs 100, and ten of them would reach the throttling limit).
 async fn check_bad_inputs(server: &FerrumProcess, ws: bool, model: &Model) {
@@ -475,6 +529,7 @@ async fn every_method_over_every_transport() {
         .await;
     }
 
+    check_every_script(&server, &model).await;
     check_bad_inputs(&server, false, &model).await;
     check_bad_inputs(&server, true, &model).await;
 
