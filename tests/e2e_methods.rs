@@ -425,6 +425,57 @@ async fn check_every_script(server: &FerrumProcess, model: &Model) {
     }
 }
 
+/// Python's `f"{n:,d}"`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The local RPC: `getinfo`'s height and `query`'s lines for the most reused script.
+async fn check_local_rpc(server: &FerrumProcess, model: &Model) {
+    let mut c = tcp_client(server.rpc).await;
+    let info = ok(&mut c, "getinfo", json!([])).await;
+    assert_eq!(info["db height"], json!(model.tip()));
+
+    let script = &model.scripts_by_reuse()[0];
+    let hex = script.as_bytes().to_lower_hex_string();
+    let mut lines = vec![format!("Script: {hex}")];
+    for (n, (txid, height)) in model.histories[script].iter().take(3).enumerate() {
+        lines.push(format!(
+            "History #{n}: height {} txid {txid}",
+            grouped((*height).into())
+        ));
+    }
+    let utxos = model.listunspent_json(script);
+    for (n, u) in utxos.as_array().unwrap().iter().take(3).enumerate() {
+        lines.push(format!(
+            "UTXO #{}: txid {} tx_pos {} height {} value {}",
+            n + 1,
+            u["tx_hash"].as_str().unwrap(),
+            u["tx_pos"],
+            grouped(u["height"].as_u64().unwrap()),
+            grouped(u["value"].as_u64().unwrap())
+        ));
+    }
+    let balance = model.balance_json(script)["confirmed"].as_u64().unwrap();
+    let fraction = format!("{:08}", balance % 100_000_000);
+    let fraction = fraction.trim_end_matches('0');
+    let coins = if fraction.is_empty() {
+        grouped(balance / 100_000_000)
+    } else {
+        format!("{}.{fraction}", grouped(balance / 100_000_000))
+    };
+    lines.push(format!("Balance: {coins} XTN"));
+    assert_eq!(ok(&mut c, "query", json!([[hex], 3])).await, json!(lines));
+}
+
 /// Bad arguments, each with its exact code and message, each in a fresh session (every error
 /// costs 100, and ten of them would reach the throttling limit).
 async fn check_bad_inputs(server: &FerrumProcess, ws: bool, model: &Model) {
@@ -530,6 +581,7 @@ async fn every_method_over_every_transport() {
     }
 
     check_every_script(&server, &model).await;
+    check_local_rpc(&server, &model).await;
     check_bad_inputs(&server, false, &model).await;
     check_bad_inputs(&server, true, &model).await;
 
