@@ -425,6 +425,48 @@ async fn check_every_script(server: &FerrumProcess, model: &Model) {
     }
 }
 
+/// Every transaction: raw hex, merkle branch by txid and by position, in batches.
+async fn check_every_tx(server: &FerrumProcess, model: &Model) {
+    let txs: Vec<(u32, u32, &bitcoin::Transaction)> = model
+        .blocks
+        .iter()
+        .enumerate()
+        .skip(1)
+        .flat_map(|(h, b)| {
+            b.txdata
+                .iter()
+                .enumerate()
+                .map(move |(p, t)| (h as u32, p as u32, t))
+        })
+        .collect();
+    for chunk in txs.chunks(100) {
+        let mut c = session(server, true).await;
+        let calls: Vec<(&str, Value)> = chunk
+            .iter()
+            .flat_map(|(h, p, t)| {
+                let id = t.compute_txid().to_string();
+                [
+                    ("blockchain.transaction.get", json!([id])),
+                    ("blockchain.transaction.get_merkle", json!([id, h])),
+                    ("blockchain.transaction.id_from_pos", json!([h, p, true])),
+                ]
+            })
+            .collect();
+        let results = batch(&mut c, &calls).await;
+        for ((h, p, t), got) in chunk.iter().zip(results.chunks(3)) {
+            let id = t.compute_txid().to_string();
+            let branch = model.tx_branch(*h, *p);
+            assert_eq!(got[0], json!(bitcoin::consensus::encode::serialize_hex(*t)));
+            assert_eq!(
+                got[1],
+                json!({"block_height": h, "merkle": branch, "pos": p}),
+                "{id}"
+            );
+            assert_eq!(got[2], json!({"tx_hash": id, "merkle": branch}));
+        }
+    }
+}
+
 /// Python's `f"{n:,d}"`.
 fn grouped(n: u64) -> String {
     let digits = n.to_string();
@@ -582,6 +624,7 @@ async fn every_method_over_every_transport() {
 
     check_every_script(&server, &model).await;
     check_local_rpc(&server, &model).await;
+    check_every_tx(&server, &model).await;
     check_bad_inputs(&server, false, &model).await;
     check_bad_inputs(&server, true, &model).await;
 
@@ -632,6 +675,44 @@ async fn every_method_over_every_transport() {
         (1, "unsupported protocol version: 1.2".into())
     );
     c.assert_closed().await;
+
+    // Broadcasts reach the node: a confirmed transaction is refused with the node's message,
+    // a new one (made by the same generator as the chain, so it spends real outputs) is
+    // accepted and lands in the node's mempool.
+    let mut c = session(&server, false).await;
+    let coinbase =
+        bitcoin::consensus::encode::serialize_hex(&model.blocks[BLOCKS as usize].txdata[0]);
+    assert_eq!(
+        err(
+            &mut c,
+            "blockchain.transaction.broadcast",
+            json!([coinbase])
+        )
+        .await,
+        (
+            1,
+            format!(
+                "the transaction was rejected by network rules.\n\n\
+                 Transaction outputs already in utxo set\n[{coinbase}]"
+            )
+        )
+    );
+    let mut gen = ChainGenerator::new(ChainParams::medium(SEED));
+    for _ in 0..BLOCKS {
+        gen.next_block();
+    }
+    let tx = gen.mempool_tx();
+    let txid = tx.compute_txid().to_string();
+    assert_eq!(
+        ok(
+            &mut c,
+            "blockchain.transaction.broadcast",
+            json!([bitcoin::consensus::encode::serialize_hex(&tx)])
+        )
+        .await,
+        json!(txid)
+    );
+    assert_eq!(node_call(&emu, "getrawmempool", json!([])), json!([txid]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
