@@ -186,6 +186,9 @@ async fn check_header_methods(c: &mut Client, model: &Model, v16: bool) {
         };
         assert_eq!(got, expected, "headers({start}, {count})");
     }
+    // Past the tip, even beyond 32 bits, nothing comes back.
+    let got = ok(c, "blockchain.block.headers", json!([4_294_967_297u64, 5])).await;
+    assert_eq!(got["count"], 0, "{got}");
     // A proof of the last header returned.
     let got = ok(c, "blockchain.block.headers", json!([3, 5, 100])).await;
     let proof = model.header_proof(7, 100);
@@ -467,6 +470,32 @@ async fn check_every_tx(server: &FerrumProcess, model: &Model) {
     }
 }
 
+/// Every header, plain and proved under the tip, in one batch; each proof folds to its root.
+async fn check_every_header(server: &FerrumProcess, model: &Model) {
+    let tip = model.tip();
+    let mut c = session(server, true).await;
+    let calls: Vec<(&str, Value)> = (0..=tip)
+        .flat_map(|h| {
+            [
+                ("blockchain.block.header", json!([h])),
+                ("blockchain.block.header", json!([h, tip])),
+            ]
+        })
+        .collect();
+    let results = batch(&mut c, &calls).await;
+    for (h, got) in (0..=tip).zip(results.chunks(2)) {
+        assert_eq!(got[0], json!(model.header_hex(h)));
+        let mut expected = model.header_proof(h, tip);
+        expected["header"] = json!(model.header_hex(h));
+        assert_eq!(got[1], expected, "header {h}");
+        let leaf = model.blocks[h as usize].block_hash().to_string();
+        assert_eq!(
+            json!(fold_branch(&leaf, &got[1]["branch"], h.into())),
+            got[1]["root"]
+        );
+    }
+}
+
 /// Python's `f"{n:,d}"`.
 fn grouped(n: u64) -> String {
     let digits = n.to_string();
@@ -555,6 +584,10 @@ async fn check_bad_inputs(server: &FerrumProcess, ws: bool, model: &Model) {
         ("blockchain.block.headers", json!([1]), (-32602, "1 argument passed to method \"blockchain.block.headers\" but it requires 2".into())),
         ("blockchain.headers.subscribe", json!([1]), (-32602, "1 argument passed to method blockchain.headers.subscribe taking at most 0".into())),
         ("blockchain.nosuch", json!([]), (-32601, "unknown method \"blockchain.nosuch\"".into())),
+        ("blockchain.block.header", json!([4_294_967_297u64]), bad_request("height 4,294,967,297 out of range")),
+        ("blockchain.transaction.get_merkle", json!([id, 4_294_967_297u64]), bad_request("height 4,294,967,297 out of range")),
+        ("blockchain.transaction.id_from_pos", json!([4_294_967_297u64, 0]), bad_request(&format!("db error: DBError('block 4,294,967,297 not on disk (>{tip})')"))),
+        ("blockchain.transaction.id_from_pos", json!([1, 4_294_967_296u64]), bad_request("no tx at position 4,294,967,296 in block at height 1")),
         ("blockchain.block.header", json!("x"), (-32602, "invalid request arguments: x".into())),
         ("blockchain.block.header", json!({"foo": 1}), (-32602, "method \"blockchain.block.header\" requires parameter \"height\"".into())),
         ("blockchain.block.header", json!({"height": 1, "foo": 1, "bar": 2}), (-32602, "method \"blockchain.block.header\" does not take parameters \"bar\", \"foo\"".into())),
@@ -625,6 +658,7 @@ async fn every_method_over_every_transport() {
     check_every_script(&server, &model).await;
     check_local_rpc(&server, &model).await;
     check_every_tx(&server, &model).await;
+    check_every_header(&server, &model).await;
     check_bad_inputs(&server, false, &model).await;
     check_bad_inputs(&server, true, &model).await;
 
@@ -907,6 +941,8 @@ async fn header_requests_are_clamped_at_2016() {
                 assert_eq!(got.get("branch"), None);
             }
         }
+        // This node has no fee estimate.
+        assert_eq!(ok(&mut c, "blockchain.estimatefee", json!([6])).await, -1);
         // Past the clamp, the proof rule uses the last header actually returned.
         assert_eq!(
             err(&mut c, "blockchain.block.headers", json!([10, 5000, 2000])).await,
