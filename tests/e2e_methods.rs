@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bitcoin::hex::DisplayHex;
 use bitcoin::ScriptBuf;
-use e2e_support::{fold_branch, node_call, node_chain, script_hash, FerrumProcess, Model};
+use e2e_support::{
+    fold_branch, node_call, node_chain, node_error, script_hash, FerrumProcess, Model,
+};
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
 use protocol_support::{error_of, make_cert, Client};
@@ -710,6 +712,18 @@ async fn every_method_over_every_transport() {
     );
     c.assert_closed().await;
 
+    // A node refusal is passed on as code 2 with the node's error, ElectrumX style.
+    let unknown = "ab".repeat(32);
+    let (code, message) = node_error(&emu, "getrawtransaction", json!([unknown, 0]));
+    let mut c = session(&server, true).await;
+    assert_eq!(
+        err(&mut c, "blockchain.transaction.get", json!([unknown])).await,
+        (
+            2,
+            format!("daemon error: DaemonError({{'code': {code}, 'message': '{message}'}})")
+        )
+    );
+
     // Broadcasts reach the node: a confirmed transaction is refused with the node's message,
     // a new one (made by the same generator as the chain, so it spends real outputs) is
     // accepted and lands in the node's mempool.
@@ -789,6 +803,17 @@ async fn a_mined_block_and_a_reorg_are_notified() {
         );
     }
 
+    // A 1.6 session (over TLS) that unsubscribes hears only of the new tip.
+    let mut quitter = Client::tls(server.ssl, &cert).await;
+    quitter.hello("1.6").await;
+    ok(&mut quitter, "blockchain.headers.subscribe", json!([])).await;
+    let sh = json!([script_hash(&paid)]);
+    ok(&mut quitter, "blockchain.scripthash.subscribe", sh.clone()).await;
+    assert_eq!(
+        ok(&mut quitter, "blockchain.scripthash.unsubscribe", sh).await,
+        true
+    );
+
     emu.mine(1).unwrap();
     let chain = node_chain(&emu);
     assert_eq!(
@@ -817,6 +842,17 @@ async fn a_mined_block_and_a_reorg_are_notified() {
     got.sort_by_key(key);
     expected.sort_by_key(key);
     assert_eq!(got, expected);
+    assert_eq!(
+        quitter.recv_json().await["method"],
+        "blockchain.headers.subscribe"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), quitter.recv_json())
+            .await
+            .is_err(),
+        "no notification for an unsubscribed script"
+    );
+
     // Queries see the new block too.
     assert_eq!(
         ok(

@@ -60,6 +60,17 @@ pub fn node_call(emu: &Emulator, method: &str, params: Value) -> Value {
         .unwrap_or_else(|e| panic!("node {method}({params}): {e:?}"))
 }
 
+/// One JSON-RPC call to the emulated node, which must fail: its (code, message).
+pub fn node_error(emu: &Emulator, method: &str, params: Value) -> (i32, String) {
+    let e = HttpClient::connect(emu.rpc_addr())
+        .unwrap()
+        .with_auth(emu.credentials())
+        .call(method, params.clone())
+        .unwrap()
+        .expect_err("the node refuses the call");
+    (e.code, e.message)
+}
+
 /// A running `ferrum` process (killed on drop) with every wallet transport and the local RPC.
 pub struct FerrumProcess {
     child: Child,
