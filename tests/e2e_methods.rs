@@ -989,3 +989,34 @@ async fn header_requests_are_clamped_at_2016() {
         );
     }
 }
+
+/// Killed mid-life and restarted on the same store after the node moved on, the server
+/// catches up and answers exactly as the chain says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_restarts_on_its_store() {
+    let emu = start_emulator();
+    let cert_dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = make_cert(cert_dir.path()) else {
+        return;
+    };
+    let db = cert_dir.path().join("db");
+    let first = FerrumProcess::start_in(&emu, &cert, &key, &db, tempfile::tempdir().unwrap());
+    let mut c = session(&first, false).await;
+    assert_eq!(
+        ok(&mut c, "blockchain.headers.subscribe", json!([])).await["height"],
+        BLOCKS
+    );
+    drop(c);
+    drop(first);
+
+    emu.mine(2).unwrap();
+    let model = Model::new(node_chain(&emu));
+    let server = FerrumProcess::start_in(&emu, &cert, &key, &db, tempfile::tempdir().unwrap());
+    let mut c = session(&server, true).await;
+    // The wallet ports open only once caught up.
+    assert_eq!(
+        ok(&mut c, "blockchain.headers.subscribe", json!([])).await,
+        json!({"hex": model.header_hex(BLOCKS + 2), "height": BLOCKS + 2})
+    );
+    check_every_script(&server, &model).await;
+}

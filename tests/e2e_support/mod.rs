@@ -85,17 +85,29 @@ pub struct FerrumProcess {
 }
 
 impl FerrumProcess {
-    /// Starts the binary on the emulator and waits until the wallet ports accept connections.
+    /// Starts the binary on the emulator with a fresh store and waits until the wallet ports
+    /// accept connections.
     pub fn start(emu: &Emulator, cert: &Path, key: &Path) -> FerrumProcess {
         let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        Self::start_in(emu, cert, key, &db, dir)
+    }
+
+    /// The same with the store in `db` (which outlives the process); `dir` takes the log.
+    pub fn start_in(
+        emu: &Emulator,
+        cert: &Path,
+        key: &Path,
+        db: &Path,
+        dir: tempfile::TempDir,
+    ) -> FerrumProcess {
         let addr = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (tcp, ssl, ws, wss, rpc) = (addr(0), addr(1), addr(2), addr(3), addr(4));
         let services = format!("tcp://{tcp},ssl://{ssl},ws://{ws},wss://{wss},rpc://{rpc}");
         let log = dir.path().join("ferrum.log");
-        let db = dir.path().join("db");
         let child = Command::new(env!("CARGO_BIN_EXE_ferrum"))
             .env_clear()
-            .env("DB_DIRECTORY", &db)
+            .env("DB_DIRECTORY", db)
             .env("NET", "regtest")
             .env("DAEMON_URL", format!("127.0.0.1:{}", emu.rpc_addr().port()))
             .env("DAEMON_COOKIE_FILE", emu.cookie_path().unwrap())
@@ -150,6 +162,7 @@ impl FerrumProcess {
     }
 }
 
+/// Killed (SIGKILL): no clean shutdown, as after a crash.
 impl Drop for FerrumProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
