@@ -191,6 +191,16 @@ async fn check_header_methods(c: &mut Client, model: &Model, v16: bool) {
     // Past the tip, even beyond 32 bits, nothing comes back.
     let got = ok(c, "blockchain.block.headers", json!([4_294_967_297u64, 5])).await;
     assert_eq!(got["count"], 0, "{got}");
+    // No headers, no proof and no cp_height check (as ElectrumX: `if cp_height and count`).
+    for (start, count) in [(tip + 1, 5), (0, 0)] {
+        let got = ok(c, "blockchain.block.headers", json!([start, count, 10])).await;
+        let expected = if v16 {
+            json!({"count": 0, "headers": [], "max": 2016})
+        } else {
+            json!({"count": 0, "hex": "", "max": 2016})
+        };
+        assert_eq!(got, expected);
+    }
     // A proof of the last header returned.
     let got = ok(c, "blockchain.block.headers", json!([3, 5, 100])).await;
     let proof = model.header_proof(7, 100);
