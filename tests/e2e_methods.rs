@@ -1,6 +1,7 @@
 //! End-to-end method tests: the real `ferrum` binary indexes an emulated regtest chain, then
 //! every Electrum method is checked over tcp, ssl, ws and wss against answers computed here
-//! from the blocks alone, with bad inputs and notifications of a newly mined block.
+//! from the blocks alone; also bad inputs, notifications of a mined block and of a reorg,
+//! 2016-header clamping, and a restart after SIGKILL.
 
 mod e2e_support;
 mod protocol_support;
