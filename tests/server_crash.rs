@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferrum_tools::chaingen::ChainParams;
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Blocks served when the test starts; the rest are mined one by one.
 const SYNC_HEIGHT: u32 = 600;
@@ -47,6 +47,8 @@ impl Rng {
 struct Setup {
     emu: Emulator,
     rpc: SocketAddr,
+    /// The wallet (TCP) service, open once the index has caught up.
+    tcp: SocketAddr,
     logs: tempfile::TempDir,
     runs: usize,
 }
@@ -55,6 +57,7 @@ struct Setup {
 struct Ferrum {
     child: Child,
     rpc: SocketAddr,
+    tcp: SocketAddr,
     log: PathBuf,
 }
 
@@ -68,7 +71,7 @@ impl Setup {
             .env("NET", "regtest")
             .env("DAEMON_URL", self.emu.rpc_addr().to_string())
             .env("DAEMON_COOKIE_FILE", self.emu.cookie_path().unwrap())
-            .env("SERVICES", format!("rpc://{}", self.rpc))
+            .env("SERVICES", format!("rpc://{},tcp://{}", self.rpc, self.tcp))
             .env("CACHE_MB", "1") // commits every few blocks: many commits for kills to hit
             .env("DAEMON_POLL_INTERVAL_BLOCKS", "20")
             .stdin(Stdio::null())
@@ -79,6 +82,7 @@ impl Setup {
         Ferrum {
             child,
             rpc: self.rpc,
+            tcp: self.tcp,
             log,
         }
     }
@@ -87,18 +91,28 @@ impl Setup {
 impl Ferrum {
     /// The committed height `getinfo` reports (-1: empty index), None if it does not answer.
     fn db_height(&self) -> Option<i64> {
-        let mut stream = TcpStream::connect_timeout(&self.rpc, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(WAIT)).ok()?;
-        stream
-            .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"getinfo\"}\n")
-            .ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        let reply: Value = serde_json::from_str(&line).ok()?;
-        let height = &reply["result"]["db height"];
-        match height.is_null() {
+        let info = call(self.rpc, &[("getinfo", json!([]))])?;
+        match info["db height"].is_null() {
             true => Some(-1),
-            false => height.as_i64(),
+            false => info["db height"].as_i64(),
+        }
+    }
+
+    /// Waits until wallets are served, with `height` as the tip `headers.subscribe` reports.
+    fn wait_wallets(&mut self, height: u32) {
+        let deadline = Instant::now() + WAIT;
+        let calls = [
+            ("server.version", json!(["server_crash", "1.4"])),
+            ("blockchain.headers.subscribe", json!([])),
+        ];
+        while call(self.tcp, &calls).map(|tip| tip["height"].clone()) != Some(height.into()) {
+            self.assert_running("wallet start");
+            assert!(
+                Instant::now() < deadline,
+                "wallets never served height {height}: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -180,6 +194,25 @@ impl Drop for Ferrum {
     }
 }
 
+/// Newline-framed JSON-RPC calls on one connection; the last one's result, None on failure.
+fn call(addr: SocketAddr, calls: &[(&str, Value)]) -> Option<Value> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut result = None;
+    for (id, (method, params)) in calls.iter().enumerate() {
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        (&stream)
+            .write_all(format!("{request}\n").as_bytes())
+            .ok()?;
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let mut reply: Value = serde_json::from_str(&line).ok()?;
+        result = Some(reply.get_mut("result")?.take());
+    }
+    result
+}
+
 fn ferrum_db(command: &str, db: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
         .env_clear()
@@ -229,6 +262,9 @@ fn finish_and_digest(setup: &mut Setup, db: &Path) -> String {
     let mut server = setup.start(db);
     server.wait_ready();
     server.wait_height(setup.emu.height());
+    // Stop only once wallets are served: a SIGTERM that lands while main.rs moves from waiting
+    // for catch-up to serving (it makes a new SIGTERM listener) is lost and the server runs on.
+    server.wait_wallets(setup.emu.height());
     let status = server.terminate();
     assert!(status.success(), "ferrum exited with {status} on SIGTERM");
     let verify = ferrum_db("verify", db);
@@ -277,13 +313,16 @@ fn kill_9_server_mid_sync_and_at_tip() {
         blocks: SYNC_HEIGHT,
     });
     config.initial_height = Some(SYNC_HEIGHT);
-    let rpc = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
     let mut setup = Setup {
         emu: Emulator::start(config).unwrap(),
-        rpc,
+        rpc: free_port(),
+        tcp: free_port(),
         logs: tempfile::tempdir().unwrap(),
         runs: 0,
     };
