@@ -50,6 +50,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    // Registered first and kept for the whole run: a signal future re-created between phases
+    // would drop a SIGTERM that arrives in the gap.
+    let shutdown = shutdown_signal();
     let network =
         Network::lookup(&config.coin, Some(config.net.name())).map_err(|e| e.to_string())?;
     info!(
@@ -89,18 +92,20 @@ async fn run(config: Config) -> Result<(), String> {
     )?;
     server.start_rpc().await?;
 
-    let outcome = tokio::select! {
-        _ = server.stop_requested() => Ok(()),
-        _ = shutdown_signal() => Ok(()),
-        result = &mut indexer_task => indexer_ended(result),
-        result = serve_wallets_when_caught_up(&server, &electrum, &handle) => match result {
-            Err(e) => Err(e),
-            Ok(()) => tokio::select! {
-                _ = server.stop_requested() => Ok(()),
-                _ = shutdown_signal() => Ok(()),
-                result = &mut indexer_task => indexer_ended(result),
+    tokio::pin!(shutdown);
+    let wallets = serve_wallets_when_caught_up(&server, &electrum, &handle);
+    tokio::pin!(wallets);
+    let mut serving = false;
+    let outcome = loop {
+        tokio::select! {
+            _ = server.stop_requested() => break Ok(()),
+            _ = &mut shutdown => break Ok(()),
+            result = &mut indexer_task => break indexer_ended(result),
+            result = &mut wallets, if !serving => match result {
+                Ok(()) => serving = true,
+                Err(e) => break Err(e),
             },
-        },
+        }
     };
     info!("shutting down");
     server.shutdown().await;
@@ -149,13 +154,16 @@ fn indexer_ended(
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM or Ctrl-C. SIGTERM is caught from the moment this is called, not first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let Ok(mut term) = term else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
 }
