@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
+use bitcoin::base64::Engine;
 use bitcoin::BlockHash;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -16,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::coin::Network;
 use crate::hex::from_hex;
-use crate::http::{base64, HttpConn, HttpError, Response};
+use crate::http::{HttpConn, HttpError, Response};
 
 /// Oldest bitcoind accepted (0.21: signet, REST `blockhashbyheight`, stable `getblock` verbosity 0).
 pub const MIN_NODE_VERSION: u64 = 210000;
@@ -686,7 +688,7 @@ impl Daemon {
         if let (Some(user), Some(pass)) = (&url.user, &url.password) {
             return Ok(Some(format!(
                 "Basic {}",
-                base64(format!("{user}:{pass}").as_bytes())
+                BASE64.encode(format!("{user}:{pass}"))
             )));
         }
         let Some(path) = &self.cookie_file else {
@@ -698,7 +700,7 @@ impl Daemon {
                 message: e.to_string(),
                 on_recovery: "running normally",
             })?;
-            *cached = Some(format!("Basic {}", base64(cookie.as_bytes())));
+            *cached = Some(format!("Basic {}", BASE64.encode(cookie)));
         }
         Ok(cached.clone())
     }
@@ -1007,7 +1009,7 @@ mod tests {
         std::fs::write(&cookie, "__cookie__:first\n").unwrap();
         let expected = Arc::new(Mutex::new(format!(
             "Basic {}",
-            base64(b"__cookie__:second")
+            BASE64.encode(b"__cookie__:second")
         )));
         let exp = expected.clone();
         let node = FakeNode::start(

@@ -5,9 +5,10 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
+use bitcoin::base64::Engine;
 use serde_json::{json, Value};
 
-use super::jsonrpc::base64_encode;
 pub use super::jsonrpc::RpcError;
 
 pub struct HttpResponse {
@@ -144,7 +145,7 @@ impl HttpClient {
 
 /// The `Authorization: Basic` value for `user:password`.
 pub fn basic_auth(user_pass: &str) -> String {
-    base64_encode(user_pass.as_bytes())
+    BASE64.encode(user_pass)
 }
 
 /// Reads a Core-style cookie file into `user:password`.
