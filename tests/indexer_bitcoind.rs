@@ -43,7 +43,10 @@ fn sync_follow_and_reorg_against_bitcoind() {
         let run = start_indexer(dir.path(), daemon.clone(), indexer_support::settings(10));
         assert_eq!(wait_for_tip(&run.handle, tip).await.height, 110);
         assert!(daemon.rest_enabled());
-        assert_index_matches(&run.reader.snapshot(), &node_chain(addr, cookie().trim()));
+        assert_index_matches(
+            &run.reader.snapshot(),
+            &node_chain(addr, cookie().trim()).unwrap(),
+        );
 
         let new = *mine(&node, 1, ADDRESS).last().unwrap();
         assert_eq!(wait_for_tip(&run.handle, new).await.height, 111);
@@ -56,7 +59,10 @@ fn sync_follow_and_reorg_against_bitcoind() {
         let other = bitcoin::Address::p2wsh(bitcoin::Script::new(), bitcoin::Network::Regtest);
         let branch_tip = *mine(&node, 6, &other.to_string()).last().unwrap();
         assert_eq!(wait_for_tip(&run.handle, branch_tip).await.height, 113);
-        assert_index_matches(&run.reader.snapshot(), &node_chain(addr, cookie().trim()));
+        assert_index_matches(
+            &run.reader.snapshot(),
+            &node_chain(addr, cookie().trim()).unwrap(),
+        );
         run.stop().await;
     });
 }

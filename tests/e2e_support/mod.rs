@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::{sha256, sha256d, Hash};
 use bitcoin::hex::DisplayHex;
 use bitcoin::{Block, OutPoint, ScriptBuf, TxOut, Txid};
-use ferrum_tools::emulator::client::HttpClient;
+use ferrum_tools::emulator::client::{self, HttpClient};
 use ferrum_tools::emulator::Emulator;
 use serde_json::{json, Value};
 
@@ -29,25 +29,7 @@ pub fn free_port() -> u16 {
 
 /// The emulator's whole active chain, genesis first, read over its RPC and REST interfaces.
 pub fn node_chain(emu: &Emulator) -> Vec<Block> {
-    let mut client = HttpClient::connect(emu.rpc_addr())
-        .unwrap()
-        .with_auth(emu.credentials());
-    let height = client
-        .call("getblockcount", json!([]))
-        .unwrap()
-        .unwrap()
-        .as_u64()
-        .unwrap();
-    (0..=height)
-        .map(|h| {
-            let hash = client.call("getblockhash", json!([h])).unwrap().unwrap();
-            let resp = client
-                .get(&format!("/rest/block/{}.bin", hash.as_str().unwrap()))
-                .unwrap();
-            assert_eq!(resp.status, 200);
-            bitcoin::consensus::deserialize(&resp.body).unwrap()
-        })
-        .collect()
+    client::node_chain(emu.rpc_addr(), emu.credentials()).unwrap()
 }
 
 /// One JSON-RPC call to the emulated node, which must succeed.

@@ -14,7 +14,7 @@ use ferrum::coin::Network;
 use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::indexer::{open_store, IndexError, Indexer, IndexerHandle, IndexerSettings, Tip};
 use ferrum_storage::Snapshot;
-use ferrum_tools::emulator::client::HttpClient;
+pub use ferrum_tools::emulator::client::node_chain;
 use ferrum_tools::emulator::{Emulator, EmulatorConfig};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -32,27 +32,6 @@ pub fn emulator(seed: u64, blocks: u32, reorg_depth: usize) -> Emulator {
     let mut config = EmulatorConfig::generated(seed, blocks);
     config.reorg_depth = reorg_depth;
     Emulator::start(config).unwrap()
-}
-
-/// The node's whole active chain, read over its REST interface with the tools' own client.
-pub fn node_chain(addr: std::net::SocketAddr, credentials: &str) -> Vec<Block> {
-    let mut client = HttpClient::connect(addr).unwrap().with_auth(credentials);
-    let height = client
-        .call("getblockcount", json!([]))
-        .unwrap()
-        .unwrap()
-        .as_u64()
-        .unwrap();
-    (0..=height)
-        .map(|h| {
-            let hash = client.call("getblockhash", json!([h])).unwrap().unwrap();
-            let resp = client
-                .get(&format!("/rest/block/{}.bin", hash.as_str().unwrap()))
-                .unwrap();
-            assert_eq!(resp.status, 200);
-            bitcoin::consensus::deserialize(&resp.body).unwrap()
-        })
-        .collect()
 }
 
 /// What the index must hold for a chain, computed here from the blocks alone.
@@ -169,7 +148,7 @@ pub fn actual(snap: &Snapshot) -> Expected {
 
 /// The emulated node's whole chain, genesis first.
 pub fn emulator_chain(emu: &Emulator) -> Vec<Block> {
-    node_chain(emu.rpc_addr(), emu.credentials())
+    node_chain(emu.rpc_addr(), emu.credentials()).unwrap()
 }
 
 /// Asserts the snapshot holds exactly `blocks`, also through the per-key lookups.

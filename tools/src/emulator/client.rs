@@ -156,3 +156,32 @@ pub fn read_cookie(path: &std::path::Path) -> io::Result<String> {
         .unwrap_or_default()
         .to_string())
 }
+
+/// The node's whole active chain, genesis first, read over its RPC (`getblockcount`,
+/// `getblockhash`) and REST (`/rest/block/<hash>.bin`): what tests check an index against.
+/// Works on the emulator and on a real bitcoind alike.
+pub fn node_chain(addr: SocketAddr, user_pass: &str) -> io::Result<Vec<bitcoin::Block>> {
+    let fail = |what: String| io::Error::other(what);
+    let mut client = HttpClient::connect(addr)?.with_auth(user_pass);
+    let height = client
+        .call("getblockcount", Value::Array(vec![]))?
+        .map_err(|e| fail(format!("getblockcount: {e:?}")))?
+        .as_u64()
+        .ok_or_else(|| fail("getblockcount: not a number".into()))?;
+    (0..=height)
+        .map(|h| {
+            let hash = client
+                .call("getblockhash", Value::Array(vec![h.into()]))?
+                .map_err(|e| fail(format!("getblockhash {h}: {e:?}")))?;
+            let hash = hash
+                .as_str()
+                .ok_or_else(|| fail(format!("getblockhash {h}: {hash}")))?;
+            let resp = client.get(&format!("/rest/block/{hash}.bin"))?;
+            if resp.status != 200 {
+                return Err(fail(format!("block {hash}: HTTP {}", resp.status)));
+            }
+            bitcoin::consensus::deserialize(&resp.body)
+                .map_err(|e| fail(format!("block {hash}: {e}")))
+        })
+        .collect()
+}
