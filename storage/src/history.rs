@@ -250,9 +250,15 @@ impl HistorySet {
 impl HistoryView {
     /// Tx numbers touching `hashx`, ascending.
     pub fn get(&self, hashx: &HashX) -> Result<Vec<u64>> {
+        self.get_since(hashx, 0)
+    }
+
+    /// Tx numbers >= `from` touching `hashx`, ascending. Segments holding only older numbers
+    /// are not read, nor the blocks of a long history that end before `from`.
+    pub fn get_since(&self, hashx: &HashX, from: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for s in self.segs.iter() {
-            s.seg.get(hashx, s.cut, &mut out)?;
+            s.seg.get_since(hashx, s.cut, from, &mut out)?;
         }
         // Segments normally hold increasing numbers; after a rollback (or a caller that
         // appended out of order across flushes) restore the order.

@@ -132,6 +132,11 @@ impl Snapshot {
         self.0.history.get(hashx)
     }
 
+    /// The tail of `history(hashx)`: its tx numbers >= `from`, reading only what may hold them.
+    pub fn history_since(&self, hashx: &HashX, from: u64) -> Result<Vec<u64>> {
+        self.0.history.get_since(hashx, from)
+    }
+
     pub fn utxos(&self, hashx: &HashX) -> Result<Vec<Utxo>> {
         self.0.utxo.list(hashx)
     }

@@ -22,6 +22,12 @@ pub(super) const BLOCK: usize = 8 << 10;
 
 const ENTRY: usize = HASHX_LEN + 8; // first hashx of the block ++ block offset LE
 
+#[cfg(test)]
+thread_local! {
+    /// Blocks this thread has decoded: tests check that reads skip what they should.
+    pub(super) static BLOCKS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A block decoded into group pieces: (script key, range in `txnums`).
 #[derive(Default)]
 struct Block {
@@ -182,6 +188,8 @@ impl Segment {
     }
 
     fn block(&self, i: usize, out: &mut Block) -> Result<()> {
+        #[cfg(test)]
+        BLOCKS_READ.with(|n| n.set(n.get() + 1));
         let off = self.offset(i);
         let end = if i + 1 < self.nblocks {
             self.offset(i + 1)
@@ -200,15 +208,45 @@ impl Segment {
         }
     }
 
-    /// Appends the tx numbers of `hashx` below `cut` to `out`, ascending. The entries of one
-    /// key are contiguous, so this reads consecutive blocks.
-    pub fn get(&self, hashx: &HashX, cut: Option<u64>, out: &mut Vec<u64>) -> Result<()> {
+    /// Appends the tx numbers of `hashx` below `cut` and >= `from` to `out`, ascending. The
+    /// entries of one key are contiguous, so this reads consecutive blocks. A long history
+    /// spans blocks that open with its key; a binary search over their first numbers (one
+    /// block decoded per probe) skips those that end before `from`.
+    pub fn get_since(
+        &self,
+        hashx: &HashX,
+        cut: Option<u64>,
+        from: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<()> {
+        if self.max < from || cut.is_some_and(|c| c <= from) {
+            return Ok(());
+        }
         let (a, b) = hashx_parts(hashx);
         if self.filter.as_ref().is_some_and(|f| !f.may_contain(a, b)) {
             return Ok(());
         }
-        let start = partition(self.nblocks, |i| self.first(i) < &hashx[..]).saturating_sub(1);
+        let opening = partition(self.nblocks, |i| self.first(i) < &hashx[..]);
+        let mut start = opening.saturating_sub(1);
         let mut block = Block::default();
+        if from > self.min {
+            // Blocks opening..end begin with this key, their first numbers ascending.
+            let end = partition(self.nblocks, |i| self.first(i) <= &hashx[..]);
+            let (mut lo, mut hi) = (opening, end);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                self.block(mid, &mut block)?;
+                if block.txnums[block.groups[0].1] < from {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            // Block lo - 1 opens below `from` and may hold numbers from it on.
+            if lo > opening {
+                start = lo - 1;
+            }
+        }
         for i in start..self.nblocks {
             if self.first(i) > &hashx[..] {
                 break;
@@ -217,8 +255,9 @@ impl Segment {
             for &(h, a, b) in &block.groups {
                 if h == *hashx {
                     let nums = &block.txnums[a..b];
+                    let from_at = nums.partition_point(|&t| t < from);
                     let keep = cut.map_or(nums.len(), |c| nums.partition_point(|&t| t < c));
-                    out.extend_from_slice(&nums[..keep]);
+                    out.extend_from_slice(&nums[from_at..keep.max(from_at)]);
                 } else if h > *hashx {
                     return Ok(());
                 }

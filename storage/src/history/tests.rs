@@ -184,6 +184,64 @@ fn long_histories_span_consecutive_blocks() {
 }
 
 #[test]
+fn tails_of_long_histories_skip_older_blocks_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    let mut want = Vec::new();
+    for t in 0..100_000u64 {
+        let t = t * 20_000 + t % 3; // deltas of 3 bytes, as in a real chain
+        set.append(hx(5), t);
+        want.push(t);
+        if t % 7 == 0 {
+            set.append(hx(4), t);
+            set.append(hx(6), t);
+        }
+    }
+    set.flush(&mut alloc).unwrap();
+    let blocks_read = |f: &dyn Fn()| {
+        let before = segment::BLOCKS_READ.with(|n| n.get());
+        f();
+        segment::BLOCKS_READ.with(|n| n.get()) - before
+    };
+    let view = set.view();
+    let whole = blocks_read(&|| assert_eq!(view.get(&hx(5)).unwrap(), want));
+    assert!(whole > 20, "the history spans {whole} blocks");
+    let last = *want.last().unwrap();
+    for from in [0, 1, 20_001, want[50_000], last - 100_000, last, last + 1] {
+        let tail: Vec<u64> = want.iter().copied().filter(|&t| t >= from).collect();
+        let read = blocks_read(&|| assert_eq!(view.get_since(&hx(5), from).unwrap(), tail));
+        // A binary search over the key's blocks, then the blocks holding the tail.
+        let probes = (whole as f64).log2().ceil() as usize + 1;
+        let tail_blocks = tail.len() * whole / want.len() + 2;
+        assert!(
+            read <= probes + tail_blocks,
+            "read {read} of {whole} from {from}"
+        );
+    }
+    let read = blocks_read(&|| view.get_since(&hx(5), last).map(drop).unwrap());
+    assert!(
+        read * 4 < whole,
+        "the last entry alone: read {read} of {whole}"
+    );
+    // Keys around the long one are unaffected.
+    let sixes: Vec<u64> = view.get(&hx(6)).unwrap();
+    assert_eq!(view.get_since(&hx(6), sixes[100]).unwrap(), sixes[100..]);
+
+    // A new segment: a tail past the old one's numbers reads the new one only.
+    set.append(hx(5), last + 7);
+    set.flush(&mut alloc).unwrap();
+    let view = set.view();
+    let read = blocks_read(&|| assert_eq!(view.get_since(&hx(5), last + 1).unwrap(), [last + 7]));
+    assert_eq!(read, 1, "the old segment is skipped");
+    let (cut, from) = (want[60_000], want[59_000] + 1);
+    set.truncate(cut);
+    let view = set.view();
+    assert_eq!(view.get_since(&hx(5), from).unwrap(), want[59_001..60_000]);
+    assert!(view.get_since(&hx(5), cut).unwrap().is_empty());
+}
+
+#[test]
 fn extreme_numbers_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let mut alloc = ids();
@@ -409,6 +467,10 @@ fn check(set: &HistorySet, model: &BTreeMap<HashX, BTreeSet<u64>>) {
             .get(&hx(h))
             .map_or(vec![], |s| s.iter().copied().collect());
         assert_eq!(view.get(&hx(h)).unwrap(), nums);
+        for from in 0..=nums.last().map_or(1, |&t| t + 1) {
+            let tail: Vec<u64> = nums.iter().copied().filter(|&t| t >= from).collect();
+            assert_eq!(view.get_since(&hx(h), from).unwrap(), tail, "from {from}");
+        }
     }
 }
 
