@@ -21,7 +21,7 @@ use tracing::{error, info};
 use crate::coin::Network;
 use crate::daemon::Daemon;
 use crate::indexer::IndexerHandle;
-use crate::jsonrpc::{thousands, Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
+use crate::jsonrpc::{Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
 use crate::merkle::HeaderMerkle;
 use crate::query::MempoolView;
 use crate::session::{Backend, DaemonVersion, ProtocolVersion, SessionContext};
@@ -200,15 +200,17 @@ impl Electrum {
         let Some(indexer) = indexer else {
             return Err(RpcError::bad_request("still catching up with daemon"));
         };
-        let blocks = u32::try_from(count)
-            .map_err(|_| RpcError::bad_request(format!("cannot reorg {count} blocks")))?;
+        let blocks = count
+            .get()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| RpcError::bad_request(format!("cannot reorg {count} blocks")))?;
         indexer
             .force_rollback(blocks)
             .await
             .map_err(|e| RpcError::bad_request(e.to_string()))?;
         Ok(json!(format!(
             "scheduled a reorg of {} blocks",
-            thousands(count)
+            count.thousands()
         )))
     }
 
@@ -330,7 +332,7 @@ impl Electrum {
         let mode = args::estimate_mode(mode)?;
         ctx.bump_cost(0.1);
         let tip = chain::tip_hash(&self.shared.reader.snapshot())?;
-        let target = node::bucket_fee_target(number);
+        let target = node::bucket_fee_target(number.saturating());
         let (feerate, asked) = self
             .shared
             .node_cache
@@ -473,7 +475,8 @@ impl Backend for Electrum {
             .bind(method, &Signature::new(&["items", "limit"], 2))?
             .into_iter();
         let items = args.next().flatten().unwrap_or(Value::Null);
-        let limit = args::non_negative_integer(&args.next().flatten().unwrap_or(Value::Null))?;
+        let limit = args.next().flatten().unwrap_or(Value::Null);
+        let limit = args::non_negative_integer(&limit)?.saturating();
         let shared = self.shared.clone();
         let lines = blocking(move || {
             admin::query(&shared.reader.snapshot(), shared.network, &items, limit)

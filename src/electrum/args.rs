@@ -1,17 +1,78 @@
 //! Method arguments checked the way ElectrumX checks them, with its error messages word for
 //! word (Python's `int()`, `str()` and truthiness included).
 
+use std::fmt;
+
 use ferrum_storage::{Hash32, HashX, HASHX_LEN};
 use serde_json::Value;
 
 use crate::hex::{is_hex_str, parse_hash};
 use crate::jsonrpc::{py_str, RpcError};
 
+/// CPython's cap on the digits `int(str)` converts (`sys.int_info.default_max_str_digits`).
+const MAX_STR_DIGITS: usize = 4300;
+
+/// A non-negative integer argument, exact however large: Python's ints are unbounded, and
+/// ElectrumX prints a height or position too large for any chain in full in its messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Integer {
+    Small(u64),
+    /// Above `u64::MAX`: its decimal digits, without leading zeros.
+    Huge(String),
+}
+
+impl Integer {
+    /// Decimal digits (leading zeros allowed) as an integer.
+    fn from_digits(digits: &str) -> Integer {
+        let digits = digits.trim_start_matches('0');
+        match digits.parse::<u64>() {
+            Ok(n) => Integer::Small(n),
+            Err(_) if digits.is_empty() => Integer::Small(0),
+            Err(_) => Integer::Huge(digits.to_string()),
+        }
+    }
+
+    /// The value, when it fits in a u64.
+    pub fn get(&self) -> Option<u64> {
+        match self {
+            Integer::Small(n) => Some(*n),
+            Integer::Huge(_) => None,
+        }
+    }
+
+    /// The value, or `u64::MAX` above it: for counts and limits that are clamped anyway.
+    pub fn saturating(&self) -> u64 {
+        self.get().unwrap_or(u64::MAX)
+    }
+
+    /// Python's `f'{n:,d}'`.
+    pub fn thousands(&self) -> String {
+        let digits = self.to_string();
+        let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+impl fmt::Display for Integer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Integer::Small(n) => write!(f, "{n}"),
+            Integer::Huge(digits) => f.write_str(digits),
+        }
+    }
+}
+
 /// ElectrumX's `non_negative_integer`: anything Python's `int()` takes and is at least zero.
-pub fn non_negative_integer(value: &Value) -> Result<u64, RpcError> {
+pub fn non_negative_integer(value: &Value) -> Result<Integer, RpcError> {
     let shown = match python_int(value) {
-        Some(n) if n >= 0 => return Ok(u64::try_from(n).unwrap_or(u64::MAX)),
-        Some(n) => n.to_string(),
+        Some((false, n)) | Some((true, n @ Integer::Small(0))) => return Ok(n),
+        Some((true, n)) => format!("-{n}"),
         None => py_str(value),
     };
     Err(RpcError::bad_request(format!(
@@ -20,49 +81,91 @@ pub fn non_negative_integer(value: &Value) -> Result<u64, RpcError> {
 }
 
 /// An optional integer argument with a default (absent means the default, as in Python).
-pub fn non_negative_or(value: &Option<Value>, default: u64) -> Result<u64, RpcError> {
-    value.as_ref().map_or(Ok(default), non_negative_integer)
+pub fn non_negative_or(value: &Option<Value>, default: u64) -> Result<Integer, RpcError> {
+    value
+        .as_ref()
+        .map_or(Ok(Integer::Small(default)), non_negative_integer)
 }
 
-/// Python's `int(value)` for a JSON value; None where it raises.
-fn python_int(value: &Value) -> Option<i128> {
+/// Python's `int(value)` for a JSON value as (is negative, magnitude); None where it raises.
+fn python_int(value: &Value) -> Option<(bool, Integer)> {
     match value {
-        Value::Bool(b) => Some(i128::from(*b)),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Some(i128::from(i)),
-            (_, Some(u), _) => Some(i128::from(u)),
-            (_, _, Some(f)) if f.is_finite() => Some(f.trunc() as i128),
-            _ => None,
-        },
+        Value::Bool(b) => Some((false, Integer::Small(u64::from(*b)))),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                return Some((false, Integer::Small(u)));
+            }
+            if let Some(i) = n.as_i64() {
+                return Some((i < 0, Integer::Small(i.unsigned_abs())));
+            }
+            // A fraction, an exponent, or digits beyond 64 bits: serde_json holds a float,
+            // which Python's int() truncates toward zero, exactly.
+            let whole = n.as_f64().filter(|f| f.is_finite())?.trunc();
+            Some((
+                whole < 0.0,
+                Integer::from_digits(&float_digits(whole.abs())),
+            ))
+        }
         Value::String(s) => parse_python_int(s),
         _ => None,
     }
 }
 
-/// Python's `int(str)`: surrounding whitespace, a sign, digits with single underscores
-/// between them.
-fn parse_python_int(text: &str) -> Option<i128> {
+/// The exact decimal digits of a whole, non-negative, finite float.
+fn float_digits(whole: f64) -> String {
+    if whole < 18_446_744_073_709_551_616.0 {
+        return (whole as u64).to_string();
+    }
+    // whole = mantissa * 2^exponent with exponent > 0 here: double a base-1e9 number.
+    let bits = whole.to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i32 - 1075;
+    let mantissa = (bits & ((1 << 52) - 1)) | (1 << 52);
+    const BASE: u64 = 1_000_000_000;
+    let mut limbs = vec![
+        mantissa % BASE,
+        mantissa / BASE % BASE,
+        mantissa / BASE / BASE,
+    ];
+    for _ in 0..exponent {
+        let mut carry = 0;
+        for limb in limbs.iter_mut() {
+            let doubled = *limb * 2 + carry;
+            *limb = doubled % BASE;
+            carry = doubled / BASE;
+        }
+        if carry > 0 {
+            limbs.push(carry);
+        }
+    }
+    let mut digits = String::new();
+    for (i, limb) in limbs.iter().rev().enumerate() {
+        if i == 0 {
+            digits.push_str(&limb.to_string());
+        } else {
+            digits.push_str(&format!("{limb:09}"));
+        }
+    }
+    digits
+}
+
+/// Python's `int(str)`: surrounding whitespace, a sign, then at most 4,300 ASCII digits
+/// with single underscores between them.
+fn parse_python_int(text: &str) -> Option<(bool, Integer)> {
+    // Rust's White_Space is the set int() strips (str.isspace() adds \x1c-\x1f, int() not).
     let t = text.trim();
     let (negative, digits) = match t.as_bytes().first()? {
         b'-' => (true, &t[1..]),
         b'+' => (false, &t[1..]),
         _ => (false, t),
     };
-    if digits.is_empty()
-        || digits.starts_with('_')
-        || digits.ends_with('_')
-        || digits.contains("__")
-    {
+    let well_formed = digits
+        .split('_')
+        .all(|run| !run.is_empty() && run.bytes().all(|c| c.is_ascii_digit()));
+    let digits = digits.replace('_', "");
+    if !well_formed || digits.len() > MAX_STR_DIGITS {
         return None;
     }
-    let mut n: i128 = 0;
-    for c in digits.bytes().filter(|&c| c != b'_') {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        n = n.saturating_mul(10).saturating_add(i128::from(c - b'0'));
-    }
-    Some(if negative { -n } else { n })
+    Some((negative, Integer::from_digits(&digits)))
 }
 
 /// Python truthiness of a JSON value.
@@ -151,8 +254,13 @@ pub fn estimate_mode(value: &Option<Value>) -> Result<Option<String>, RpcError> 
 
 /// ElectrumX's `util.protocol_tuple` of a client name: its dotted version, or [0].
 pub fn version_tuple(text: &str) -> Vec<i128> {
+    let part = |p: &str| {
+        let (negative, n) = parse_python_int(p)?;
+        let n = n.get().map_or(i128::MAX, i128::from);
+        Some(if negative { -n } else { n })
+    };
     text.split('.')
-        .map(parse_python_int)
+        .map(part)
         .collect::<Option<Vec<_>>>()
         .unwrap_or_else(|| vec![0])
 }
@@ -162,54 +270,117 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn nni(v: Value) -> Result<u64, String> {
-        non_negative_integer(&v).map_err(|e| {
+    /// `non_negative_integer` of a parameter as it arrives: JSON text.
+    fn nni(text: &str) -> Result<Integer, String> {
+        let value: Value = serde_json::from_str(text).unwrap();
+        non_negative_integer(&value).map_err(|e| {
             assert_eq!(e.code, 1);
             e.message
         })
     }
 
+    fn huge(digits: &str) -> Integer {
+        Integer::Huge(digits.into())
+    }
+
+    /// Every expectation is what ElectrumX's own `non_negative_integer` answered for
+    /// `json.loads(text)`.
     #[test]
     fn non_negative_integers_like_python_int() {
-        assert_eq!(nni(json!(5)), Ok(5));
-        assert_eq!(nni(json!(true)), Ok(1));
-        assert_eq!(nni(json!(2.9)), Ok(2));
-        assert_eq!(nni(json!(-0.5)), Ok(0));
-        assert_eq!(nni(json!(" 1_000 ")), Ok(1000));
-        assert_eq!(nni(json!("+7")), Ok(7));
+        let ok = [
+            ("5", Integer::Small(5)),
+            ("true", Integer::Small(1)),
+            ("false", Integer::Small(0)),
+            ("1.0", Integer::Small(1)),
+            ("1.5", Integer::Small(1)),
+            ("2.9", Integer::Small(2)),
+            ("-0.5", Integer::Small(0)),
+            ("-0", Integer::Small(0)),
+            ("1E2", Integer::Small(100)),
+            ("18446744073709551615", Integer::Small(u64::MAX)),
+            ("1e19", Integer::Small(10_000_000_000_000_000_000)),
+            (r#"" 1_000 ""#, Integer::Small(1000)),
+            (r#""+7""#, Integer::Small(7)),
+            (r#""-0""#, Integer::Small(0)),
+            (r#""007""#, Integer::Small(7)),
+            (r#""\u00a012\u2003""#, Integer::Small(12)),
+            ("18446744073709551616", huge("18446744073709551616")),
+            ("1e20", huge("100000000000000000000")),
+            ("100000000000000000000", huge("100000000000000000000")),
+            (
+                "1.2345678901234568e+29",
+                huge("123456789012345677877719597056"),
+            ),
+            (r#""00018446744073709551616""#, huge("18446744073709551616")),
+            (
+                "1.7976931348623157e308",
+                huge(concat!(
+                    "1797693134862315708145274237317043567980705675258449965989174768031572607",
+                    "8002853876058955863276687817154045895351438246423432132688946418276846754",
+                    "6703537516986049910576551282076245490090389328944075868508455133942304583",
+                    "2369032229481658085593321233482747978262041447231687381771809192998812504",
+                    "04026184124858368"
+                )),
+            ),
+        ];
+        for (text, expected) in ok {
+            assert_eq!(nni(text), Ok(expected), "{text}");
+        }
+        let refused = [
+            ("-1", "-1"),
+            ("-1.5", "-1"),
+            ("-1e20", "-100000000000000000000"),
+            ("-18446744073709551616", "-18446744073709551616"),
+            (r#""-3""#, "-3"),
+            (r#""-99999999999999999999999""#, "-99999999999999999999999"),
+            (r#""1.5""#, "1.5"),
+            (r#""1e3""#, "1e3"),
+            (r#""a""#, "a"),
+            (r#""1__0""#, "1__0"),
+            (r#""_1""#, "_1"),
+            (r#""1_""#, "1_"),
+            (r#""+_1""#, "+_1"),
+            (r#""- 1""#, "- 1"),
+            (r#""1 2""#, "1 2"),
+            (r#""-""#, "-"),
+            (r#""""#, ""),
+            (r#""\u001c42""#, "\u{1c}42"),
+            ("null", "None"),
+            ("[1]", "[1]"),
+            (r#"{"a": 1}"#, "{'a': 1}"),
+        ];
+        for (text, shown) in refused {
+            assert_eq!(
+                nni(text),
+                Err(format!("{shown} should be a non-negative integer")),
+                "{text}"
+            );
+        }
+        // CPython converts at most 4,300 digits of a string, leading zeros included.
+        let longest = "0".repeat(10) + &"1".repeat(4290);
+        assert_eq!(nni(&format!("\"{longest}\"")), Ok(huge(&"1".repeat(4290))));
+        let too_long = "1".repeat(4301);
         assert_eq!(
-            nni(json!(-1)).unwrap_err(),
-            "-1 should be a non-negative integer"
+            nni(&format!("\"{too_long}\"")),
+            Err(format!("{too_long} should be a non-negative integer"))
         );
+        assert_eq!(non_negative_or(&None, 3), Ok(Integer::Small(3)));
+    }
+
+    #[test]
+    fn integers_print_like_python() {
+        assert_eq!(Integer::Small(0).thousands(), "0");
+        assert_eq!(Integer::Small(999).thousands(), "999");
+        assert_eq!(Integer::Small(1000).thousands(), "1,000");
         assert_eq!(
-            nni(json!(-1.5)).unwrap_err(),
-            "-1 should be a non-negative integer"
+            Integer::Small(u64::MAX).thousands(),
+            "18,446,744,073,709,551,615"
         );
-        assert_eq!(
-            nni(json!("-3")).unwrap_err(),
-            "-3 should be a non-negative integer"
-        );
-        assert_eq!(
-            nni(json!("1.5")).unwrap_err(),
-            "1.5 should be a non-negative integer"
-        );
-        assert_eq!(
-            nni(json!("a")).unwrap_err(),
-            "a should be a non-negative integer"
-        );
-        assert_eq!(
-            nni(json!("1__0")).unwrap_err(),
-            "1__0 should be a non-negative integer"
-        );
-        assert_eq!(
-            nni(json!(null)).unwrap_err(),
-            "None should be a non-negative integer"
-        );
-        assert_eq!(
-            nni(json!([1])).unwrap_err(),
-            "[1] should be a non-negative integer"
-        );
-        assert_eq!(non_negative_or(&None, 0), Ok(0));
+        let big = huge("100000000000000000000");
+        assert_eq!(big.thousands(), "100,000,000,000,000,000,000");
+        assert_eq!(big.to_string(), "100000000000000000000");
+        assert_eq!((big.get(), big.saturating()), (None, u64::MAX));
+        assert_eq!(Integer::Small(7).get(), Some(7));
     }
 
     #[test]

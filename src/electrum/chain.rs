@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferrum_storage::{Hash32, Snapshot};
 use serde_json::{json, Value};
 
-use super::args::{boolean_flag, non_negative_integer, non_negative_or, tx_hash};
+use super::args::{boolean_flag, non_negative_integer, non_negative_or, tx_hash, Integer};
 use super::{blocking, internal, Shared};
 use crate::hex::{hash_hex, push_hex, to_hex};
 use crate::jsonrpc::{thousands, RpcError};
@@ -16,8 +16,8 @@ use crate::session::{ProtocolVersion, SessionContext};
 /// Most headers one `blockchain.block.headers` request returns (ElectrumX's MAX_CHUNK_SIZE).
 pub const MAX_HEADERS: u64 = 2016;
 
-fn out_of_range(height: u64) -> RpcError {
-    RpcError::bad_request(format!("height {} out of range", thousands(height)))
+fn out_of_range(height: &Integer) -> RpcError {
+    RpcError::bad_request(format!("height {} out of range", height.thousands()))
 }
 
 /// Number of headers in the snapshot (chain height + 1).
@@ -25,12 +25,13 @@ fn header_count(snap: &Snapshot) -> u64 {
     snap.height().map_or(0, |h| u64::from(h) + 1)
 }
 
-/// ElectrumX's `raw_header`: the header at `height`, or "height N out of range".
-pub fn raw_header(snap: &Snapshot, height: u64) -> Result<[u8; 80], RpcError> {
-    if height >= header_count(snap) {
-        return Err(out_of_range(height));
+/// ElectrumX's `raw_header`: the header at `height` and that height, or "height N out of
+/// range".
+pub fn raw_header(snap: &Snapshot, height: &Integer) -> Result<([u8; 80], u64), RpcError> {
+    match height.get().filter(|&h| h < header_count(snap)) {
+        Some(h) => Ok((snap.header(h as u32).map_err(internal)?, h)),
+        None => Err(out_of_range(height)),
     }
-    snap.header(height as u32).map_err(internal)
 }
 
 /// The hash of the snapshot's tip (zeros for an empty store).
@@ -43,7 +44,9 @@ pub fn tip_hash(snap: &Snapshot) -> Result<Hash32, RpcError> {
 
 /// The `blockchain.headers.subscribe` result for the snapshot's tip.
 pub fn header_subscription(snap: &Snapshot) -> Result<Value, RpcError> {
-    let height = snap.height().ok_or_else(|| out_of_range(0))?;
+    let height = snap
+        .height()
+        .ok_or_else(|| out_of_range(&Integer::Small(0)))?;
     let header = snap.header(height).map_err(internal)?;
     Ok(json!({"hex": to_hex(&header), "height": height}))
 }
@@ -52,22 +55,25 @@ pub fn header_subscription(snap: &Snapshot) -> Result<Value, RpcError> {
 async fn merkle_proof(
     shared: &Arc<Shared>,
     snap: Snapshot,
-    cp_height: u64,
+    cp_height: &Integer,
     height: u64,
 ) -> Result<Value, RpcError> {
     let max_height = snap.height().map_or(-1, i64::from);
-    if !(height <= cp_height && cp_height as i64 <= max_height) {
+    let in_range = cp_height
+        .get()
+        .filter(|&cp| height <= cp && cp as i64 <= max_height);
+    let Some(cp_height) = in_range else {
         return Err(RpcError::bad_request(format!(
             "require header height {} <= cp_height {} <= chain height {}",
             thousands(height),
-            thousands(cp_height),
+            cp_height.thousands(),
             if max_height < 0 {
                 "-1".to_string()
             } else {
                 thousands(max_height as u64)
             }
         )));
-    }
+    };
     let shared = shared.clone();
     let (branch, root) = blocking(move || {
         let mut tree = shared.header_tree.lock().unwrap_or_else(|e| e.into_inner());
@@ -87,12 +93,14 @@ pub async fn block_header(
     let height = non_negative_integer(height)?;
     let cp_height = non_negative_or(cp_height, 0)?;
     let snap = shared.reader.snapshot();
-    let header = to_hex(&raw_header(&snap, height)?);
-    ctx.bump_cost(if cp_height == 0 { 0.25 } else { 1.25 });
-    if cp_height == 0 {
+    let (header, height) = raw_header(&snap, &height)?;
+    let header = to_hex(&header);
+    let no_proof = cp_height == Integer::Small(0);
+    ctx.bump_cost(if no_proof { 0.25 } else { 1.25 });
+    if no_proof {
         return Ok(Value::String(header));
     }
-    let mut result = merkle_proof(shared, snap, cp_height, height).await?;
+    let mut result = merkle_proof(shared, snap, &cp_height, height).await?;
     result["header"] = Value::String(header);
     Ok(result)
 }
@@ -106,8 +114,12 @@ pub async fn block_headers(
     let start = non_negative_integer(args[0].as_ref().unwrap_or(&Value::Null))?;
     let requested = non_negative_integer(args[1].as_ref().unwrap_or(&Value::Null))?;
     let cp_height = non_negative_or(&args[2], 0)?;
+    // Beyond u64 the cost is past any limit either way.
+    let requested = requested.saturating();
     let mut cost = requested as f64 / 50.0;
     let snap = shared.reader.snapshot();
+    // A start beyond the chain (however far) has no headers.
+    let start = start.get().unwrap_or(u64::MAX);
     let count = requested
         .min(MAX_HEADERS)
         .min(header_count(&snap).saturating_sub(start));
@@ -124,9 +136,9 @@ pub async fn block_headers(
         }
         json!({"count": count, "hex": String::from_utf8(hex).map_err(internal)?, "max": MAX_HEADERS})
     };
-    if count > 0 && cp_height != 0 {
+    if count > 0 && cp_height != Integer::Small(0) {
         cost += 1.0;
-        let proof = merkle_proof(shared, snap, cp_height, start + count - 1).await?;
+        let proof = merkle_proof(shared, snap, &cp_height, start + count - 1).await?;
         result["branch"] = proof["branch"].clone();
         result["root"] = proof["root"].clone();
     }
@@ -135,19 +147,19 @@ pub async fn block_headers(
 }
 
 /// The txids of the block at `height`, in block order, and ElectrumX's cost of reading them.
-fn block_txids(snap: &Snapshot, height: u64) -> Result<(Vec<Hash32>, f64), RpcError> {
+fn block_txids(snap: &Snapshot, height: &Integer) -> Result<(Vec<Hash32>, f64), RpcError> {
     let count = header_count(snap);
-    if height >= count {
+    let Some(height) = height.get().filter(|&h| h < count) else {
         return Err(RpcError::bad_request(format!(
             "db error: DBError('block {} not on disk (>{})')",
-            thousands(height),
+            height.thousands(),
             if count == 0 {
                 "-1".to_string()
             } else {
                 thousands(count - 1)
             }
         )));
-    }
+    };
     let range = snap.block_txs(height as u32).map_err(internal)?;
     let txids = range
         .map(|t| snap.txid(t))
@@ -166,11 +178,11 @@ fn tx_branch(txids: &[Hash32], pos: usize) -> (Vec<String>, f64) {
     )
 }
 
-fn no_tx_at(pos: u64, height: u64) -> RpcError {
+fn no_tx_at(pos: &Integer, height: &Integer) -> RpcError {
     RpcError::bad_request(format!(
         "no tx at position {} in block at height {}",
-        thousands(pos),
-        thousands(height)
+        pos.thousands(),
+        height.thousands()
     ))
 }
 
@@ -182,14 +194,14 @@ pub async fn get_merkle(
     let txid = tx_hash(args[0].as_ref().unwrap_or(&Value::Null))?;
     let height = non_negative_integer(args[1].as_ref().unwrap_or(&Value::Null))?;
     let snap = shared.reader.snapshot();
-    raw_header(&snap, height)?;
+    let (_, block_height) = raw_header(&snap, &height)?;
     let (branch, pos, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, height)?;
+        let (txids, txids_cost) = block_txids(&snap, &height)?;
         let Some(pos) = txids.iter().position(|t| *t == txid) else {
             return Err(RpcError::bad_request(format!(
                 "tx {} not in block at height {}",
                 hash_hex(&txid),
-                thousands(height)
+                thousands(block_height)
             )));
         };
         let (branch, merkle_cost) = tx_branch(&txids, pos);
@@ -197,7 +209,7 @@ pub async fn get_merkle(
     })
     .await?;
     ctx.bump_cost(cost);
-    Ok(json!({"block_height": height, "merkle": branch, "pos": pos}))
+    Ok(json!({"block_height": block_height, "merkle": branch, "pos": pos}))
 }
 
 pub async fn id_from_pos(
@@ -211,11 +223,12 @@ pub async fn id_from_pos(
     let merkle = boolean_flag(&args[2], "merkle")?;
     let snap = shared.reader.snapshot();
     let (result, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, height)?;
-        let pos = usize::try_from(tx_pos)
-            .ok()
+        let (txids, txids_cost) = block_txids(&snap, &height)?;
+        let pos = tx_pos
+            .get()
+            .and_then(|p| usize::try_from(p).ok())
             .filter(|&p| p < txids.len())
-            .ok_or_else(|| no_tx_at(tx_pos, height))?;
+            .ok_or_else(|| no_tx_at(&tx_pos, &height))?;
         let txid = hash_hex(&txids[pos]);
         if !merkle {
             return Ok((Value::String(txid), txids_cost));

@@ -389,6 +389,64 @@ async fn transaction_positions_and_branches() {
     assert_eq!(err, (1, "\"merkle\" must be a boolean".into()));
 }
 
+/// Python's ints are unbounded: a height or position past u64 is printed in full, as
+/// ElectrumX prints it, never clamped.
+#[tokio::test]
+async fn integers_past_64_bits() {
+    let f = fixture(Arc::new(FakeMempool::new()));
+    let c = client(&f, &[1, 4, 2], 0);
+    let big = "100,000,000,000,000,000,000";
+    let t3 = hash_hex(&txid(3));
+    for (method, params, message) in [
+        (
+            "blockchain.block.header",
+            json!([1e20]),
+            format!("height {big} out of range"),
+        ),
+        (
+            "blockchain.block.header",
+            json!(["99999999999999999999999"]),
+            "height 99,999,999,999,999,999,999,999 out of range".into(),
+        ),
+        (
+            "blockchain.block.header",
+            json!([5, 1e20]),
+            format!("require header height 5 <= cp_height {big} <= chain height 39"),
+        ),
+        (
+            "blockchain.block.headers",
+            json!([0, 2, 1e20]),
+            format!("require header height 1 <= cp_height {big} <= chain height 39"),
+        ),
+        (
+            "blockchain.transaction.get_merkle",
+            json!([t3, 1e20]),
+            format!("height {big} out of range"),
+        ),
+        (
+            "blockchain.transaction.id_from_pos",
+            json!([1e20, 0]),
+            format!("db error: DBError('block {big} not on disk (>39)')"),
+        ),
+        (
+            "blockchain.transaction.id_from_pos",
+            json!([2, 1e20]),
+            format!("no tx at position {big} in block at height 2"),
+        ),
+        (
+            "blockchain.block.header",
+            json!([-1e20]),
+            "-100000000000000000000 should be a non-negative integer".into(),
+        ),
+    ] {
+        assert_eq!(c.err(&f, method, params).await, (1, message));
+    }
+    assert_eq!(
+        c.ok(&f, "blockchain.block.headers", json!([1e20, 5])).await,
+        json!({"count": 0, "hex": "", "max": 2016})
+    );
+}
+
 #[tokio::test]
 async fn script_views_with_the_mempool_overlay() {
     let f = fixture(Arc::new(FakeMempool::new()));
