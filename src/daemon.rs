@@ -245,6 +245,8 @@ struct Node {
 pub struct Daemon {
     /// Replaced whole by [`Daemon::set_urls`]; requests in flight keep the list they started with.
     nodes: RwLock<Arc<Vec<Node>>>,
+    /// `DAEMON_URL` as configured: what the `daemon_url` admin command restores.
+    configured: Vec<String>,
     default_port: u16,
     cookie_file: Option<PathBuf>,
     cookie: Mutex<Option<String>>,
@@ -261,6 +263,7 @@ impl Daemon {
     pub fn new(settings: &DaemonSettings, network: &Network) -> Result<Daemon> {
         let daemon = Daemon {
             nodes: RwLock::new(Arc::new(Vec::new())),
+            configured: settings.urls.clone(),
             default_port: network.rpc_port,
             cookie_file: settings.cookie_file.clone(),
             cookie: Mutex::new(None),
@@ -275,6 +278,11 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The `DAEMON_URL` entries the client was started with.
+    pub fn configured_urls(&self) -> &[String] {
+        &self.configured
+    }
+
     /// Replaces the node list and rotates to its first entry (the `daemon_url` admin command).
     /// On error the current list stays.
     pub fn set_urls(&self, urls: &[String]) -> Result<()> {
@@ -286,6 +294,10 @@ impl Daemon {
                     u.logged()
                 )));
             }
+        }
+        for (n, url) in urls.iter().enumerate() {
+            let status = if n == 0 { " (current)" } else { "" };
+            info!("daemon #{} at {}{status}", n + 1, url.logged());
         }
         let nodes = urls
             .into_iter()
@@ -1146,6 +1158,11 @@ mod tests {
             format!("127.0.0.1:{}/", nodes[0].port)
         );
         assert_eq!(daemon.block_count().await.unwrap(), 0);
+        assert_eq!(
+            daemon.configured_urls(),
+            [nodes[1].url()],
+            "kept to restore"
+        );
     }
 
     #[tokio::test]

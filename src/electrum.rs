@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     header_sub: Mutex<Option<Value>>,
     /// The indexer, for the local RPC's `reorg`; absent in tests that have no indexer.
     indexer: OnceLock<IndexerHandle>,
+    /// The node client, for the local RPC's `daemon_url`; absent where a test node stands in.
+    daemon: OnceLock<Arc<Daemon>>,
 }
 
 /// The protocol methods over the store, the node and the mempool. Cheap to clone.
@@ -158,7 +160,9 @@ impl Electrum {
         daemon: Arc<Daemon>,
         mempool: Arc<dyn MempoolView>,
     ) -> Electrum {
-        Electrum::with_node(reader, network, daemon, mempool)
+        let electrum = Electrum::with_node(reader, network, daemon.clone(), mempool);
+        let _ = electrum.shared.daemon.set(daemon);
+        electrum
     }
 
     /// As [`Electrum::new`], with any implementation of the node's RPC.
@@ -180,6 +184,7 @@ impl Electrum {
                 sessions: Mutex::new(HashMap::new()),
                 header_sub: Mutex::new(None),
                 indexer: OnceLock::new(),
+                daemon: OnceLock::new(),
             }),
         }
     }
@@ -467,6 +472,11 @@ impl Backend for Electrum {
     async fn admin_call(&self, method: &str, params: Params) -> Result<Value, RpcError> {
         if method == "reorg" {
             return self.admin_reorg(params).await;
+        }
+        if let ("daemon_url", Some(daemon)) = (method, self.shared.daemon.get()) {
+            let url = params.bind(method, &Signature::new(&["daemon_url"], 1))?;
+            let url = url.into_iter().next().flatten().unwrap_or(Value::Null);
+            return admin::daemon_url(daemon, &url).map(Value::String);
         }
         if method != "query" {
             return Err(RpcError::unknown_method(method));

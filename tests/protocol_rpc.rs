@@ -1,11 +1,16 @@
 //! The local RPC (rpc://): no version negotiation; getinfo, sessions, groups, disconnect,
-//! log and stop; other commands go to the backend.
+//! log and stop; other commands go to the backend; `daemon_url` through the real binary,
+//! switching between two emulated nodes.
 
+mod e2e_support;
 mod protocol_support;
 
+use e2e_support::FerrumProcess;
 use ferrum::services::Protocol;
-use protocol_support::{error_of, TestServer};
-use serde_json::json;
+use ferrum_tools::chaingen::ChainParams;
+use ferrum_tools::emulator::{Auth, ChainSource, Emulator, EmulatorConfig};
+use protocol_support::{error_of, make_cert, Client, TestServer};
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn getinfo_and_sessions() {
@@ -187,4 +192,100 @@ async fn wallets_start_separately() {
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", tcp))
         .await
         .is_ok());
+}
+
+/// Reads header notifications until one at `height`; returns its header hex.
+async fn header_at(wallet: &mut Client, height: u64) -> Value {
+    loop {
+        let note = wallet.recv_json().await;
+        assert_eq!(note["method"], "blockchain.headers.subscribe", "{note}");
+        if note["params"][0]["height"] == height {
+            return note["params"][0]["hex"].clone();
+        }
+    }
+}
+
+/// ElectrumX's `daemon_url`: a new list replaces the node URLs and its first is used at once;
+/// an empty one restores DAEMON_URL; bad ones are refused and change nothing.
+#[tokio::test]
+async fn daemon_url_switches_nodes_at_run_time() {
+    // Two nodes on the same generated chain (the same blocks come when either mines).
+    let chain = || ChainSource::Generated {
+        params: ChainParams::small(3),
+        blocks: 30,
+    };
+    let first = Emulator::start(EmulatorConfig::new(chain())).unwrap();
+    let mut config = EmulatorConfig::new(chain());
+    config.auth = Auth::UserPass("alice".into(), "secret".into());
+    let second = Emulator::start(config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = make_cert(dir.path()) else {
+        return;
+    };
+    let server = FerrumProcess::start(&first, &cert, &key);
+    let mut wallet = Client::tcp(server.tcp).await;
+    wallet.hello("1.4").await;
+    let tip = wallet
+        .call(1, "blockchain.headers.subscribe", json!([]))
+        .await;
+    assert_eq!(tip["result"]["height"], 30);
+    let mut rpc = Client::tcp(server.rpc).await;
+
+    let refused = [
+        (
+            json!(["u:p@h:bad"]),
+            "an error occurred: bad DAEMON_URL entry \"u:p@h:bad\": bad port \"bad\"",
+        ),
+        (
+            json!(["u:p@h1,https://u:p@h2"]),
+            "an error occurred: bad DAEMON_URL entry \"https://u:p@h2\": https is not supported \
+             (bitcoind serves plain HTTP)",
+        ),
+        (
+            json!([5]),
+            "an error occurred: AttributeError(\"'int' object has no attribute 'split'\")",
+        ),
+        (
+            json!([["u:p@h"]]),
+            "an error occurred: AttributeError(\"'list' object has no attribute 'split'\")",
+        ),
+    ];
+    for (params, message) in refused {
+        let reply = rpc.call(1, "daemon_url", params).await;
+        assert_eq!(error_of(&reply), (1, message.into()));
+    }
+    let reply = rpc.call(2, "daemon_url", json!([])).await;
+    assert_eq!(
+        error_of(&reply),
+        (
+            -32602,
+            "0 arguments passed to method \"daemon_url\" but it requires 1".into()
+        )
+    );
+
+    let port = |emu: &Emulator| emu.rpc_addr().port();
+    let url = format!("alice:secret@127.0.0.1:{},u:p@h2", port(&second));
+    let reply = rpc.call(3, "daemon_url", json!([url])).await;
+    assert_eq!(
+        reply["result"],
+        format!("now using daemon at 127.0.0.1:{}/", port(&second))
+    );
+    // Only the second node has block 31.
+    let mined = second.mine(1).unwrap();
+    let hex = header_at(&mut wallet, 31).await;
+    let header: bitcoin::block::Header =
+        bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap();
+    assert_eq!(header.block_hash(), mined[0]);
+
+    // Falsy (named, as electrumx_rpc sends it): back to DAEMON_URL, which has block 32 first.
+    let reply = rpc.call(4, "daemon_url", json!({"daemon_url": ""})).await;
+    assert_eq!(
+        reply["result"],
+        format!("now using daemon at 127.0.0.1:{}/", port(&first))
+    );
+    let mined = first.mine(2).unwrap();
+    let hex = header_at(&mut wallet, 32).await;
+    let header: bitcoin::block::Header =
+        bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap();
+    assert_eq!(header.block_hash(), mined[1]);
 }

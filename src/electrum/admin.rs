@@ -1,5 +1,6 @@
-//! The local RPC's `query` command: a script's or address's history, unspent outputs and
-//! balance as lines of text, in ElectrumX's words.
+//! The local RPC commands the methods layer answers, in ElectrumX's words: `query` (a
+//! script's or address's history, unspent outputs and balance as lines of text) and
+//! `daemon_url` (switch the node client to other nodes at run time).
 
 use std::str::FromStr;
 
@@ -7,11 +8,39 @@ use bitcoin::{Address, ScriptBuf};
 use ferrum_storage::{HashX, Snapshot};
 use serde_json::Value;
 
+use super::args::truthy;
 use crate::blocks::script_hashx;
 use crate::coin::Network;
+use crate::daemon::Daemon;
 use crate::hex::{from_hex, hash_hex};
 use crate::jsonrpc::{py_str, thousands, RpcError};
 use crate::query::{confirmed_history, confirmed_unspent, QueryError};
+
+/// ElectrumX's `rpc_daemon_url`: a comma-separated list of node URLs replaces the node
+/// client's (a falsy argument restores `DAEMON_URL`), the first becomes current. A bad
+/// list is refused whole, "an error occurred: " and why, and the old list stays.
+pub fn daemon_url(daemon: &Daemon, url: &Value) -> Result<String, RpcError> {
+    let failed = |why: String| RpcError::bad_request(format!("an error occurred: {why}"));
+    let urls = match url {
+        Value::String(url) if !url.is_empty() => vec![url.clone()],
+        url if !truthy(url) => daemon.configured_urls().to_vec(),
+        // ElectrumX calls `.split(',')` on whatever came.
+        other => {
+            let kind = match other {
+                Value::Bool(_) => "bool",
+                Value::Number(n) if n.is_f64() => "float",
+                Value::Number(_) => "int",
+                Value::Array(_) => "list",
+                _ => "dict",
+            };
+            return Err(failed(format!(
+                "AttributeError(\"'{kind}' object has no attribute 'split'\")"
+            )));
+        }
+    };
+    daemon.set_urls(&urls).map_err(|e| failed(e.to_string()))?;
+    Ok(format!("now using daemon at {}", daemon.current_url()))
+}
 
 /// ElectrumX's `SHORTNAME`: BTC on mainnet, XTN on the test networks.
 fn short_name(network: &Network) -> &'static str {
