@@ -10,6 +10,7 @@ pub mod hex;
 pub mod http;
 pub mod indexer;
 pub mod jsonrpc;
+pub mod mempool;
 pub mod merkle;
 pub mod query;
 pub mod server;
