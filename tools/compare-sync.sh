@@ -1,25 +1,57 @@
 #!/usr/bin/env bash
 # Side-by-side initial sync: Ferrum, electrs 0.11.1 and ElectrumX 2.0 (PyPI `e-x`, ElectrumX for
-# Bitcoin) each index the same generated regtest chain from the same real bitcoind, one after
-# the other. Prints, per server: seconds from start until it serves the tip over Electrum,
-# tx/s, index bytes on disk, and peak RSS. Installs its competitors on first use (cached under
-# ~/.cache/ferrum), never as dependencies of Ferrum.
+# Bitcoin) each index the same generated regtest chain from the same node, one after the other.
+# Prints, per server: seconds from start until it serves the tip over Electrum, tx/s, CPU
+# seconds, peak RSS, and index bytes on disk split by component. Installs its competitors on
+# first use (cached under ~/.cache/ferrum), never as dependencies of Ferrum.
 #
 #   tools/compare-sync.sh [TXS] [SEED]       default: 200000 txs, seed 1 ("large" preset)
-#   COMPARE="ferrum electrs electrumx" selects servers.
+#
+# Environment:
+#   COMPARE="ferrum electrs electrumx"  servers to run, in this order
+#   NODE=bitcoind|emulator   the node serving the chain (default bitcoind, a real regtest
+#                            Core 31 with txindex, txospenderindex and rest; the emulator is
+#                            `ferrum-emulator`, for Ferrum only: electrs needs P2P, ElectrumX
+#                            txospenderindex)
+#   PLACEHOLDER=1            chain with placeholder signatures (4x faster to generate; only
+#                            the emulator accepts it)
+#   NODE_DIR=DIR             keep the bitcoind data directory there and reuse it next time
+#                            (the chain is submitted once)
+#   CACHE_MB=N               passed to Ferrum (default: Ferrum's, 1200)
+#   PERF=1                   run Ferrum under `perf record` with DWARF call graphs (the
+#                            profile, ferrum.perf, is left in the work dir: implies KEEP=1)
+#   KEEP=1                   keep the work dir (databases, logs) instead of deleting it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TXS=${1:-200000}
 SEED=${2:-1}
 COMPARE=${COMPARE:-ferrum electrs electrumx}
+NODE=${NODE:-bitcoind}
 CACHE=${FERRUM_CACHE:-$HOME/.cache/ferrum}
+BIN=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-compare.XXXXXX")
-node_dir="$work/bitcoind"
+node_dir=${NODE_DIR:-$work/bitcoind}
+emu_pid=
 cleanup() {
-  tools/bitcoind.sh stop "$node_dir" 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "$emu_pid" ] && kill "$emu_pid" 2>/dev/null
+  [ "$NODE" = bitcoind ] && { tools/bitcoind.sh stop "$node_dir" 2>/dev/null || true; }
+  if [ "${KEEP:-0}" = 1 ] || [ "${PERF:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
+
+case "$NODE" in bitcoind | emulator) ;; *) echo "NODE must be bitcoind or emulator" >&2; exit 2 ;; esac
+if [ "$NODE" = emulator ]; then
+  for server in $COMPARE; do
+    [ "$server" = ferrum ] || { echo "NODE=emulator serves Ferrum only, not $server" >&2; exit 2; }
+  done
+fi
+suffix=
+gen_flags=()
+if [ "${PLACEHOLDER:-0}" = 1 ]; then
+  [ "$NODE" = emulator ] || { echo "PLACEHOLDER=1 chains are rejected by bitcoind: use NODE=emulator" >&2; exit 2; }
+  suffix=-ph
+  gen_flags=(--placeholder-signatures)
+fi
 
 command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 
@@ -39,23 +71,41 @@ install_competitors() {
 }
 install_competitors
 
-cargo build --release -q -p ferrum --bin ferrum -p ferrum-tools --bin ferrum-chaingen
-chain="$CACHE/chains/large-$TXS-$SEED.frm"
+cargo build --release -q -p ferrum --bin ferrum --bin ferrum-db \
+  -p ferrum-tools --bin ferrum-chaingen --bin ferrum-emulator
+chain="$CACHE/chains/large-$TXS-$SEED$suffix.frm"
 if [ ! -f "$chain" ]; then
   mkdir -p "$CACHE/chains"
-  target/release/ferrum-chaingen --seed "$SEED" --txs "$TXS" --preset large --out "$chain.tmp"
+  "$BIN/ferrum-chaingen" --seed "$SEED" --txs "$TXS" --preset large "${gen_flags[@]}" --out "$chain.tmp"
   mv "$chain.tmp" "$chain"
 fi
+read -r tip txs < <(python3 tools/compare_support.py chainsize "$chain")
 
-# One node holds the chain; each server syncs from it in turn.
-node=$(tools/bitcoind.sh start "$node_dir" -txospenderindex=1)
-rpc=$(sed 's/.*rpc=\([0-9]*\).*/\1/' <<<"$node")
-p2p=$(sed 's/.*p2p=\([0-9]*\).*/\1/' <<<"$node")
-cookie="$node_dir/regtest/.cookie"
-python3 tools/compare_support.py submit "$chain" "$rpc" "$cookie"
-tip=$(python3 tools/compare_support.py height "$rpc" "$cookie")
-txs=$(python3 tools/compare_support.py txcount "$rpc" "$cookie")
-echo "chain: $chain, height $tip, $txs txs, $(du -sb "$node_dir/regtest/blocks" | cut -f1) bytes of block files"
+if [ "$NODE" = bitcoind ]; then
+  # One node holds the chain; each server syncs from it in turn.
+  node=$(tools/bitcoind.sh start "$node_dir" -txospenderindex=1)
+  cookie="$node_dir/regtest/.cookie"
+  rpc=$(sed 's/.*rpc=\([0-9]*\).*/\1/' <<<"$node")
+  p2p=$(sed 's/.*p2p=\([0-9]*\).*/\1/' <<<"$node")
+  if [ "$(python3 tools/compare_support.py height "$rpc" "$cookie")" != "$tip" ]; then
+    python3 tools/compare_support.py submit "$chain" "$rpc" "$cookie"
+  fi
+  [ "$(python3 tools/compare_support.py txcount "$rpc" "$cookie")" = "$txs" ] || {
+    echo "bitcoind's chain is not $chain" >&2; exit 1; }
+  blocks_bytes=$(du -sb "$node_dir/regtest/blocks" | cut -f1)
+else
+  "$BIN/ferrum-emulator" --chain "$chain" >"$work/emulator.out" 2>"$work/emulator.log" &
+  emu_pid=$!
+  until grep -q '^rpc=' "$work/emulator.out"; do
+    kill -0 "$emu_pid" 2>/dev/null || { echo "emulator failed:"; tail "$work/emulator.log"; exit 1; }
+    sleep 0.2
+  done
+  rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/emulator.out")
+  cookie=$(sed -n 's/.*cookie=\(.*\)$/\1/p' "$work/emulator.out")
+  blocks_bytes=$(($(stat -c %s "$chain") - 8 - 4 * (tip + 1)))
+fi
+echo "chain: $chain, height $tip, $txs txs, $blocks_bytes bytes of blocks ($NODE)"
+echo "ferrum commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src storage Cargo.toml || echo ' (modified)'), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 measure() { # name db_dir command...: runs it until it serves $tip, then stops it
@@ -63,30 +113,33 @@ measure() { # name db_dir command...: runs it until it serves $tip, then stops i
   local start end
   start=$(date +%s.%N)
   # Its own session: a server that signals its process group must not stop this script.
-  setsid /usr/bin/time -f "%M" -o "$work/$name.rss" "$@" >"$work/$name.log" 2>&1 &
+  setsid /usr/bin/time -f "%M %U %S" -o "$work/$name.time" "$@" >"$work/$name.log" 2>&1 &
   local pid=$!
-  if ! python3 tools/compare_support.py wait "$port" "$tip" 900 "$pid"; then
+  if ! python3 tools/compare_support.py wait "$port" "$tip" 3600 "$pid"; then
     echo "$name did not serve height $tip; log tail:"; tail -20 "$work/$name.log"; pkill -TERM -P "$pid" 2>/dev/null || true; return 1
   fi
   end=$(date +%s.%N)
   # Stop the server, not /usr/bin/time, so that time still reports the peak RSS.
   pkill -TERM -P "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  local secs size rss
-  secs=$(python3 -c "print(f'{$end - $start:.2f}')")
-  size=$(du -sb "$db" | cut -f1)
-  rss=$(cat "$work/$name.rss" | tail -1)
-  printf '%-10s %8ss %10s tx/s %12s bytes (%s B/tx) peak RSS %s MiB\n' "$name" "$secs" \
-    "$(python3 -c "print(round($txs / $secs))")" "$size" "$(python3 -c "print(round($size / $txs, 1))")" \
-    "$(( rss / 1024 ))"
+  local rss user sys
+  read -r rss user sys < <(tail -1 "$work/$name.time")
+  python3 tools/compare_support.py report "$name" "$start" "$end" "$txs" "$rss" "$user" "$sys"
+  case $name in
+    ferrum) "$BIN/ferrum-db" info "$db" | sed 's/^/    /' ;;
+    electrumx) python3 tools/compare_support.py exsize "$db" "$txs" ;;
+    *) python3 tools/compare_support.py dirsize "$db" "$txs" ;;
+  esac
 }
 
 for server in $COMPARE; do
   case $server in
     ferrum)
+      run=("$BIN/ferrum")
+      [ "${PERF:-0}" = 1 ] && run=(perf record -F 499 --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
       measure ferrum "$work/ferrum-db" env DB_DIRECTORY="$work/ferrum-db" NET=regtest \
         DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" \
-        target/release/ferrum ;;
+        ${CACHE_MB:+CACHE_MB=$CACHE_MB} "${run[@]}" ;;
     electrs)
       measure electrs "$work/electrs-db" "$CACHE/electrs-0.11.1/bin/electrs" --network regtest \
         --db-dir "$work/electrs-db" --daemon-dir "$node_dir" --cookie-file "$cookie" \

@@ -1,6 +1,7 @@
-"""Helpers for tools/compare-sync.sh: submit a Ferrum chain file to bitcoind, ask its height
-and tx count, and wait until an Electrum server on a port serves a given tip height."""
-import base64, http.client, json, os, socket, struct, sys, time
+"""Helpers for tools/compare-sync.sh: size up a Ferrum chain file, submit it to bitcoind, ask
+the node's height and tx count, wait until an Electrum server on a port serves a given tip
+height, and report a server's time, memory and index size by component."""
+import base64, glob, http.client, json, os, socket, struct, sys, time
 
 
 def rpc(port, cookie, method, *params):
@@ -21,6 +22,18 @@ def frames(path):
             raise SystemExit(f"{path} is not a Ferrum chain file")
         while header := f.read(4):
             yield f.read(struct.unpack("<I", header)[0])
+
+
+def chainsize(path):
+    """Tip height and tx count (genesis included, as getchaintxstats counts) of a chain file:
+    each block's tx count is the compact size right after its 80-byte header."""
+    height, txs = -1, 0
+    for block in frames(path):
+        first = block[80]
+        width = {0xFD: 2, 0xFE: 4, 0xFF: 8}.get(first)
+        txs += first if width is None else int.from_bytes(block[81:81 + width], "little")
+        height += 1
+    print(height, txs)
 
 
 def submit(path, port, cookie):
@@ -56,9 +69,68 @@ def wait(port, tip, timeout, pid):
     return 1
 
 
+def report(name, start, end, txs, rss_kib, user, sys_):
+    secs = float(end) - float(start)
+    cpu = float(user) + float(sys_)
+    print(f"{name:<10} {secs:8.2f} s {int(txs) / secs:10.0f} tx/s   CPU {cpu:7.1f} s "
+          f"({int(txs) / cpu:.0f} tx per CPU s)   peak RSS {int(rss_kib) // 1024} MiB")
+
+
+def tree_bytes(paths):
+    total = 0
+    for path in paths:
+        if os.path.isfile(path):
+            total += os.path.getsize(path)
+        for root, _, files in os.walk(path):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def print_parts(parts, txs, excluded=()):
+    txs = int(txs)
+    for label, size in parts:
+        print(f"    {label:<44} {size:>14} bytes {size / txs:8.1f} B/tx")
+    total = sum(size for label, size in parts if label not in excluded)
+    note = " (without the last)" if excluded else ""
+    print(f"    {'total' + note:<44} {total:>14} bytes {total / txs:8.1f} B/tx")
+
+
+def dirsize(db, txs):
+    print_parts([(os.path.basename(db.rstrip("/")), tree_bytes([db]))], txs)
+
+
+def exsize(db, txs):
+    """ElectrumX's directory by component. meta/block<N> files are its raw-block reorg cache
+    (whole blocks kept for the last REORG_LIMIT heights), which the targets exclude; LevelDB
+    write-ahead logs (*.log) are listed apart from its sorted tables."""
+    meta = os.path.join(db, "meta")
+    raw = [p for p in glob.glob(os.path.join(meta, "block*"))]
+    hashes = glob.glob(os.path.join(meta, "hashes*"))
+    other_meta = [p for p in glob.glob(os.path.join(meta, "*")) if p not in raw + hashes]
+    parts = [("meta: tx hashes", tree_bytes(hashes)),
+             ("meta: headers, tx counts", tree_bytes(other_meta))]
+    for name in ("utxo", "hist"):
+        d = os.path.join(db, name)
+        logs = glob.glob(os.path.join(d, "*.log"))
+        parts.append((f"{name} LevelDB tables", tree_bytes([d]) - tree_bytes(logs)))
+        parts.append((f"{name} LevelDB logs", tree_bytes(logs)))
+    rest = tree_bytes([db]) - sum(size for _, size in parts) - tree_bytes(raw)
+    parts.append(("other", rest))
+    parts.append((f"raw-block reorg cache, {len(raw)} blocks", tree_bytes(raw)))
+    print_parts(parts, txs, excluded=(parts[-1][0],))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "submit":
+    if cmd == "chainsize":
+        chainsize(*args)
+    elif cmd == "report":
+        report(*args)
+    elif cmd == "dirsize":
+        dirsize(*args)
+    elif cmd == "exsize":
+        exsize(*args)
+    elif cmd == "submit":
         submit(*args)
     elif cmd == "height":
         print(rpc(args[0], args[1], "getblockcount"))
