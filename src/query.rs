@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::ops::Range;
 
 use ferrum_storage::{Hash32, HashX, Snapshot};
 
@@ -116,31 +115,6 @@ impl From<ferrum_storage::Error> for QueryError {
     }
 }
 
-/// Heights of ascending tx numbers, with one binary search per block rather than per tx.
-struct HeightWalk<'a> {
-    snap: &'a Snapshot,
-    block: Range<u64>,
-    height: u32,
-}
-
-impl<'a> HeightWalk<'a> {
-    fn new(snap: &'a Snapshot) -> HeightWalk<'a> {
-        HeightWalk {
-            snap,
-            block: 0..0,
-            height: 0,
-        }
-    }
-
-    fn height(&mut self, txnum: u64) -> Result<u32, ferrum_storage::Error> {
-        if !self.block.contains(&txnum) {
-            self.height = self.snap.tx_height(txnum)?;
-            self.block = self.snap.block_txs(self.height)?;
-        }
-        Ok(self.height)
-    }
-}
-
 /// The confirmed history of `hashx` in chain order. With a `limit`, a history of that many
 /// entries or more is refused before any txid is read.
 pub fn confirmed_history(
@@ -154,38 +128,31 @@ pub fn confirmed_history(
             return Err(QueryError::HistoryTooLarge { limit });
         }
     }
-    let mut walk = HeightWalk::new(snap);
-    let mut out = Vec::with_capacity(txnums.len());
-    for txnum in txnums {
-        out.push(ConfirmedTx {
-            txid: snap.txid(txnum)?,
-            height: walk.height(txnum)?,
-        });
-    }
-    Ok(out)
+    let txids = snap.txids(&txnums)?;
+    let heights = snap.tx_heights(&txnums)?;
+    Ok(txids
+        .into_iter()
+        .zip(heights)
+        .map(|(txid, height)| ConfirmedTx { txid, height })
+        .collect())
 }
 
 /// The confirmed unspent outputs of `hashx` in chain order (tx number, then vout).
 pub fn confirmed_unspent(snap: &Snapshot, hashx: &HashX) -> Result<Vec<Unspent>, QueryError> {
     let utxos = snap.utxos(hashx)?;
-    let mut walk = HeightWalk::new(snap);
-    let mut out = Vec::with_capacity(utxos.len());
-    // Outputs of one transaction are adjacent: read its txid once.
-    let mut last: Option<(u64, Hash32)> = None;
-    for u in utxos {
-        let txid = match last {
-            Some((txnum, txid)) if txnum == u.txnum => txid,
-            _ => snap.txid(u.txnum)?,
-        };
-        last = Some((u.txnum, txid));
-        out.push(Unspent {
+    let txnums: Vec<u64> = utxos.iter().map(|u| u.txnum).collect();
+    let txids = snap.txids(&txnums)?;
+    let heights = snap.tx_heights(&txnums)?;
+    Ok(utxos
+        .iter()
+        .zip(txids.into_iter().zip(heights))
+        .map(|(u, (txid, height))| Unspent {
             txid,
             vout: u.vout,
-            height: walk.height(u.txnum)?,
+            height,
             value: u.value,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 /// `listunspent`: confirmed outputs in chain order, then mempool outputs at height 0,

@@ -8,11 +8,15 @@
 //! store is open: appends go past them, and a rollback that cuts into a segment makes the next
 //! append copy the kept prefix into a fresh segment file, so older snapshots (which map exactly
 //! the committed length of their commit) keep reading the bytes they were published with.
+//!
+//! Because committed bytes never change, a chunk's crc is checked once per process: each
+//! segment file keeps a bitmap of its verified full chunks, and each mapping remembers
+//! whether its partial last chunk was verified. A corrupt chunk fails every read of it.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
@@ -48,6 +52,11 @@ pub static TXHASHES: ArraySpec = ArraySpec {
 };
 
 impl ArraySpec {
+    /// Full chunks a segment holds.
+    fn segment_chunks(&self) -> u64 {
+        self.segment.div_ceil(self.chunk)
+    }
+
     fn chunk_bytes(&self) -> u64 {
         self.chunk * self.width as u64 + 4
     }
@@ -81,6 +90,30 @@ pub struct ArrayState {
 struct SegmentFile {
     path: PathBuf,
     obsolete: AtomicBool,
+    /// One bit per full chunk whose crc matched. Full chunks are committed bytes, which never
+    /// change while the store is open, so a match holds for every later read of any mapping.
+    verified: Box<[AtomicU64]>,
+}
+
+impl SegmentFile {
+    fn new(path: PathBuf, spec: &ArraySpec) -> SegmentFile {
+        SegmentFile {
+            path,
+            obsolete: AtomicBool::new(false),
+            verified: (0..spec.segment_chunks().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn is_verified(&self, chunk: u64) -> bool {
+        // Relaxed: the bit caches a fact about immutable bytes, it guards no other memory.
+        self.verified[(chunk / 64) as usize].load(Ordering::Relaxed) & (1 << (chunk % 64)) != 0
+    }
+
+    fn set_verified(&self, chunk: u64) {
+        self.verified[(chunk / 64) as usize].fetch_or(1 << (chunk % 64), Ordering::Relaxed);
+    }
 }
 
 impl Drop for SegmentFile {
@@ -97,6 +130,9 @@ struct SegmentMap {
     file: Arc<SegmentFile>,
     map: Option<Mmap>,
     records: u64,
+    /// The partial last chunk matched the crc of the commit this mapping was made for (a
+    /// mapping is only reused for the same file and length, hence the same tail bytes).
+    tail_verified: AtomicBool,
 }
 
 impl SegmentMap {
@@ -112,7 +148,12 @@ impl SegmentMap {
                 .map_err(|e| Error::io(&file.path, e))?;
             Some(map)
         };
-        Ok(SegmentMap { file, map, records })
+        Ok(SegmentMap {
+            file,
+            map,
+            records,
+            tail_verified: AtomicBool::new(false),
+        })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -134,12 +175,36 @@ impl ArrayView {
     pub fn get(&self, i: u64) -> Result<&[u8]> {
         let spec = self.spec;
         debug_assert!(i < self.len);
+        let (first, chunk) = self.chunk_of(i)?;
+        let at = (i - first) as usize * spec.width;
+        Ok(&chunk[at..at + spec.width])
+    }
+
+    /// Records `indices` in turn, passed to `f`. Consecutive indices in one chunk share one
+    /// chunk lookup, so ascending indices read each chunk once. Every index must be `< len()`.
+    pub fn get_many(&self, indices: &[u64], mut f: impl FnMut(&[u8])) -> Result<()> {
+        let width = self.spec.width;
+        let (mut first, mut chunk) = (0, &[][..]);
+        for &i in indices {
+            let mut at = i.wrapping_sub(first) as usize;
+            if at >= chunk.len() / width {
+                (first, chunk) = self.chunk_of(i)?;
+                at = (i - first) as usize;
+            }
+            f(&chunk[at * width..(at + 1) * width]);
+        }
+        Ok(())
+    }
+
+    /// The global index of the first record of the chunk holding record `i`, and the chunk's
+    /// verified records.
+    fn chunk_of(&self, i: u64) -> Result<(u64, &[u8])> {
+        let spec = self.spec;
+        debug_assert!(i < self.len);
         let seg = &self.segments[(i / spec.segment) as usize];
         let r = i % spec.segment;
-        let chunk_first = r - r % spec.chunk;
-        let chunk = self.chunk(seg, chunk_first, i - r % spec.chunk)?;
-        let at = (r % spec.chunk) as usize * spec.width;
-        Ok(&chunk[at..at + spec.width])
+        let first = i - r % spec.chunk;
+        Ok((first, self.chunk(seg, r - r % spec.chunk, first)?))
     }
 
     /// The verified records of the chunk starting at record `first` of `seg` (global index
@@ -160,6 +225,15 @@ impl ArrayView {
         let body = data
             .get(start..end)
             .ok_or_else(|| Error::corrupt(path, offset, "array chunk beyond end of file"))?;
+        let chunk_no = first / spec.chunk;
+        let verified = if full {
+            seg.file.is_verified(chunk_no)
+        } else {
+            seg.tail_verified.load(Ordering::Relaxed)
+        };
+        if verified {
+            return Ok(body);
+        }
         let expected = if full {
             let crc = data.get(end..end + 4).ok_or_else(|| {
                 Error::corrupt(path, offset, "array chunk crc beyond end of file")
@@ -174,6 +248,11 @@ impl ArrayView {
                 offset,
                 "array chunk checksum mismatch",
             ));
+        }
+        if full {
+            seg.file.set_verified(chunk_no);
+        } else {
+            seg.tail_verified.store(true, Ordering::Relaxed);
         }
         Ok(body)
     }
@@ -224,10 +303,7 @@ impl ArrayWriter {
             if have > want && !records.is_multiple_of(spec.segment) {
                 copy_tail = true;
             }
-            files.push(Arc::new(SegmentFile {
-                path,
-                obsolete: AtomicBool::new(false),
-            }));
+            files.push(Arc::new(SegmentFile::new(path, spec)));
         }
         let mut writer = ArrayWriter {
             spec,
@@ -326,10 +402,7 @@ impl ArrayWriter {
             let id = alloc_id();
             let path = self.dir.join(spec.file_name(id));
             crate::file::write_new_file(&path, prefix)?;
-            let new = Arc::new(SegmentFile {
-                path,
-                obsolete: AtomicBool::new(false),
-            });
+            let new = Arc::new(SegmentFile::new(path, spec));
             self.dropped
                 .push(std::mem::replace(&mut self.files[last], new));
             self.state.segments[last] = id;
@@ -345,10 +418,10 @@ impl ArrayWriter {
             if seg == self.files.len() {
                 let id = alloc_id();
                 self.state.segments.push(id);
-                self.files.push(Arc::new(SegmentFile {
-                    path: self.dir.join(spec.file_name(id)),
-                    obsolete: AtomicBool::new(false),
-                }));
+                self.files.push(Arc::new(SegmentFile::new(
+                    self.dir.join(spec.file_name(id)),
+                    spec,
+                )));
                 created = true;
             }
             let r = i % spec.segment;
@@ -526,6 +599,63 @@ mod tests {
         drop(old);
         let on_disk = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(on_disk, files.len(), "dropped segments are deleted");
+    }
+
+    #[test]
+    fn get_many_reads_any_order_and_verified_chunks_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut next = 0;
+        let mut w = ArrayWriter::open(dir.path(), &SMALL, ArrayState::default()).unwrap();
+        for i in 0..30 {
+            w.push(&rec(i));
+        }
+        commit(&mut w, &mut next);
+        let old = w.view().clone();
+        // Ascending with repeats, across segments and into the tail chunk; then jumping back.
+        let indices = [0u64, 0, 1, 3, 4, 11, 12, 13, 25, 28, 29, 29, 2, 27, 5, 5];
+        for view in [&old, w.view()] {
+            let mut got = Vec::new();
+            view.get_many(&indices, |r| got.push(r.to_vec())).unwrap();
+            let want: Vec<Vec<u8>> = indices.iter().map(|&i| rec(i as u32).to_vec()).collect();
+            assert_eq!(got, want);
+        }
+        // A longer commit maps the tail anew: the old tail's verification does not carry over.
+        for i in 30..34 {
+            w.push(&rec(i));
+        }
+        commit(&mut w, &mut next);
+        for i in 0..34 {
+            assert_eq!(w.view().get(i).unwrap(), rec(i as u32));
+        }
+        for i in 0..30 {
+            assert_eq!(old.get(i).unwrap(), rec(i as u32));
+        }
+    }
+
+    #[test]
+    fn corrupt_chunk_fails_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut next = 0;
+        let mut w = ArrayWriter::open(dir.path(), &SMALL, ArrayState::default()).unwrap();
+        for i in 0..10 {
+            w.push(&rec(i));
+        }
+        commit(&mut w, &mut next);
+        let path = dir.path().join(SMALL.file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[21] ^= 1; // second chunk, at offset 20
+        std::fs::write(&path, &bytes).unwrap();
+        let w = ArrayWriter::open(dir.path(), &SMALL, w.state().clone()).unwrap();
+        let want = format!("corrupt store file {} at offset 20: ", path.display());
+        for _ in 0..2 {
+            let err = w.view().get(5).unwrap_err().to_string();
+            assert!(err.starts_with(&want), "{err}");
+            let err = w.view().get_many(&[0, 4], |_| {}).unwrap_err().to_string();
+            assert!(err.starts_with(&want), "{err}");
+        }
+        // Good chunks around it still read.
+        assert_eq!(w.view().get(3).unwrap(), rec(3));
+        assert_eq!(w.view().get(8).unwrap(), rec(8));
     }
 
     #[test]

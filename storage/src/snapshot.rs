@@ -103,10 +103,61 @@ impl Snapshot {
             .expect("32-byte records"))
     }
 
+    /// The txids of `txnums`, in order. Ascending tx numbers read each hash-array chunk once.
+    pub fn txids(&self, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        for &txnum in txnums {
+            self.check_txnum(txnum)?;
+        }
+        let mut out = Vec::with_capacity(txnums.len());
+        self.0.txhashes.get_many(txnums, |record| {
+            out.push(record.try_into().expect("32-byte records"))
+        })?;
+        Ok(out)
+    }
+
     /// Height of the block holding tx `txnum`: binary search on the cumulative counts.
     pub fn tx_height(&self, txnum: u64) -> Result<u32> {
         self.check_txnum(txnum)?;
-        let (mut lo, mut hi) = (0u64, self.0.blocks);
+        self.block_above(0, self.0.blocks, txnum)
+    }
+
+    /// The heights of the blocks holding `txnums`, in order. Ascending tx numbers walk the
+    /// blocks forward, galloping from the last one found rather than searching the whole chain.
+    pub fn tx_heights(&self, txnums: &[u64]) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(txnums.len());
+        let (mut block, mut height) = (0..0, 0u32);
+        for &txnum in txnums {
+            if !block.contains(&txnum) {
+                self.check_txnum(txnum)?;
+                height = if block.end > 0 && txnum >= block.end {
+                    self.block_after(u64::from(height) + 1, txnum)?
+                } else {
+                    self.block_above(0, self.0.blocks, txnum)?
+                };
+                block = self.block_txs(height)?;
+            }
+            out.push(height);
+        }
+        Ok(out)
+    }
+
+    /// The first block from `lo` on whose cumulative count exceeds `txnum`, found by
+    /// doubling steps from `lo` and then a binary search.
+    fn block_after(&self, mut lo: u64, txnum: u64) -> Result<u32> {
+        let mut step = 1;
+        loop {
+            let probe = lo + step - 1;
+            if probe >= self.0.blocks || self.count(probe)? > txnum {
+                return self.block_above(lo, (probe + 1).min(self.0.blocks), txnum);
+            }
+            lo = probe + 1;
+            step *= 2;
+        }
+    }
+
+    /// The first block in `lo..hi` whose cumulative count exceeds `txnum` (`txnum` must be
+    /// below the store's tx count).
+    fn block_above(&self, mut lo: u64, mut hi: u64, txnum: u64) -> Result<u32> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             if self.count(mid)? > txnum {
@@ -115,7 +166,7 @@ impl Snapshot {
                 lo = mid + 1;
             }
         }
-        if lo == self.0.blocks {
+        if lo >= self.0.blocks {
             return Err(Error::Invalid(format!(
                 "tx counts end below transaction {txnum}"
             )));

@@ -202,6 +202,30 @@ pub fn check(snap: &Snapshot, model: &Model, extra_txids: &[Hash32]) -> ferrum_s
         assert_eq!(snap.tx_height(n as u64)? as usize, height, "tx height {n}");
         assert_eq!(snap.find_tx(txid)?, model.find_tx(txid), "find tx {n}");
     }
+    // The batched reads, in chain order, then sparse and descending (fresh searches).
+    let all: Vec<u64> = (0..model.txids.len() as u64).collect();
+    let heights: Vec<u32> = all
+        .iter()
+        .map(|&n| model.counts.iter().position(|&c| c > n).unwrap() as u32)
+        .collect();
+    assert_eq!(snap.txids(&all)?, model.txids, "txids");
+    assert_eq!(snap.tx_heights(&all)?, heights, "tx heights");
+    for order in [
+        all.iter().step_by(7).copied().collect::<Vec<_>>(),
+        all.iter().rev().step_by(3).copied().collect(),
+    ] {
+        let txids: Vec<Hash32> = order.iter().map(|&n| model.txids[n as usize]).collect();
+        let want: Vec<u32> = order.iter().map(|&n| heights[n as usize]).collect();
+        assert_eq!(snap.txids(&order)?, txids, "txids of {} txs", order.len());
+        assert_eq!(
+            snap.tx_heights(&order)?,
+            want,
+            "heights of {} txs",
+            order.len()
+        );
+    }
+    assert!(snap.txids(&[snap.tx_count()]).is_err());
+    assert!(snap.tx_heights(&[snap.tx_count()]).is_err());
     for txid in extra_txids {
         assert_eq!(snap.find_tx(txid)?, model.find_tx(txid), "find extra tx");
     }
