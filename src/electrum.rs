@@ -9,6 +9,7 @@ mod history_cache;
 mod node;
 mod notify;
 mod scripts;
+mod status_cache;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
@@ -60,6 +61,7 @@ pub(crate) struct Shared {
     mempool: Arc<dyn MempoolView>,
     header_tree: Mutex<HeaderMerkle>,
     history_cache: history_cache::HistoryCache,
+    status_cache: status_cache::StatusCache,
     node_cache: NodeCache,
     sessions: Mutex<HashMap<u64, Arc<SessionState>>>,
     /// The `blockchain.headers.subscribe` result for the last tip announced.
@@ -180,6 +182,7 @@ impl Electrum {
                 mempool,
                 header_tree: Mutex::new(HeaderMerkle::new()),
                 history_cache: Default::default(),
+                status_cache: Default::default(),
                 node_cache: NodeCache::default(),
                 sessions: Mutex::new(HashMap::new()),
                 header_sub: Mutex::new(None),
@@ -281,6 +284,9 @@ impl Electrum {
                 let hashx = args::script_hash(first)?;
                 let mut subs = lock(&state.subs);
                 let removed = subs.scripts.remove(&hashx).is_some();
+                if removed {
+                    shared.status_cache.unsubscribed(&hashx);
+                }
                 ctx.set_subscription_count(subs.scripts.len());
                 Value::Bool(removed)
             }
@@ -379,14 +385,15 @@ impl Electrum {
         ctx.bump_cost(status.cost);
         let mut subs = lock(&state.subs);
         let scripthash = scripthash.as_str().unwrap_or_default().to_string();
-        subs.scripts.insert(
-            hashx,
-            ScriptSub {
-                scripthash,
-                status: status.status,
-                in_mempool: status.in_mempool,
-            },
-        );
+        let sub = ScriptSub {
+            scripthash,
+            status: status.status,
+            in_mempool: status.in_mempool,
+        };
+        // A closing session's subscriptions are released (`close_session`): add none.
+        if !ctx.is_closing() && subs.scripts.insert(hashx, sub).is_none() {
+            self.shared.status_cache.subscribed(hashx);
+        }
         ctx.set_subscription_count(subs.scripts.len());
         Ok(scripts::status_value(&status.status))
     }
@@ -448,8 +455,11 @@ impl Backend for Electrum {
         })
     }
 
-    fn close_session(&self, ctx: &SessionContext, _state: &Arc<SessionState>) {
+    fn close_session(&self, ctx: &SessionContext, state: &Arc<SessionState>) {
         lock(&self.shared.sessions).remove(&ctx.id());
+        for hashx in lock(&state.subs).scripts.drain().map(|(h, _)| h) {
+            self.shared.status_cache.unsubscribed(&hashx);
+        }
     }
 
     async fn daemon_version(&self) -> Result<DaemonVersion, RpcError> {
@@ -507,6 +517,7 @@ impl Backend for Electrum {
             json!({
                 "estimatefee": cache_line(shared.node_cache.estimate_stats()),
                 "history": cache_line(shared.history_cache.stats()),
+                "status": cache_line(shared.status_cache.stats()),
             }),
         );
         info

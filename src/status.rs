@@ -37,12 +37,23 @@ pub fn history(confirmed: &[ConfirmedTx], mempool: &[MempoolTx]) -> Vec<HistoryI
 
 /// Hashes a history entry by entry. It can be cloned after the confirmed part, so a
 /// mempool change re-hashes only mempool entries.
-#[derive(Clone)]
 pub struct StatusHasher {
     engine: sha256::HashEngine,
     /// Bytes hashed so far (ElectrumX charges by the status string's length).
     len: usize,
+    /// Scratch space for one entry's text.
     buffer: Vec<u8>,
+}
+
+/// A clone leaves the scratch buffer behind: cached hashers hold only the hash state.
+impl Clone for StatusHasher {
+    fn clone(&self) -> StatusHasher {
+        StatusHasher {
+            engine: self.engine.clone(),
+            len: self.len,
+            buffer: Vec::new(),
+        }
+    }
 }
 
 impl Default for StatusHasher {

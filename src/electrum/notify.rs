@@ -17,14 +17,22 @@ pub(super) async fn notify_all(
     touched: Option<Arc<HashSet<HashX>>>,
     new_tip: bool,
 ) {
+    // Each tip is announced once, and only the store's latest: calls that queued up behind
+    // a slow one (a reorg's blocks, a burst of blocks) coalesce into one announcement.
+    let mut header = None;
     if new_tip {
         shared.node_cache.new_block();
         match chain::header_subscription(&shared.reader.snapshot()) {
-            Ok(v) => *lock(&shared.header_sub) = Some(v),
+            Ok(v) => {
+                let mut announced = lock(&shared.header_sub);
+                if announced.as_ref() != Some(&v) {
+                    *announced = Some(v.clone());
+                    header = Some(v);
+                }
+            }
             Err(e) => warn!("no header to announce: {}", e.message),
         }
     }
-    let header = lock(&shared.header_sub).clone();
     let sessions: Vec<Arc<SessionState>> = lock(&shared.sessions).values().cloned().collect();
     let mut tasks = JoinSet::new();
     for state in sessions {
@@ -117,6 +125,7 @@ async fn notify_session(
                 Err(_) => {
                     let scripthash = sub.scripthash.clone();
                     subs.scripts.remove(&hashx);
+                    shared.status_cache.unsubscribed(&hashx);
                     sends.push((scripthash, Value::Null));
                 }
             }

@@ -8,13 +8,14 @@ use ferrum_storage::{Hash32, HashX, Snapshot};
 use serde_json::{json, Value};
 
 use super::history_cache::Tip;
+use super::status_cache::Source;
 use super::{blocking, internal, Reply, Shared};
 use crate::hex::{push_hash_hex, to_hex};
 use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
 use crate::merkle::header_hash;
 use crate::query::{self, ConfirmedTx, MempoolTx, QueryError, Unspent};
 use crate::session::SessionContext;
-use crate::status::{history, itoa, StatusHasher};
+use crate::status::{history, itoa};
 
 /// ElectrumX's `limited_history` bound: what fits in a response of `max_send` bytes at
 /// about 99 bytes an entry (no bound without a response limit).
@@ -75,6 +76,7 @@ pub struct Status {
 }
 
 /// ElectrumX's `address_status` of each script, computed together on the blocking pool.
+/// The confirmed part comes from the status cache; only the mempool part is hashed anew.
 pub async fn statuses(
     shared: &Arc<Shared>,
     max_send: usize,
@@ -87,12 +89,19 @@ pub async fn statuses(
         Ok(hashxs
             .iter()
             .map(|hashx| {
-                let (confirmed, cost) = limited_history(&shared, &snap, tip, hashx, limit)?;
-                let unconfirmed = shared.mempool.history(hashx);
-                let mut hasher = StatusHasher::new();
-                for c in confirmed.iter() {
-                    hasher.add(&c.txid, c.height as i32);
+                let part = shared.status_cache.confirmed(&snap, tip, hashx, || {
+                    limited_history(&shared, &snap, tip, hashx, limit)
+                })?;
+                let cost = match part.source {
+                    Source::Read { cost } => cost,
+                    Source::Cached => 0.1,
+                    Source::Extended(_) => history_cost(part.count),
+                };
+                if let Some(limit) = limit.filter(|&limit| part.count >= limit) {
+                    return Err(query_error(QueryError::HistoryTooLarge { limit }));
                 }
+                let unconfirmed = shared.mempool.history(hashx);
+                let mut hasher = part.hasher;
                 for m in &unconfirmed {
                     hasher.add(&m.txid, m.height());
                 }
