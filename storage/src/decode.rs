@@ -51,10 +51,6 @@ impl<'a> Cursor<'a> {
         Ok(out)
     }
 
-    pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        Ok(self.bytes(N)?.try_into().expect("length checked"))
-    }
-
     /// A varint length followed by that many bytes.
     pub fn blob(&mut self) -> Result<&'a [u8]> {
         let n = self.varint()?;

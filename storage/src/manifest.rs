@@ -17,7 +17,9 @@ use crate::varint;
 pub const MANIFEST: &str = "MANIFEST";
 pub const MANIFEST_TMP: &str = "MANIFEST.tmp";
 const MAGIC: &[u8; 8] = b"FERRUMST";
-const VERSION: u64 = 1;
+/// Bumped whenever a file format changes; 2: undo records grouped by key, per-tx output
+/// counts, zstd (version 1 stores must be resynced).
+const VERSION: u64 = 2;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
@@ -101,8 +103,19 @@ impl Manifest {
             ));
         }
         let mut c = Cursor::new(payload, path, MAGIC.len() as u64);
-        if c.varint()? != VERSION {
-            return Err(c.corrupt("unsupported manifest version"));
+        let version = c.varint()?;
+        if version != VERSION {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let age = if version < VERSION {
+                "an older"
+            } else {
+                "a newer"
+            };
+            return Err(Error::Invalid(format!(
+                "the store in {} has format version {version}, written by {age} Ferrum; this \
+                 build reads version {VERSION}: delete the directory and resync",
+                dir.display()
+            )));
         }
         let next_id = c.varint()?;
         let tx_count = c.varint()?;
@@ -253,6 +266,25 @@ mod tests {
         sample().write(dir.path()).unwrap();
         sample().write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn another_format_version_says_to_resync() {
+        for (version, age) in [(1, "an older"), (3, "a newer")] {
+            let mut p = Vec::new();
+            varint::put(&mut p, version);
+            let mut bytes = MAGIC.to_vec();
+            encode_frame(&mut bytes, &p);
+            let err = Manifest::decode(&bytes, Path::new("/srv/db/MANIFEST")).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "the store in /srv/db has format version {version}, written by {age} \
+                     Ferrum; this build reads version 2: delete the directory and resync"
+                )
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Undo records for the most recent blocks: what each block added to and removed from the UTXO
-//! set, so a rollback can restore it. One immutable file per commit, one crc frame per block.
+//! set, so a rollback can restore it. One immutable file per commit, one crc frame per block;
+//! a record lists added outputs as per-tx counts and spent outputs grouped under front-coded
+//! script keys, zstd-compressed when that is smaller (see docs/STORAGE.md).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -9,60 +11,139 @@ use crate::decode::Cursor;
 use crate::error::{Error, Result};
 use crate::file::{write_new_file, ImmutableFile};
 use crate::frame::{decode_frame, encode_frame};
+use crate::utxo::sorted_file::{decode_block, encode_block};
 use crate::{varint, HashX, HASHX_LEN};
 
 pub fn file_name(id: u64) -> String {
     format!("undo-{id}.log")
 }
 
+/// Most added outputs a record may imply without listing them (`vout`s `0..k` of a tx cost
+/// no bytes): bounds what a corrupt count under a valid crc can make a reader allocate. A
+/// writer whose block exceeds it lists the rest explicitly.
+const MAX_IMPLIED_OUTPUTS: u64 = 1 << 22;
+
 /// One block's changes to the UTXO set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BlockUndo {
     pub height: u32,
     pub first_txnum: u64,
-    /// Outpoints (tx number, vout) the block added.
+    /// Outpoints (tx number, vout) the block added, ascending.
     pub created: Vec<(u64, u32)>,
-    /// Outputs the block spent: (key, tx number, vout, value).
+    /// Outputs the block spent: (key, tx number, vout, value). Any order on input; a decoded
+    /// record has them sorted.
     pub spent: Vec<(HashX, u64, u32, u64)>,
 }
 
 impl BlockUndo {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.created.len() * 3 + self.spent.len() * 24);
-        varint::put(&mut out, u64::from(self.height));
+    /// The record body (before compression): everything but the height.
+    fn encode_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.created.len() + self.spent.len() * 20);
         varint::put(&mut out, self.first_txnum);
-        varint::put(&mut out, self.created.len() as u64);
-        for &(txnum, vout) in &self.created {
-            varint::put(&mut out, txnum - self.first_txnum);
-            varint::put(&mut out, u64::from(vout));
+        // Added outputs: per tx up to the last one that added any, `k << 1 | listed`.
+        let txs = self
+            .created
+            .last()
+            .map_or(0, |&(txnum, _)| txnum - self.first_txnum + 1);
+        varint::put(&mut out, txs);
+        let mut implied = 0;
+        let mut rest = &self.created[..];
+        for i in 0..txs {
+            let txnum = self.first_txnum + i;
+            let k = rest.iter().take_while(|&&(t, _)| t == txnum).count();
+            let (vouts, after) = rest.split_at(k);
+            rest = after;
+            let regular = vouts.iter().enumerate().all(|(j, &(_, v))| v as usize == j);
+            let listed = !regular || implied + k as u64 > MAX_IMPLIED_OUTPUTS;
+            varint::put(&mut out, (k as u64) << 1 | u64::from(listed));
+            if listed {
+                for &(_, vout) in vouts {
+                    varint::put(&mut out, u64::from(vout));
+                }
+            } else {
+                implied += k as u64;
+            }
         }
-        varint::put(&mut out, self.spent.len() as u64);
-        for (hashx, txnum, vout, value) in &self.spent {
-            out.extend_from_slice(hashx);
-            varint::put(&mut out, *txnum);
-            varint::put(&mut out, u64::from(*vout));
-            varint::put(&mut out, *value);
+        // Spent outputs, grouped by key: `count << 4 | shared`, key suffix, entries.
+        let mut spent = self.spent.clone();
+        spent.sort_unstable();
+        let groups = spent.chunk_by(|a, b| a.0 == b.0);
+        varint::put(&mut out, groups.clone().count() as u64);
+        let mut prev: Option<&HashX> = None;
+        for group in groups {
+            let hashx = &group[0].0;
+            let shared = prev.map_or(0, |p| {
+                p.iter().zip(hashx).take_while(|(a, b)| a == b).count()
+            });
+            varint::put(&mut out, (group.len() as u64) << 4 | shared as u64);
+            out.extend_from_slice(&hashx[shared..]);
+            let mut last = 0;
+            for &(_, txnum, vout, value) in group {
+                varint::put(&mut out, txnum - last);
+                varint::put(&mut out, u64::from(vout));
+                varint::put(&mut out, value);
+                last = txnum;
+            }
+            prev = Some(hashx);
         }
         out
     }
 
-    fn decode(payload: &[u8], path: &Path, offset: u64) -> Result<BlockUndo> {
-        let mut c = Cursor::new(payload, path, offset);
-        let height = c.u32()?;
+    /// Decodes the frame payload at `offset` (its height is already known to be `height`).
+    fn decode(block: &[u8], height: u32, path: &Path, offset: u64) -> Result<BlockUndo> {
+        let body = decode_block(block, offset, path)?;
+        let mut c = Cursor::new(&body, path, offset);
         let first_txnum = c.varint()?;
-        let n = c.count(2)?;
-        let mut created = Vec::with_capacity(n);
-        for _ in 0..n {
+        let txs = c.count(1)? as u64;
+        let mut created = Vec::new();
+        let mut implied = 0;
+        for i in 0..txs {
             let txnum = first_txnum
-                .checked_add(c.varint()?)
+                .checked_add(i)
                 .ok_or_else(|| c.corrupt("tx number out of range"))?;
-            created.push((txnum, c.u32()?));
+            let tag = c.varint()?;
+            let k = tag >> 1;
+            if tag & 1 == 1 {
+                if k > (body.len() as u64) {
+                    return Err(c.corrupt("count larger than the record"));
+                }
+                for _ in 0..k {
+                    created.push((txnum, c.u32()?));
+                }
+            } else {
+                implied += k;
+                if implied > MAX_IMPLIED_OUTPUTS || k > u64::from(u32::MAX) {
+                    return Err(c.corrupt("too many added outputs"));
+                }
+                created.extend((0..k as u32).map(|vout| (txnum, vout)));
+            }
         }
-        let n = c.count(HASHX_LEN + 3)?;
-        let mut spent = Vec::with_capacity(n);
-        for _ in 0..n {
-            let hashx = c.array::<HASHX_LEN>()?;
-            spent.push((hashx, c.varint()?, c.u32()?, c.varint()?));
+        // Each group takes at least a header, a key byte and a 3-byte entry.
+        let groups = c.count(5)?;
+        let mut spent = Vec::new();
+        let mut prev: Option<HashX> = None;
+        for _ in 0..groups {
+            let tag = c.varint()?;
+            let (count, shared) = (tag >> 4, (tag & 15) as usize);
+            if count == 0 || shared >= HASHX_LEN || (prev.is_none() && shared > 0) {
+                return Err(c.corrupt("bad spent-output group header"));
+            }
+            let mut hashx = prev.unwrap_or_default();
+            hashx[shared..].copy_from_slice(c.bytes(HASHX_LEN - shared)?);
+            if prev.is_some_and(|p| p >= hashx) {
+                return Err(c.corrupt("spent-output keys out of order"));
+            }
+            if count.saturating_mul(3) > body.len() as u64 {
+                return Err(c.corrupt("count larger than the record"));
+            }
+            let mut txnum = 0u64;
+            for _ in 0..count {
+                txnum = txnum
+                    .checked_add(c.varint()?)
+                    .ok_or_else(|| c.corrupt("tx number out of range"))?;
+                spent.push((hashx, txnum, c.u32()?, c.varint()?));
+            }
+            prev = Some(hashx);
         }
         c.finish()?;
         Ok(BlockUndo {
@@ -134,7 +215,7 @@ impl UndoLog {
         if self.keep == 0 {
             return;
         }
-        let bytes = undo.encode();
+        let bytes = undo.encode_body();
         self.pending_bytes += bytes.len();
         self.pending.push_back((undo.height, bytes));
         while self.pending.len() > self.keep as usize {
@@ -155,9 +236,15 @@ impl UndoLog {
         if self.pending.is_empty() {
             return Ok(false);
         }
+        // Compressed here rather than in `push`: records that fall out of the horizon before
+        // the commit (most of them in an initial sync) are never compressed.
         let mut bytes = Vec::with_capacity(self.pending_bytes + self.pending.len() * 8);
-        for (_, record) in &self.pending {
-            encode_frame(&mut bytes, record);
+        let mut payload = Vec::new();
+        for (height, body) in &self.pending {
+            payload.clear();
+            varint::put(&mut payload, u64::from(*height));
+            payload.extend_from_slice(&encode_block(body, true));
+            encode_frame(&mut bytes, &payload);
         }
         let id = alloc_id();
         let path = self.dir.join(file_name(id));
@@ -198,19 +285,18 @@ impl UndoLog {
         let mut expect = f.r.first;
         loop {
             let (payload, next) = decode_frame(data, offset, path)?;
-            let undo = BlockUndo::decode(payload, path, offset as u64)?;
-            if undo.height != expect {
+            let mut pos = 0;
+            let found = varint::get(payload, &mut pos).and_then(|h| u32::try_from(h).ok());
+            if found != Some(expect) {
+                let what = found.map_or("a bad height".to_string(), |h| format!("block {h}"));
                 return Err(Error::corrupt(
                     path,
                     offset as u64,
-                    format!(
-                        "undo record for block {} where {expect} belongs",
-                        undo.height
-                    ),
+                    format!("undo record for {what} where {expect} belongs"),
                 ));
             }
-            if undo.height == height {
-                return Ok(undo);
+            if expect == height {
+                return BlockUndo::decode(&payload[pos..], height, path, offset as u64);
             }
             expect += 1;
             offset = next;
@@ -242,12 +328,165 @@ mod tests {
     use super::*;
 
     fn undo(height: u32) -> BlockUndo {
+        let first = u64::from(height) * 10;
+        let key = |b: u8| [b; HASHX_LEN];
+        let mut shared_prefix = key(height as u8);
+        shared_prefix[10] = 0xee;
         BlockUndo {
             height,
-            first_txnum: u64::from(height) * 10,
-            created: vec![(u64::from(height) * 10, 0), (u64::from(height) * 10 + 1, 3)],
-            spent: vec![([height as u8; HASHX_LEN], 7, 1, 5000 + u64::from(height))],
+            first_txnum: first,
+            // tx 0: vout 0; tx 1: none; tx 2: vouts 1 and 3 (listed); tx 3: vouts 0..3.
+            created: vec![
+                (first, 0),
+                (first + 2, 1),
+                (first + 2, 3),
+                (first + 3, 0),
+                (first + 3, 1),
+                (first + 3, 2),
+            ],
+            // Sorted, as a decoded record is: two entries under one key, a key sharing ten
+            // bytes with the previous one, a same-tx pair.
+            spent: vec![
+                (key(height as u8), 7, 1, 5000 + u64::from(height)),
+                (key(height as u8), 7, 4, 1),
+                (key(height as u8), 900_000, 0, u64::MAX),
+                (shared_prefix, 3, 0, 0),
+            ],
         }
+    }
+
+    fn payload(u: &BlockUndo) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint::put(&mut out, u64::from(u.height));
+        out.extend_from_slice(&encode_block(&u.encode_body(), true));
+        out
+    }
+
+    #[test]
+    fn records_round_trip_in_any_spend_order() {
+        let path = Path::new("undo-1.log");
+        for h in [0, 5, 300] {
+            let want = undo(h);
+            let mut shuffled = want.clone();
+            shuffled.spent.reverse();
+            let bytes = payload(&shuffled);
+            let mut pos = 0;
+            assert_eq!(varint::get(&bytes, &mut pos), Some(u64::from(h)));
+            assert_eq!(BlockUndo::decode(&bytes[pos..], h, path, 0).unwrap(), want);
+        }
+        let empty = BlockUndo {
+            height: 1,
+            first_txnum: 4,
+            ..BlockUndo::default()
+        };
+        assert_eq!(
+            BlockUndo::decode(&payload(&empty)[1..], 1, path, 0).unwrap(),
+            empty
+        );
+    }
+
+    #[test]
+    fn repeated_keys_are_compressed() {
+        // 500 spends of 5 keys: zstd finds the repeats the grouping cannot (other blocks' keys).
+        let spent: Vec<_> = (0..500u64)
+            .map(|i| ([(i % 5) as u8; HASHX_LEN], i * 7, 0, 1000 + i % 3))
+            .collect();
+        let u = BlockUndo {
+            height: 9,
+            first_txnum: 5000,
+            created: (5000..5300).map(|t| (t, 0)).collect(),
+            spent,
+        };
+        let body = u.encode_body();
+        let bytes = payload(&u);
+        assert!(
+            bytes.len() < body.len(),
+            "{} >= {}",
+            bytes.len(),
+            body.len()
+        );
+        let mut sorted = u.clone();
+        sorted.spent.sort_unstable();
+        assert_eq!(
+            BlockUndo::decode(&bytes[1..], 9, Path::new("u"), 0).unwrap(),
+            sorted
+        );
+    }
+
+    /// Decodes a hand-made raw body (codec 0) and returns the error message.
+    fn decode_err(body: &[u8]) -> String {
+        let mut block = vec![0u8];
+        block.extend_from_slice(body);
+        BlockUndo::decode(&block, 3, Path::new("undo-7.log"), 12)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_contents_under_a_valid_checksum_are_corrupt() {
+        let at = "corrupt store file undo-7.log at offset 12: ";
+        let key = [1u8; HASHX_LEN];
+        let group = |tag: u8, key: &[u8]| {
+            let mut g = vec![tag];
+            g.extend_from_slice(key);
+            g.extend_from_slice(&[5, 0, 9]);
+            g
+        };
+        // first txnum 0, no txs, then the groups.
+        let with_groups = |groups: &[Vec<u8>]| {
+            let mut b = vec![0, 0, groups.len() as u8];
+            for g in groups {
+                b.extend_from_slice(g);
+            }
+            b
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                with_groups(&[group(0x01, &key)]),
+                "bad spent-output group header",
+            ),
+            (
+                with_groups(&[group(0x10, &key), group(0x10, &key)]),
+                "spent-output keys out of order",
+            ),
+            (
+                with_groups(&[group(0x1b, &key[..1])]),
+                "bad spent-output group header",
+            ),
+            (
+                with_groups(&[group(0x12, &key[2..])]),
+                "bad spent-output group header",
+            ),
+            (
+                with_groups(&[group(0x10, &key)])[..14].to_vec(),
+                "record truncated",
+            ),
+            (
+                {
+                    let mut b = with_groups(&[group(0x10, &key)]);
+                    b.push(0);
+                    b
+                },
+                "trailing bytes in record",
+            ),
+            (
+                vec![0, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 0],
+                "too many added outputs",
+            ),
+            (vec![0, 1, 0x7f, 0], "count larger than the record"),
+            (vec![0, 9, 0, 0], "count larger than the record"),
+            (
+                vec![
+                    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 2, 0, 2, 0,
+                ],
+                "tx number out of range",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(decode_err(&body), format!("{at}{want}"), "{body:?}");
+        }
+        let err = BlockUndo::decode(&[7, 1], 3, Path::new("undo-7.log"), 12).unwrap_err();
+        assert_eq!(err.to_string(), format!("{at}unknown block codec"));
     }
 
     #[test]
@@ -306,5 +545,30 @@ mod tests {
             bytes.len() / 2
         );
         assert!(err.starts_with(&want), "{err}");
+    }
+
+    #[test]
+    fn records_out_of_height_order_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, &payload(&undo(4)));
+        let second = bytes.len();
+        encode_frame(&mut bytes, &payload(&undo(6)));
+        write_new_file(&path, &bytes).unwrap();
+        let r = UndoRef {
+            id: 1,
+            first: 4,
+            last: 5,
+        };
+        let log = UndoLog::open(dir.path(), 5, &[r]).unwrap();
+        assert_eq!(log.read(4).unwrap(), undo(4));
+        assert_eq!(
+            log.read(5).unwrap_err().to_string(),
+            format!(
+                "corrupt store file {} at offset {second}: undo record for block 6 where 5 belongs",
+                path.display()
+            )
+        );
     }
 }

@@ -23,9 +23,9 @@ const ZSTD_LEVEL: i32 = 3;
 
 /// Turns a block body into a frame payload: `codec u8`, then the raw body (codec 0) or
 /// `raw_len varint ++ zstd(body)` (codec 1), whichever is smaller when `compress` is set.
+/// Bodies over `MAX_BLOCK_RAW` stay raw, so every compressed body is within the read bound.
 pub(crate) fn encode_block(body: &[u8], compress: bool) -> Vec<u8> {
-    debug_assert!(body.len() <= MAX_BLOCK_RAW);
-    if compress {
+    if compress && body.len() <= MAX_BLOCK_RAW {
         if let Ok(packed) = zstd::bulk::compress(body, ZSTD_LEVEL) {
             if packed.len() + 4 < body.len() {
                 let mut out = Vec::with_capacity(packed.len() + 5);
@@ -50,11 +50,25 @@ pub(crate) fn read_block<'a>(
     end: usize,
     path: &Path,
 ) -> Result<Cow<'a, [u8]>> {
-    let corrupt = |reason: &str| Error::corrupt(path, offset as u64, reason);
     let (payload, next) = decode_frame(data, offset, path)?;
     if next != end {
-        return Err(corrupt("block length disagrees with index"));
+        return Err(Error::corrupt(
+            path,
+            offset as u64,
+            "block length disagrees with index",
+        ));
     }
+    decode_block(payload, offset as u64, path)
+}
+
+/// Decodes a payload made by `encode_block` (codec byte, then raw or bounded zstd) into its
+/// body. Every failure is `Error::Corrupt` at `offset`.
+pub(crate) fn decode_block<'a>(
+    payload: &'a [u8],
+    offset: u64,
+    path: &Path,
+) -> Result<Cow<'a, [u8]>> {
+    let corrupt = |reason: &str| Error::corrupt(path, offset, reason);
     match payload.split_first() {
         Some((&CODEC_RAW, body)) => Ok(Cow::Borrowed(body)),
         Some((&CODEC_ZSTD, rest)) => {
