@@ -147,3 +147,6 @@ async fn notify_session(
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
