@@ -1,20 +1,28 @@
 //! `ferrum`: the server. Reads ElectrumX's environment variables, indexes the node's chain
-//! into DB_DIRECTORY, and serves Electrum wallets once the index has caught up. The local
-//! RPC service answers from the start.
+//! into DB_DIRECTORY, mirrors the node's mempool, and serves Electrum wallets once the index
+//! has caught up and the mempool is synced. The local RPC service answers from the start.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferrum::coin::Network;
 use ferrum::config::Config;
 use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::electrum::Electrum;
 use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
-use ferrum::query::EmptyMempool;
+use ferrum::mempool::{self, Mempool};
 use ferrum::server::Server;
+use ferrum_storage::{HashX, Reader};
 use tokio::sync::broadcast::error::RecvError;
-use tracing::{error, info};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+/// How long a new tip's notification waits for the mempool to be read at that tip (the
+/// node is a block ahead of the index) before it goes out with the block's changes alone.
+const MAX_NOTIFY_DELAY: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -80,9 +88,20 @@ async fn run(config: Config) -> Result<(), String> {
     let (indexer, handle) =
         Indexer::new(store, daemon.clone(), network, settings).map_err(|e| e.to_string())?;
 
-    let electrum =
-        Electrum::new(reader, network, daemon, Arc::new(EmptyMempool)).with_indexer(handle.clone());
-    tokio::spawn(forward_changes(electrum.clone(), handle.clone()));
+    let mempool = Arc::new(Mempool::new());
+    let electrum = Electrum::new(reader.clone(), network, daemon.clone(), mempool.clone())
+        .with_indexer(handle.clone());
+    let (mempool_synced, synced) = watch::channel(false);
+    let follower = Follower {
+        electrum: electrum.clone(),
+        handle: handle.clone(),
+        mempool,
+        daemon,
+        reader,
+        interval: config.daemon_poll_interval_mempool,
+        synced: mempool_synced,
+    };
+    tokio::spawn(follower.run());
     let mut indexer_task = tokio::spawn(indexer.run());
 
     let server = Server::new(
@@ -93,7 +112,7 @@ async fn run(config: Config) -> Result<(), String> {
     server.start_rpc().await?;
 
     tokio::pin!(shutdown);
-    let wallets = serve_wallets_when_caught_up(&server, &electrum, &handle);
+    let wallets = serve_wallets_when_caught_up(&server, &electrum, &handle, synced);
     tokio::pin!(wallets);
     let mut serving = false;
     let outcome = loop {
@@ -116,11 +135,13 @@ async fn run(config: Config) -> Result<(), String> {
     outcome
 }
 
-/// ElectrumX serves wallets only once the index has caught up with the node.
+/// ElectrumX serves wallets only once the index has caught up with the node and the
+/// mempool has been synced.
 async fn serve_wallets_when_caught_up(
     server: &Arc<Server<Electrum>>,
     electrum: &Electrum,
     handle: &IndexerHandle,
+    mut mempool_synced: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut caught_up = handle.caught_up();
     caught_up
@@ -128,18 +149,133 @@ async fn serve_wallets_when_caught_up(
         .await
         .map_err(|_| "the indexer stopped before catching up".to_string())?;
     electrum.prepare().await.map_err(|e| e.message)?;
+    mempool_synced
+        .wait_for(|&done| done)
+        .await
+        .map_err(|_| "the mempool task stopped before its first sync".to_string())?;
     server.start_wallets().await
 }
 
-/// Passes each committed tip to the methods layer, which notifies subscribed sessions.
-async fn forward_changes(electrum: Electrum, handle: IndexerHandle) {
-    let mut changes = handle.subscribe_changes();
-    loop {
-        match changes.recv().await {
-            Ok(change) => electrum.notify(change.touched.clone(), true).await,
-            // Missed changes: re-check every subscription rather than guess.
-            Err(RecvError::Lagged(_)) => electrum.notify(None, true).await,
-            Err(RecvError::Closed) => return,
+/// The one task that orders notifications, as ElectrumX's `Notifications` does: a new tip
+/// is announced only once the mempool has been refreshed at it, with the block's and the
+/// mempool's scripts in one notification (no client sees a transient status); between
+/// blocks the mempool is polled every `DAEMON_POLL_INTERVAL_MEMPOOL` and its changes are
+/// notified. Polling starts once the index has caught up.
+struct Follower {
+    electrum: Electrum,
+    handle: IndexerHandle,
+    mempool: Arc<Mempool>,
+    daemon: Arc<Daemon>,
+    reader: Reader,
+    interval: Duration,
+    synced: watch::Sender<bool>,
+}
+
+/// New tips not yet notified: the scripts they touched (None: unknown, check everything)
+/// and when the first of them arrived.
+struct PendingTip {
+    touched: Option<HashSet<HashX>>,
+    since: Instant,
+}
+
+impl PendingTip {
+    fn add(pending: &mut Option<PendingTip>, touched: Option<&HashSet<HashX>>) {
+        let p = pending.get_or_insert_with(|| PendingTip {
+            touched: Some(HashSet::new()),
+            since: Instant::now(),
+        });
+        match (&mut p.touched, touched) {
+            (Some(all), Some(more)) => all.extend(more.iter().copied()),
+            (all, _) => *all = None,
+        }
+    }
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut changes = self.handle.subscribe_changes();
+        let mut caught_up = self.handle.caught_up();
+        let caught_up = async move { caught_up.wait_for(|&done| done).await.is_ok() };
+        tokio::pin!(caught_up);
+        let (mut started, mut polling) = (false, false);
+        let mut pending: Option<PendingTip> = None;
+        let mut next_poll = tokio::time::Instant::now();
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(change) => PendingTip::add(&mut pending, change.touched.as_deref()),
+                    // Missed changes: re-check every subscription rather than guess.
+                    Err(RecvError::Lagged(_)) => PendingTip::add(&mut pending, None),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(next_poll), if polling => {}
+                ok = &mut caught_up, if !started => {
+                    started = true;
+                    polling = ok;
+                    if ok {
+                        info!("mempool: reading the node's mempool; this can take some time");
+                    }
+                }
+            }
+            if !polling {
+                if let Some(tip) = pending.take() {
+                    self.electrum.notify(tip.touched.map(Arc::new), true).await;
+                }
+                continue;
+            }
+            let started_at = Instant::now();
+            let snap = self.reader.snapshot();
+            let refreshed = self.mempool.refresh(&self.daemon, &snap).await;
+            next_poll = tokio::time::Instant::now() + self.interval;
+            match refreshed {
+                Ok(touched) => {
+                    if last_error.take().is_some() {
+                        info!("mempool: refreshing again");
+                    }
+                    if !*self.synced.borrow() {
+                        info!(
+                            "mempool: synced {} transactions in {:.2}s",
+                            self.mempool.tx_count(),
+                            started_at.elapsed().as_secs_f64()
+                        );
+                        self.synced.send_replace(true);
+                    }
+                    match pending.take() {
+                        Some(tip) => {
+                            let all = tip.touched.map(|mut t| {
+                                t.extend(touched);
+                                Arc::new(t)
+                            });
+                            self.electrum.notify(all, true).await;
+                        }
+                        None if !touched.is_empty() => {
+                            self.electrum.notify(Some(Arc::new(touched)), false).await;
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) => {
+                    let unsynced = matches!(e, mempool::Error::Unsynced(_));
+                    let message = e.to_string();
+                    if unsynced {
+                        debug!("{message}");
+                    } else if last_error.as_ref() != Some(&message) {
+                        warn!("{message}; the mempool is read again next round");
+                        last_error = Some(message);
+                    }
+                    // A node a block ahead of the index: that block brings its own refresh.
+                    // Otherwise (or if it is late), the tip is not held back any longer.
+                    let late = pending
+                        .as_ref()
+                        .is_some_and(|p| p.since.elapsed() >= MAX_NOTIFY_DELAY);
+                    if !unsynced || late {
+                        if let Some(tip) = pending.take() {
+                            self.electrum.notify(tip.touched.map(Arc::new), true).await;
+                        }
+                    }
+                }
+            }
         }
     }
 }

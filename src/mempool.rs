@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::{sha256d, Hash};
 use ferrum_storage::{Hash32, HashX, Snapshot};
-use futures_util::{stream, StreamExt};
+use futures_util::future;
 use tracing::{info, warn};
 
 use crate::daemon::{self, Daemon};
@@ -173,20 +173,24 @@ impl Mempool {
         .await?;
 
         let mut parsed = Vec::with_capacity(new.len());
-        let mut batches = stream::iter(new.chunks(FETCH_BATCH))
-            .map(|chunk| async move { (chunk, source.transactions(chunk).await) })
-            .buffered(FETCH_CONCURRENCY);
-        while let Some((chunk, raws)) = batches.next().await {
-            for (txid, raw) in chunk.iter().zip(raws?) {
-                // None: mined or evicted since the txids were read; the diff sees to it.
-                let Some(raw) = raw else { continue };
-                match resolve::parse(txid, &raw) {
-                    Ok(tx) => parsed.push(tx),
-                    Err(e) => warn!("mempool: {e}; skipped"),
+        // FETCH_CONCURRENCY batches at a time.
+        for group in new.chunks(FETCH_BATCH * FETCH_CONCURRENCY) {
+            let mut fetches = Vec::with_capacity(FETCH_CONCURRENCY);
+            for chunk in group.chunks(FETCH_BATCH) {
+                fetches.push(source.transactions(chunk));
+            }
+            let replies = future::join_all(fetches).await;
+            for (chunk, raws) in group.chunks(FETCH_BATCH).zip(replies) {
+                for (txid, raw) in chunk.iter().zip(raws?) {
+                    // None: mined or evicted since the txids were read; the diff sees to it.
+                    let Some(raw) = raw else { continue };
+                    match resolve::parse(txid, &raw) {
+                        Ok(tx) => parsed.push(tx),
+                        Err(e) => warn!("mempool: {e}; skipped"),
+                    }
                 }
             }
         }
-        drop(batches);
 
         let histogram_due = histogram_at.is_none_or(|at| at.elapsed() >= HISTOGRAM_REFRESH);
         let (inner, snap) = (self.inner.clone(), snap.clone());
