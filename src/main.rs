@@ -16,7 +16,7 @@ use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
 use ferrum::mempool::{self, Mempool};
 use ferrum::server::Server;
 use ferrum_storage::{HashX, Reader};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -203,12 +203,23 @@ impl Follower {
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
-                change = changes.recv() => match change {
-                    Ok(change) => PendingTip::add(&mut pending, change.touched.as_deref()),
-                    // Missed changes: re-check every subscription rather than guess.
-                    Err(RecvError::Lagged(_)) => PendingTip::add(&mut pending, None),
-                    Err(RecvError::Closed) => return,
-                },
+                change = changes.recv() => {
+                    let mut change = Some(change);
+                    // Tips already queued go out in the same notification.
+                    while let Some(next) = change.take() {
+                        match next {
+                            Ok(c) => PendingTip::add(&mut pending, c.touched.as_deref()),
+                            // Missed changes: re-check every subscription rather than guess.
+                            Err(RecvError::Lagged(_)) => PendingTip::add(&mut pending, None),
+                            Err(RecvError::Closed) => return,
+                        }
+                        change = match changes.try_recv() {
+                            Ok(c) => Some(Ok(c)),
+                            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                        };
+                    }
+                }
                 _ = tokio::time::sleep_until(next_poll), if polling => {}
                 ok = &mut caught_up, if !started => {
                     started = true;
