@@ -18,6 +18,8 @@
 #   NODE_DIR=DIR             keep the bitcoind data directory there and reuse it next time
 #                            (the chain is submitted once)
 #   CACHE_MB=N               passed to Ferrum (default: Ferrum's, 1200)
+#   REORG_LIMIT=N            passed to Ferrum and ElectrumX (default: theirs for regtest, 8000,
+#                            so that undo records cover every block of these chains)
 #   PERF=1                   run Ferrum under `perf record` with DWARF call graphs (the
 #                            profile, ferrum.perf, is left in the work dir: implies KEEP=1)
 #   KEEP=1                   keep the work dir (databases, logs) instead of deleting it
@@ -127,7 +129,7 @@ measure() { # name db_dir command...: runs it until it serves $tip, then stops i
   python3 tools/compare_support.py report "$name" "$start" "$end" "$txs" "$rss" "$user" "$sys"
   case $name in
     ferrum) "$BIN/ferrum-db" info "$db" | sed 's/^/    /' ;;
-    electrumx) python3 tools/compare_support.py exsize "$db" "$txs" ;;
+    electrumx) "$CACHE/e-x/bin/python" tools/compare_support.py exsize "$db" "$txs" ;;
     *) python3 tools/compare_support.py dirsize "$db" "$txs" ;;
   esac
 }
@@ -139,7 +141,7 @@ for server in $COMPARE; do
       [ "${PERF:-0}" = 1 ] && run=(perf record -F 499 --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
       measure ferrum "$work/ferrum-db" env DB_DIRECTORY="$work/ferrum-db" NET=regtest \
         DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" \
-        ${CACHE_MB:+CACHE_MB=$CACHE_MB} "${run[@]}" ;;
+        ${CACHE_MB:+CACHE_MB=$CACHE_MB} ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} "${run[@]}" ;;
     electrs)
       measure electrs "$work/electrs-db" "$CACHE/electrs-0.11.1/bin/electrs" --network regtest \
         --db-dir "$work/electrs-db" --daemon-dir "$node_dir" --cookie-file "$cookie" \
@@ -151,6 +153,7 @@ for server in $COMPARE; do
       measure electrumx "$work/electrumx-db" env COIN=Bitcoin NET=regtest \
         DB_DIRECTORY="$work/electrumx-db" DAEMON_URL="http://$auth@127.0.0.1:$rpc/" \
         SERVICES="tcp://127.0.0.1:$port" PEER_DISCOVERY=off DB_ENGINE=leveldb ALLOW_ROOT=1 \
+        ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} \
         sh -c "mkdir -p '$work/electrumx-db' && exec '$CACHE/e-x/bin/electrumx_server'" ;;
     *) echo "unknown server $server" >&2; exit 2 ;;
   esac

@@ -99,6 +99,31 @@ def dirsize(db, txs):
     print_parts([(os.path.basename(db.rstrip("/")), tree_bytes([db]))], txs)
 
 
+# ElectrumX's LevelDB key prefixes (electrumx/server/db.py and history.py).
+EX_PREFIXES = {
+    "utxo": {b"u": "UTXOs by script (u)", b"h": "outpoint index (h)", b"U": "undo (U)"},
+    "hist": {b"H": "history (H)"},
+}
+
+
+def leveldb_shares(path, prefixes):
+    """Raw key + value bytes per labelled prefix of a LevelDB (None without plyvel, which
+    ElectrumX's own Python has: run this script with it)."""
+    try:
+        import plyvel
+    except ImportError:
+        return None
+    shares = {label: 0 for label in prefixes.values()}
+    shares["other"] = 0
+    db = plyvel.DB(path)
+    try:
+        for key, value in db.iterator():
+            shares[prefixes.get(key[:1], "other")] += len(key) + len(value)
+    finally:
+        db.close()
+    return shares
+
+
 def exsize(db, txs):
     """ElectrumX's directory by component. meta/block<N> files are its raw-block reorg cache
     (whole blocks kept for the last REORG_LIMIT heights), which the targets exclude; LevelDB
@@ -112,7 +137,15 @@ def exsize(db, txs):
     for name in ("utxo", "hist"):
         d = os.path.join(db, name)
         logs = glob.glob(os.path.join(d, "*.log"))
-        parts.append((f"{name} LevelDB tables", tree_bytes([d]) - tree_bytes(logs)))
+        tables = tree_bytes([d]) - tree_bytes(logs)
+        shares = leveldb_shares(d, EX_PREFIXES[name])
+        if shares is None:
+            parts.append((f"{name} LevelDB tables", tables))
+        else:
+            # Split the compressed tables in proportion to raw key + value bytes per prefix.
+            total = sum(shares.values()) or 1
+            for label, raw_bytes in shares.items():
+                parts.append((f"{name} LevelDB: {label}", round(tables * raw_bytes / total)))
         parts.append((f"{name} LevelDB logs", tree_bytes(logs)))
     rest = tree_bytes([db]) - sum(size for _, size in parts) - tree_bytes(raw)
     parts.append(("other", rest))
