@@ -7,11 +7,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::decode::Cursor;
+use crate::decode::{put_blob, Cursor};
 use crate::error::{Error, Result};
 use crate::file::{write_new_file, ImmutableFile};
 use crate::frame::{decode_frame, encode_frame};
-use crate::utxo::sorted_file::{decode_block, encode_block};
+use crate::utxo::sorted_file::{decode_block, encode_block, MAX_BLOCK_RAW};
 use crate::{varint, HashX, HASHX_LEN};
 
 pub fn file_name(id: u64) -> String {
@@ -89,10 +89,9 @@ impl BlockUndo {
         out
     }
 
-    /// Decodes the frame payload at `offset` (its height is already known to be `height`).
-    fn decode(block: &[u8], height: u32, path: &Path, offset: u64) -> Result<BlockUndo> {
-        let body = decode_block(block, offset, path)?;
-        let mut c = Cursor::new(&body, path, offset);
+    /// Decodes the body of block `height`'s record, found in the frame at `offset`.
+    fn decode(body: &[u8], height: u32, path: &Path, offset: u64) -> Result<BlockUndo> {
+        let mut c = Cursor::new(body, path, offset);
         let first_txnum = c.varint()?;
         let txs = c.count(1)? as u64;
         let mut created = Vec::new();
@@ -153,6 +152,41 @@ impl BlockUndo {
             spent,
         })
     }
+}
+
+/// Largest raw chunk of records compressed together: the bound on what a read decompresses.
+const CHUNK_RAW: usize = MAX_BLOCK_RAW;
+
+/// Appends one frame holding `records` consecutive records from height `first`.
+fn write_chunk(out: &mut Vec<u8>, first: u32, records: u64, chunk: &[u8]) {
+    let mut payload = Vec::with_capacity(chunk.len() / 2 + 16);
+    varint::put(&mut payload, u64::from(first));
+    varint::put(&mut payload, records);
+    payload.extend_from_slice(&encode_block(chunk, true));
+    encode_frame(out, &payload);
+}
+
+/// Checks a decoded chunk of `records` length-prefixed records and decodes the one at
+/// `index` (block `height`).
+fn read_record(
+    chunk: &[u8],
+    records: u64,
+    index: u32,
+    height: u32,
+    path: &Path,
+    offset: u64,
+) -> Result<BlockUndo> {
+    let mut c = Cursor::new(chunk, path, offset);
+    let mut wanted = None;
+    for i in 0..records {
+        let body = c.blob()?;
+        if i == u64::from(index) {
+            wanted = Some(body);
+        }
+    }
+    c.finish()?;
+    let body = wanted.expect("index < records");
+    BlockUndo::decode(body, height, path, offset)
 }
 
 /// A committed undo file covering blocks `first..=last` (`last` is lowered by rollbacks).
@@ -239,13 +273,22 @@ impl UndoLog {
         // Compressed here rather than in `push`: records that fall out of the horizon before
         // the commit (most of them in an initial sync) are never compressed.
         let mut bytes = Vec::with_capacity(self.pending_bytes + self.pending.len() * 8);
-        let mut payload = Vec::new();
+        let mut chunk = Vec::new();
+        let mut records = 0u64;
+        let mut first = 0;
         for (height, body) in &self.pending {
-            payload.clear();
-            varint::put(&mut payload, u64::from(*height));
-            payload.extend_from_slice(&encode_block(body, true));
-            encode_frame(&mut bytes, &payload);
+            if records > 0 && chunk.len() + body.len() + 10 > CHUNK_RAW {
+                write_chunk(&mut bytes, first, records, &chunk);
+                chunk.clear();
+                records = 0;
+            }
+            if records == 0 {
+                first = *height;
+            }
+            put_blob(&mut chunk, body);
+            records += 1;
         }
+        write_chunk(&mut bytes, first, records, &chunk);
         let id = alloc_id();
         let path = self.dir.join(file_name(id));
         write_new_file(&path, &bytes)?;
@@ -285,20 +328,27 @@ impl UndoLog {
         let mut expect = f.r.first;
         loop {
             let (payload, next) = decode_frame(data, offset, path)?;
+            let corrupt = |reason: String| Error::corrupt(path, offset as u64, reason);
             let mut pos = 0;
-            let found = varint::get(payload, &mut pos).and_then(|h| u32::try_from(h).ok());
-            if found != Some(expect) {
-                let what = found.map_or("a bad height".to_string(), |h| format!("block {h}"));
-                return Err(Error::corrupt(
-                    path,
-                    offset as u64,
-                    format!("undo record for {what} where {expect} belongs"),
-                ));
+            let first = varint::get(payload, &mut pos).and_then(|h| u32::try_from(h).ok());
+            let records = varint::get(payload, &mut pos);
+            let (Some(first), Some(records)) = (first, records) else {
+                return Err(corrupt("bad undo chunk header".into()));
+            };
+            if first != expect {
+                return Err(corrupt(format!(
+                    "undo records from block {first} where {expect} belongs"
+                )));
             }
-            if expect == height {
-                return BlockUndo::decode(&payload[pos..], height, path, offset as u64);
+            if records == 0 || records > u64::from(u32::MAX - first) {
+                return Err(corrupt("bad undo record count".into()));
             }
-            expect += 1;
+            let end = first + records as u32;
+            if height < end {
+                let chunk = decode_block(&payload[pos..], offset as u64, path)?;
+                return read_record(&chunk, records, height - first, height, path, offset as u64);
+            }
+            expect = end;
             offset = next;
         }
     }
@@ -355,11 +405,11 @@ mod tests {
         }
     }
 
-    fn payload(u: &BlockUndo) -> Vec<u8> {
-        let mut out = Vec::new();
-        varint::put(&mut out, u64::from(u.height));
-        out.extend_from_slice(&encode_block(&u.encode_body(), true));
-        out
+    /// A one-record chunk of `u`, as `flush` lays it out.
+    fn chunk_of(u: &BlockUndo) -> Vec<u8> {
+        let mut chunk = Vec::new();
+        put_blob(&mut chunk, &u.encode_body());
+        chunk
     }
 
     #[test]
@@ -369,10 +419,8 @@ mod tests {
             let want = undo(h);
             let mut shuffled = want.clone();
             shuffled.spent.reverse();
-            let bytes = payload(&shuffled);
-            let mut pos = 0;
-            assert_eq!(varint::get(&bytes, &mut pos), Some(u64::from(h)));
-            assert_eq!(BlockUndo::decode(&bytes[pos..], h, path, 0).unwrap(), want);
+            let body = shuffled.encode_body();
+            assert_eq!(BlockUndo::decode(&body, h, path, 0).unwrap(), want);
         }
         let empty = BlockUndo {
             height: 1,
@@ -380,59 +428,78 @@ mod tests {
             ..BlockUndo::default()
         };
         assert_eq!(
-            BlockUndo::decode(&payload(&empty)[1..], 1, path, 0).unwrap(),
+            BlockUndo::decode(&empty.encode_body(), 1, path, 0).unwrap(),
             empty
         );
     }
 
-    #[test]
-    fn repeated_keys_are_compressed() {
-        // 500 spends of 5 keys: zstd finds the repeats the grouping cannot (other blocks' keys).
-        let spent: Vec<_> = (0..500u64)
-            .map(|i| ([(i % 5) as u8; HASHX_LEN], i * 7, 0, 1000 + i % 3))
+    /// A block spending `n` outputs, many under repeated keys: big and compressible.
+    fn big(height: u32, n: u64) -> BlockUndo {
+        let mut spent: Vec<_> = (0..n)
+            .map(|i| {
+                let mut key = [(i % 251) as u8; HASHX_LEN];
+                key[0] = (i / 251) as u8;
+                (key, i * 7, (i % 3) as u32, 1000 + i % 5)
+            })
             .collect();
-        let u = BlockUndo {
-            height: 9,
-            first_txnum: 5000,
-            created: (5000..5300).map(|t| (t, 0)).collect(),
+        spent.sort_unstable();
+        BlockUndo {
+            height,
+            first_txnum: 1 << 40,
+            created: vec![(1 << 40, 0)],
             spent,
-        };
-        let body = u.encode_body();
-        let bytes = payload(&u);
-        assert!(
-            bytes.len() < body.len(),
-            "{} >= {}",
-            bytes.len(),
-            body.len()
-        );
-        let mut sorted = u.clone();
-        sorted.spent.sort_unstable();
-        assert_eq!(
-            BlockUndo::decode(&bytes[1..], 9, Path::new("u"), 0).unwrap(),
-            sorted
-        );
+        }
     }
 
-    /// Decodes a hand-made raw body (codec 0) and returns the error message.
+    #[test]
+    fn a_commit_packs_records_into_compressed_chunks_of_at_most_a_mebibyte() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = UndoLog::open(dir.path(), 100, &[]).unwrap();
+        // 60k spends ≈ 600 KiB raw each: no two fit in one chunk.
+        let records: Vec<BlockUndo> = (10..13).map(|h| big(h, 60_000)).collect();
+        let raw: usize = records.iter().map(|r| r.encode_body().len()).sum();
+        assert!(raw > 3 * 500_000 && raw < 3 * CHUNK_RAW, "{raw}");
+        for r in &records {
+            log.push(r);
+        }
+        for h in 13..40 {
+            log.push(&undo(h));
+        }
+        log.flush(&mut || 1, Some(39)).unwrap();
+        let path = dir.path().join(file_name(1));
+        let data = std::fs::read(&path).unwrap();
+        let mut frames = 0;
+        let mut offset = 0;
+        while offset < data.len() {
+            offset = decode_frame(&data, offset, &path).unwrap().1;
+            frames += 1;
+        }
+        assert_eq!(
+            frames, 3,
+            "one record a chunk, the small ones with the last big one"
+        );
+        assert!(data.len() < raw / 2, "{} of {raw}", data.len());
+        for r in &records {
+            assert_eq!(log.read(r.height).unwrap(), *r);
+        }
+        for h in 13..40 {
+            assert_eq!(log.read(h).unwrap(), undo(h));
+        }
+    }
+
+    /// Decodes a hand-made record body and returns the error message.
     fn decode_err(body: &[u8]) -> String {
-        let mut block = vec![0u8];
-        block.extend_from_slice(body);
-        BlockUndo::decode(&block, 3, Path::new("undo-7.log"), 12)
+        BlockUndo::decode(body, 3, Path::new("undo-7.log"), 12)
             .unwrap_err()
             .to_string()
     }
 
     #[test]
-    fn bad_contents_under_a_valid_checksum_are_corrupt() {
+    fn bad_records_under_a_valid_checksum_are_corrupt() {
         let at = "corrupt store file undo-7.log at offset 12: ";
         let key = [1u8; HASHX_LEN];
-        let group = |tag: u8, key: &[u8]| {
-            let mut g = vec![tag];
-            g.extend_from_slice(key);
-            g.extend_from_slice(&[5, 0, 9]);
-            g
-        };
-        // first txnum 0, no txs, then the groups.
+        let group = |tag: u8, key: &[u8]| [&[tag][..], key, &[5, 0, 9]].concat();
+        // First txnum 0, no txs, then the groups.
         let with_groups = |groups: &[Vec<u8>]| {
             let mut b = vec![0, 0, groups.len() as u8];
             for g in groups {
@@ -440,13 +507,14 @@ mod tests {
             }
             b
         };
+        let one = with_groups(&[group(0x10, &key)]);
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
                 with_groups(&[group(0x01, &key)]),
                 "bad spent-output group header",
             ),
             (
-                with_groups(&[group(0x10, &key), group(0x10, &key)]),
+                with_groups(&[group(0x10, &key), group(0x1a, &key[10..])]),
                 "spent-output keys out of order",
             ),
             (
@@ -457,18 +525,9 @@ mod tests {
                 with_groups(&[group(0x12, &key[2..])]),
                 "bad spent-output group header",
             ),
-            (
-                with_groups(&[group(0x10, &key)])[..14].to_vec(),
-                "record truncated",
-            ),
-            (
-                {
-                    let mut b = with_groups(&[group(0x10, &key)]);
-                    b.push(0);
-                    b
-                },
-                "trailing bytes in record",
-            ),
+            (one[..8].to_vec(), "record truncated"),
+            (one[..one.len() - 1].to_vec(), "bad varint"),
+            ([&one[..], &[0]].concat(), "trailing bytes in record"),
             (
                 vec![0, 1, 0x80, 0x80, 0x80, 0x80, 0x10, 0],
                 "too many added outputs",
@@ -485,8 +544,49 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(decode_err(&body), format!("{at}{want}"), "{body:?}");
         }
-        let err = BlockUndo::decode(&[7, 1], 3, Path::new("undo-7.log"), 12).unwrap_err();
-        assert_eq!(err.to_string(), format!("{at}unknown block codec"));
+    }
+
+    #[test]
+    fn bad_chunks_under_a_valid_checksum_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let four = chunk_of(&undo(4));
+        let five = chunk_of(&undo(5));
+        // (first height, record count, chunk bytes) of the second frame, and the error.
+        let cases: Vec<(u32, u64, Vec<u8>, &str)> = vec![
+            (
+                6,
+                1,
+                chunk_of(&undo(6)),
+                "undo records from block 6 where 5 belongs",
+            ),
+            (5, 0, vec![], "bad undo record count"),
+            (5, 2, five.clone(), "bad varint"),
+            (5, 1, five[..9].to_vec(), "record truncated"),
+            (5, 1, [&five[..], &[0]].concat(), "trailing bytes in record"),
+        ];
+        for (first, records, chunk, want) in cases {
+            let mut bytes = Vec::new();
+            write_chunk(&mut bytes, 4, 1, &four);
+            let at = bytes.len();
+            write_chunk(&mut bytes, first, records, &chunk);
+            let _ = std::fs::remove_file(&path);
+            write_new_file(&path, &bytes).unwrap();
+            let r = UndoRef {
+                id: 1,
+                first: 4,
+                last: 5,
+            };
+            let log = UndoLog::open(dir.path(), 5, &[r]).unwrap();
+            assert_eq!(log.read(4).unwrap(), undo(4));
+            assert_eq!(
+                log.read(5).unwrap_err().to_string(),
+                format!(
+                    "corrupt store file {} at offset {at}: {want}",
+                    path.display()
+                )
+            );
+        }
     }
 
     #[test]
@@ -525,48 +625,24 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_record_is_reported() {
+    fn a_flipped_byte_is_reported_with_the_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = UndoLog::open(dir.path(), 5, &[]).unwrap();
         log.push(&undo(0));
+        log.flush(&mut || 1, Some(0)).unwrap();
         log.push(&undo(1));
-        log.flush(&mut || 1, Some(1)).unwrap();
-        let path = dir.path().join(file_name(1));
+        log.flush(&mut || 2, Some(1)).unwrap();
+        let path = dir.path().join(file_name(2));
         let mut bytes = std::fs::read(&path).unwrap();
-        let second = bytes.len() / 2 + 3;
-        bytes[second] ^= 1;
+        bytes[5] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let log = UndoLog::open(dir.path(), 5, &log.refs()).unwrap();
         assert_eq!(log.read(0).unwrap(), undo(0));
         let err = log.read(1).unwrap_err().to_string();
-        let want = format!(
-            "corrupt store file {} at offset {}: ",
-            path.display(),
-            bytes.len() / 2
-        );
-        assert!(err.starts_with(&want), "{err}");
-    }
-
-    #[test]
-    fn records_out_of_height_order_are_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(file_name(1));
-        let mut bytes = Vec::new();
-        encode_frame(&mut bytes, &payload(&undo(4)));
-        let second = bytes.len();
-        encode_frame(&mut bytes, &payload(&undo(6)));
-        write_new_file(&path, &bytes).unwrap();
-        let r = UndoRef {
-            id: 1,
-            first: 4,
-            last: 5,
-        };
-        let log = UndoLog::open(dir.path(), 5, &[r]).unwrap();
-        assert_eq!(log.read(4).unwrap(), undo(4));
         assert_eq!(
-            log.read(5).unwrap_err().to_string(),
+            err,
             format!(
-                "corrupt store file {} at offset {second}: undo record for block 6 where 5 belongs",
+                "corrupt store file {} at offset 0: checksum mismatch",
                 path.display()
             )
         );
