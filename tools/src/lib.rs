@@ -4,3 +4,4 @@ pub mod chainfile;
 pub mod chaingen;
 pub mod emulator;
 pub mod regtest;
+pub mod rpcbench;
