@@ -98,8 +98,17 @@ fn python_int(value: &Value) -> Option<(bool, Integer)> {
             if let Some(i) = n.as_i64() {
                 return Some((i < 0, Integer::Small(i.unsigned_abs())));
             }
-            // A fraction, an exponent, or digits beyond 64 bits: serde_json holds a float,
-            // which Python's int() truncates toward zero, exactly.
+            // Digits past 64 bits are exact where serde_json keeps the number's text (its
+            // `arbitrary_precision` feature); without it they arrive as the nearest float.
+            let text = n.to_string();
+            let (negative, digits) = match text.strip_prefix('-') {
+                Some(digits) => (true, digits),
+                None => (false, text.as_str()),
+            };
+            if digits.bytes().all(|c| c.is_ascii_digit()) {
+                return Some((negative, Integer::from_digits(digits)));
+            }
+            // A fraction or an exponent: a float, which int() truncates toward zero, exactly.
             let whole = n.as_f64().filter(|f| f.is_finite())?.trunc();
             Some((
                 whole < 0.0,
@@ -326,6 +335,19 @@ mod tests {
         for (text, expected) in ok {
             assert_eq!(nni(text), Ok(expected), "{text}");
         }
+        // Python keeps every digit; serde_json only with `arbitrary_precision`, else the
+        // nearest float.
+        let past_64_bits = "100000000000000000001";
+        let kept = serde_json::from_str::<Value>(past_64_bits)
+            .unwrap()
+            .to_string()
+            == past_64_bits;
+        let read = if kept {
+            past_64_bits
+        } else {
+            "100000000000000000000"
+        };
+        assert_eq!(nni(past_64_bits), Ok(huge(read)));
         let refused = [
             ("-1", "-1"),
             ("-1.5", "-1"),
