@@ -473,6 +473,9 @@ impl Indexer {
             .await
             .map_err(StepError::daemon)?;
         if self.applied.map(|t| t.hash) == Some(best) {
+            if !self.is_caught_up() {
+                self.compact_all().await.map_err(Fatal)?;
+            }
             self.reached_tip();
             return Ok(Step::Idle);
         }
@@ -771,6 +774,19 @@ impl Indexer {
                 hash: header_hash(&snap.header(h)?),
             }),
         };
+        Ok(())
+    }
+
+    /// Merges the runs and segments that initial sync's flushes left into one per structure
+    /// before serving: fewer files, no tombstones, each script's key stored once.
+    async fn compact_all(&mut self) -> Result<()> {
+        let started = Instant::now();
+        if self.with_store(|store| store.compact_all()).await?? {
+            info!(
+                "compacted the index in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         Ok(())
     }
 

@@ -190,6 +190,20 @@ impl HistorySet {
         }
     }
 
+    /// Merges every segment into one, folding in any cut, so each key is stored once (for
+    /// the end of an initial sync, whose flushes leave several). Returns whether there was
+    /// work.
+    pub fn compact_all(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
+        match self.segs.as_slice() {
+            [] => Ok(false),
+            [only] if only.cut.is_none() => Ok(false),
+            _ => {
+                self.merge_range(0..self.segs.len(), alloc_id)?;
+                Ok(true)
+            }
+        }
+    }
+
     fn merge_range(
         &mut self,
         range: Range<usize>,

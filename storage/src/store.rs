@@ -491,6 +491,32 @@ impl Store {
         Ok(did)
     }
 
+    /// Merges all UTXO runs into one and all history segments into one (the txid index
+    /// follows its usual policy), with bounded memory, and commits. Meant for the end of an
+    /// initial sync: the size-tiered policy of `compact` leaves O(log n) files, which repeat
+    /// keys and keep tombstones. Returns whether any merge happened.
+    pub fn compact_all(&mut self) -> Result<bool> {
+        self.check_usable()?;
+        let did = self.guarded(|s| {
+            let memory = s.opts.compaction_memory;
+            let mut next = s.next_id;
+            let mut alloc = || {
+                next += 1;
+                next - 1
+            };
+            let a = s.utxo.compact_all(&mut alloc, memory)?;
+            let b = s.history.compact_all(&mut alloc)?;
+            let c = s.txindex.compact(&mut alloc, memory)?;
+            s.next_id = next;
+            Ok(a || b || c)
+        })?;
+        if did {
+            self.dirty = true;
+        }
+        self.commit()?;
+        Ok(did)
+    }
+
     /// A cheap, clonable handle for other threads; it always yields the latest commit.
     pub fn reader(&self) -> Reader {
         Reader(Arc::clone(&self.published))
@@ -587,6 +613,9 @@ mod tests {
                 }
                 5 => {
                     store.compact().unwrap();
+                }
+                6 => {
+                    store.compact_all().unwrap();
                 }
                 _ => store.commit().unwrap(),
             }

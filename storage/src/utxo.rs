@@ -227,6 +227,20 @@ impl UtxoSet {
         }
     }
 
+    /// Merges every run into one, dropping all tombstones and the records they hide (for the
+    /// end of an initial sync, whose flushes leave several). Returns whether there was work.
+    pub fn compact_all(
+        &mut self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        memory: usize,
+    ) -> Result<bool> {
+        if self.runs.len() < 2 {
+            return Ok(false);
+        }
+        self.merge_range(0..self.runs.len(), alloc_id, memory)?;
+        Ok(true)
+    }
+
     /// Tombstones live until a merge includes the oldest run, which the size-tiered rule
     /// rarely does. Once the newer runs hold tombstones amounting to 1/8 of the oldest run's
     /// live entries, merge everything: that bounds their space at 1/8 of the set, for a

@@ -54,6 +54,9 @@ fn crash_child() {
             1 => {
                 store.compact().expect("compact");
             }
+            2 => {
+                store.compact_all().expect("compact_all");
+            }
             _ => store.commit().expect("commit"),
         }
         println!("committed {}", store.height().unwrap());

@@ -1,4 +1,4 @@
-//! Property test: random sequences of apply_block, commit, rollback, compact, set_meta, reopen
+//! Property test: random sequences of apply_block, commit, rollback, compact, compact_all, set_meta, reopen
 //! and invalid blocks drive the Store and an in-memory model; after every step the latest
 //! snapshot, and an older snapshot kept across steps, must equal the model.
 
@@ -16,6 +16,7 @@ enum Op {
     Commit,
     Rollback(u8),
     Compact,
+    CompactAll,
     Reopen,
     Meta(u8),
     BadSpend(u64),
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Commit),
         2 => (0u8..7).prop_map(Op::Rollback),
         2 => Just(Op::Compact),
+        1 => Just(Op::CompactAll),
         1 => Just(Op::Reopen),
         1 => any::<u8>().prop_map(Op::Meta),
         1 => any::<u64>().prop_map(Op::BadSpend),
@@ -117,6 +119,10 @@ impl Harness {
             }
             Op::Compact => {
                 self.store().compact().unwrap();
+                self.commit_model();
+            }
+            Op::CompactAll => {
+                self.store().compact_all().unwrap();
                 self.commit_model();
             }
             Op::Reopen => {

@@ -115,6 +115,16 @@ fn truncate_hides_old_entries_but_not_new_ones() {
     drop(set);
     let mut set = HistorySet::open(dir.path(), &state).unwrap();
     assert_eq!(set.view().get(&hx(1)).unwrap(), vec![0, 1, 2, 3, 4]);
+    let mut copy = HistorySet::open(dir.path(), &state).unwrap();
+    assert!(
+        copy.compact_all(&mut || 100).unwrap(),
+        "a lone segment's cut is folded in"
+    );
+    let names = copy.file_names();
+    assert_eq!(names, vec!["hist-100.seg"]);
+    assert_eq!(copy.state()[3], 0, "no cut");
+    assert_eq!(copy.view().get(&hx(1)).unwrap(), vec![0, 1, 2, 3, 4]);
+    drop(copy);
     set.append(hx(1), 5);
     set.flush(&mut alloc).unwrap();
     assert!(set.compact(&mut alloc, 0).unwrap());
@@ -438,6 +448,7 @@ enum Op {
     Truncate(u64),
     Flush,
     Compact,
+    CompactAll,
     Commit,
     Reopen,
 }
@@ -449,6 +460,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..6).prop_map(Op::Truncate),
         2 => Just(Op::Flush),
         1 => Just(Op::Compact),
+        1 => Just(Op::CompactAll),
         1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
     ]
@@ -505,6 +517,13 @@ proptest! {
                 Op::Compact => {
                     set.flush(&mut alloc).unwrap();
                     set.compact(&mut alloc, 0).unwrap();
+                    check(&set, &model);
+                }
+                Op::CompactAll => {
+                    set.flush(&mut alloc).unwrap();
+                    set.compact_all(&mut alloc).unwrap();
+                    assert!(set.file_names().len() <= 1);
+                    assert!(!set.compact_all(&mut alloc).unwrap(), "nothing left to merge");
                     check(&set, &model);
                 }
                 Op::Commit => set.committed(),

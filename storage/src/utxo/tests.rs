@@ -529,6 +529,7 @@ enum Op {
     Spend(u64, u32),
     Flush,
     Compact(usize),
+    CompactAll,
     Commit,
     Reopen,
 }
@@ -539,6 +540,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..12, 0u32..3).prop_map(|(t, v)| Op::Spend(t, v)),
         2 => Just(Op::Flush),
         1 => prop_oneof![Just(0usize), Just(300), Just(1 << 20)].prop_map(Op::Compact),
+        1 => Just(Op::CompactAll),
         1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
     ]
@@ -588,6 +590,13 @@ proptest! {
                 Op::Compact(memory) => {
                     set.flush(&mut alloc).unwrap();
                     set.compact(&mut alloc, memory).unwrap();
+                    check_view(&set, &model);
+                }
+                Op::CompactAll => {
+                    set.flush(&mut alloc).unwrap();
+                    set.compact_all(&mut alloc, 300).unwrap();
+                    assert!(set.file_names().len() <= 1);
+                    assert!(!set.compact_all(&mut alloc, 300).unwrap(), "nothing left to merge");
                     check_view(&set, &model);
                 }
                 Op::Commit => set.committed(),
