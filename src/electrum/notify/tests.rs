@@ -258,3 +258,41 @@ async fn unsubscribed_scripts_and_closed_sessions_hear_nothing() {
     assert!(other.notifications().is_empty());
     assert_eq!(c.notifications(), [header_note(0, 11), status_note(&f, B)]);
 }
+
+/// ElectrumX's charges for a status: the history read (0.2 + n/1000; 0.1 when cached), plus
+/// 0.1 and the status text's length / 50,000.
+#[tokio::test]
+async fn status_costs_follow_electrumx() {
+    let mut f = fixture();
+    let c = Client::new(&f, 1);
+    let charged = async |c: &Client, f: &Fixture, what: &str| {
+        let before = c.ctx.cost();
+        match what {
+            "subscribe" => {
+                c.call(f, "blockchain.scripthash.subscribe", json!([scripthash(A)]))
+                    .await;
+            }
+            _ => f.electrum.notify(touched(&[A]), true).await,
+        }
+        c.ctx.cost() - before
+    };
+    // A's 10 entries "<txid>:<h>:" at heights 0-9: 67 bytes each.
+    let text = |n: usize| (10 * 67 + (n - 10) * 68) as f64 / 50_000.0;
+    let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-9, "{got} != {want}");
+    close(
+        charged(&c, &f, "subscribe").await,
+        0.2 + 0.010 + 0.1 + text(10),
+    );
+    close(charged(&c, &f, "subscribe").await, 0.1 + 0.1 + text(10));
+    // A block paying A: the cached state is extended, charged as ElectrumX's re-read.
+    f.store.apply_block(&block(0, 10, &[A])).unwrap();
+    f.store.commit().unwrap();
+    close(
+        charged(&c, &f, "notify").await,
+        0.2 + 0.011 + 0.1 + text(11),
+    );
+    // A block not touching A: still cached.
+    f.store.apply_block(&block(0, 11, &[B])).unwrap();
+    f.store.commit().unwrap();
+    close(charged(&c, &f, "subscribe").await, 0.1 + 0.1 + text(11));
+}
