@@ -172,7 +172,7 @@ impl Mempool {
         })
         .await?;
 
-        let mut parsed = Vec::with_capacity(new.len());
+        let mut raws: Vec<(Hash32, Vec<u8>)> = Vec::with_capacity(new.len());
         // FETCH_CONCURRENCY batches at a time.
         for group in new.chunks(FETCH_BATCH * FETCH_CONCURRENCY) {
             let mut fetches = Vec::with_capacity(FETCH_CONCURRENCY);
@@ -180,21 +180,23 @@ impl Mempool {
                 fetches.push(source.transactions(chunk));
             }
             let replies = future::join_all(fetches).await;
-            for (chunk, raws) in group.chunks(FETCH_BATCH).zip(replies) {
-                for (txid, raw) in chunk.iter().zip(raws?) {
-                    // None: mined or evicted since the txids were read; the diff sees to it.
-                    let Some(raw) = raw else { continue };
-                    match resolve::parse(txid, &raw) {
-                        Ok(tx) => parsed.push(tx),
-                        Err(e) => warn!("mempool: {e}; skipped"),
-                    }
-                }
+            for (chunk, reply) in group.chunks(FETCH_BATCH).zip(replies) {
+                // None: mined or evicted since the txids were read; the diff sees to it.
+                let fetched = chunk.iter().zip(reply?);
+                raws.extend(fetched.filter_map(|(txid, raw)| Some((*txid, raw?))));
             }
         }
 
         let histogram_due = histogram_at.is_none_or(|at| at.elapsed() >= HISTOGRAM_REFRESH);
         let (inner, snap) = (self.inner.clone(), snap.clone());
         let round = blocking(move || -> Result<Round, Error> {
+            let mut parsed = Vec::with_capacity(raws.len());
+            for (txid, raw) in raws {
+                match resolve::parse(&txid, &raw) {
+                    Ok(tx) => parsed.push(tx),
+                    Err(e) => warn!("mempool: {e}; skipped"),
+                }
+            }
             let resolved = resolve::resolve(parsed, &ids, &inner.read(), &snap)?;
             let added = resolved.added.len();
             let touched = inner.write().apply(&removed, resolved.added);
