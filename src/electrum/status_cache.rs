@@ -5,7 +5,6 @@
 //! that does not descend from it (a reorg) rebuilds it from the whole history.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -75,23 +74,6 @@ pub struct StatusCache {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Heights of ascending tx numbers, with one binary search per block.
-struct Heights<'a> {
-    snap: &'a Snapshot,
-    block: Range<u64>,
-    height: u32,
-}
-
-impl Heights<'_> {
-    fn of(&mut self, txnum: u64) -> Result<u32, ferrum_storage::Error> {
-        if !self.block.contains(&txnum) {
-            self.height = self.snap.tx_height(txnum)?;
-            self.block = self.snap.block_txs(self.height)?;
-        }
-        Ok(self.height)
-    }
 }
 
 impl StatusCache {
@@ -208,14 +190,9 @@ impl StatusCache {
             return Ok(None);
         }
         let tail = snap.history_since(hashx, cached.next_txnum)?;
-        let mut heights = Heights {
-            snap,
-            block: 0..0,
-            height: 0,
-        };
-        for &txnum in &tail {
-            let h = heights.of(txnum)?;
-            cached.hasher.add(&snap.txid(txnum)?, h as i32);
+        let (txids, heights) = (snap.txids(&tail)?, snap.tx_heights(&tail)?);
+        for (txid, height) in txids.iter().zip(heights) {
+            cached.hasher.add(txid, height as i32);
         }
         self.entries_hashed
             .fetch_add(tail.len() as u64, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! Notifications through the methods layer over a real store: a client that never reads is
 //! disconnected while the others are served; a tip is announced once, after a reorg only
 //! the new one; unsubscribed scripts and closed sessions hear nothing; statuses sent after
-//! blocks and reorgs equal statuses computed from scratch.
+//! blocks and reorgs equal statuses computed from scratch; ElectrumX's status costs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
