@@ -175,7 +175,7 @@ fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
     assert_eq!(check(&cache, &snap, &key(B), &one), Source::Extended(2));
 }
 
-/// A deterministic walk of blocks, reorgs and mempool changes, each step checked.
+/// A deterministic walk of blocks, reorgs, compactions and mempool changes, each step checked.
 #[test]
 fn a_random_walk_matches_statuses_from_scratch() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,17 +192,35 @@ fn a_random_walk_matches_statuses_from_scratch() {
     };
     let mut branch = 0u8;
     let mut mempool = Vec::new();
+    let mut sources = [0; 3]; // read, extended, cached
+    let mut check_all = |snap: &Snapshot, mempool: &[MempoolTx]| {
+        for k in [A, B, C] {
+            let i = match check(&cache, snap, &key(k), mempool) {
+                Source::Read { .. } => 0,
+                Source::Extended(_) => 1,
+                Source::Cached => 2,
+            };
+            sources[i] += 1;
+        }
+    };
     for _ in 0..60 {
         let height = store.height().unwrap();
         match next(6) {
             0 if height > 3 => {
                 store.rollback(1 + next(3) as u32).unwrap();
                 branch += 1;
+                if next(2) == 0 {
+                    check_all(&store.snapshot(), &mempool); // the fork point, seen or not
+                }
             }
             1 => {
                 mempool = (0..next(3))
                     .map(|i| mempool_tx(i as u8, next(2) == 0))
                     .collect()
+            }
+            // Merged segments: rollback cuts folded in.
+            2 => {
+                store.compact().unwrap();
             }
             _ => {}
         }
@@ -212,11 +230,9 @@ fn a_random_walk_matches_statuses_from_scratch() {
             .apply_block(&block(branch, height + 1, &pays))
             .unwrap();
         store.commit().unwrap();
-        let snap = store.snapshot();
-        for k in [A, B, C] {
-            check(&cache, &snap, &key(k), &mempool);
-        }
+        check_all(&store.snapshot(), &mempool);
     }
+    assert!(sources.iter().all(|&n| n >= 10), "{sources:?}");
 }
 
 #[test]
