@@ -23,6 +23,8 @@
 #   PERF=1                   run Ferrum under `perf record` with DWARF call graphs (the
 #                            profile, ferrum.perf, is left in the work dir: implies KEEP=1)
 #   KEEP=1                   keep the work dir (databases, logs) instead of deleting it
+#   REPEAT=N                 run the servers N times in turn (on a shared machine, compare the
+#                            best of each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TXS=${1:-200000}
@@ -110,23 +112,25 @@ echo "chain: $chain, height $tip, $txs txs, $blocks_bytes bytes of blocks ($NODE
 echo "ferrum commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src storage Cargo.toml || echo ' (modified)'), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-measure() { # name db_dir command...: runs it until it serves $tip, then stops it
+measure() { # name db_dir command...: runs it from an empty db_dir until it serves $tip, then stops it
   local name=$1 db=$2; shift 2
   local start end
+  rm -rf "$db"
   start=$(date +%s.%N)
   # Its own session: a server that signals its process group must not stop this script.
   setsid /usr/bin/time -f "%M %U %S" -o "$work/$name.time" "$@" >"$work/$name.log" 2>&1 &
   local pid=$!
-  if ! python3 tools/compare_support.py wait "$port" "$tip" 3600 "$pid"; then
+  if ! python3 tools/compare_support.py wait "$port" "$tip" 3600 "$pid" "$work/$name.rss"; then
     echo "$name did not serve height $tip; log tail:"; tail -20 "$work/$name.log"; pkill -TERM -P "$pid" 2>/dev/null || true; return 1
   fi
   end=$(date +%s.%N)
   # Stop the server, not /usr/bin/time, so that time still reports the peak RSS.
   pkill -TERM -P "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  local rss user sys
+  local rss user sys anon file
   read -r rss user sys < <(tail -1 "$work/$name.time")
-  python3 tools/compare_support.py report "$name" "$start" "$end" "$txs" "$rss" "$user" "$sys"
+  read -r anon file <"$work/$name.rss"
+  python3 tools/compare_support.py report "$name" "$start" "$end" "$txs" "$rss" "$user" "$sys" "$anon" "$file"
   case $name in
     ferrum) "$BIN/ferrum-db" info "$db" | sed 's/^/    /' ;;
     electrumx) "$CACHE/e-x/bin/python" tools/compare_support.py exsize "$db" "$txs" ;;
@@ -134,27 +138,30 @@ measure() { # name db_dir command...: runs it until it serves $tip, then stops i
   esac
 }
 
-for server in $COMPARE; do
-  case $server in
-    ferrum)
-      run=("$BIN/ferrum")
-      [ "${PERF:-0}" = 1 ] && run=(perf record -F 499 --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
-      measure ferrum "$work/ferrum-db" env DB_DIRECTORY="$work/ferrum-db" NET=regtest \
-        DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" \
-        ${CACHE_MB:+CACHE_MB=$CACHE_MB} ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} "${run[@]}" ;;
-    electrs)
-      measure electrs "$work/electrs-db" "$CACHE/electrs-0.11.1/bin/electrs" --network regtest \
-        --db-dir "$work/electrs-db" --daemon-dir "$node_dir" --cookie-file "$cookie" \
-        --daemon-rpc-addr "127.0.0.1:$rpc" --daemon-p2p-addr "127.0.0.1:$p2p" \
-        --electrum-rpc-addr "127.0.0.1:$port" --monitoring-addr 127.0.0.1:0 \
-        --skip-block-download-wait ;;  # generated blocks are old, so the node stays in IBD
-    electrumx)
-      auth=$(cat "$cookie")
-      measure electrumx "$work/electrumx-db" env COIN=Bitcoin NET=regtest \
-        DB_DIRECTORY="$work/electrumx-db" DAEMON_URL="http://$auth@127.0.0.1:$rpc/" \
-        SERVICES="tcp://127.0.0.1:$port" PEER_DISCOVERY=off DB_ENGINE=leveldb ALLOW_ROOT=1 \
-        ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} \
-        sh -c "mkdir -p '$work/electrumx-db' && exec '$CACHE/e-x/bin/electrumx_server'" ;;
-    *) echo "unknown server $server" >&2; exit 2 ;;
-  esac
+for round in $(seq "${REPEAT:-1}"); do
+  [ "${REPEAT:-1}" = 1 ] || echo "round $round"
+  for server in $COMPARE; do
+    case $server in
+      ferrum)
+        run=("$BIN/ferrum")
+        [ "${PERF:-0}" = 1 ] && run=(perf record -F 499 --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
+        measure ferrum "$work/ferrum-db" env DB_DIRECTORY="$work/ferrum-db" NET=regtest \
+          DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" \
+          ${CACHE_MB:+CACHE_MB=$CACHE_MB} ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} "${run[@]}" ;;
+      electrs)
+        measure electrs "$work/electrs-db" "$CACHE/electrs-0.11.1/bin/electrs" --network regtest \
+          --db-dir "$work/electrs-db" --daemon-dir "$node_dir" --cookie-file "$cookie" \
+          --daemon-rpc-addr "127.0.0.1:$rpc" --daemon-p2p-addr "127.0.0.1:$p2p" \
+          --electrum-rpc-addr "127.0.0.1:$port" --monitoring-addr 127.0.0.1:0 \
+          --skip-block-download-wait ;;  # generated blocks are old, so the node stays in IBD
+      electrumx)
+        auth=$(cat "$cookie")
+        measure electrumx "$work/electrumx-db" env COIN=Bitcoin NET=regtest \
+          DB_DIRECTORY="$work/electrumx-db" DAEMON_URL="http://$auth@127.0.0.1:$rpc/" \
+          SERVICES="tcp://127.0.0.1:$port" PEER_DISCOVERY=off DB_ENGINE=leveldb ALLOW_ROOT=1 \
+          ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} \
+          sh -c "mkdir -p '$work/electrumx-db' && exec '$CACHE/e-x/bin/electrumx_server'" ;;
+      *) echo "unknown server $server" >&2; exit 2 ;;
+    esac
+  done
 done

@@ -48,12 +48,55 @@ def submit(path, port, cookie):
     print(f"submitted {count} blocks", file=sys.stderr)
 
 
-def wait(port, tip, timeout, pid):
-    """0 once the server on `port` serves height `tip`; 1 on timeout or if `pid` exits."""
+def descendants(pid):
+    """`pid` and every process below it."""
+    found, todo = [], [int(pid)]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def rss_kib(pid):
+    """(anonymous, file-backed) resident KiB of a process, (0, 0) once it is gone."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields[key] = value
+    except OSError:
+        return 0, 0
+    kib = lambda k: int(fields.get(k, "0 kB").split()[0])
+    return kib("RssAnon"), kib("RssFile") + kib("RssShmem")
+
+
+def wait(port, tip, timeout, pid, rss_out=None):
+    """0 once the server on `port` serves height `tip`; 1 on timeout or if `pid` exits.
+    Meanwhile samples the largest process under `pid` every 50 ms and writes its peak
+    anonymous and peak file-backed resident KiB to `rss_out` (mmap'd index files count in
+    the kernel's peak RSS but are page cache, reclaimable)."""
     deadline = time.time() + float(timeout)
+    peak = [0, 0]
+
+    def sample():
+        for p in descendants(pid):
+            anon, file_ = rss_kib(p)
+            peak[0], peak[1] = max(peak[0], anon), max(peak[1], file_)
+        if rss_out:
+            with open(rss_out, "w") as f:
+                f.write(f"{peak[0]} {peak[1]}\n")
+
     while time.time() < deadline:
         if not os.path.exists(f"/proc/{pid}"):
             return 1
+        sample()
         try:
             with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
                 f = s.makefile("rwb")
@@ -69,11 +112,13 @@ def wait(port, tip, timeout, pid):
     return 1
 
 
-def report(name, start, end, txs, rss_kib, user, sys_):
+def report(name, start, end, txs, peak_kib, user, sys_, anon_kib, file_kib):
     secs = float(end) - float(start)
     cpu = float(user) + float(sys_)
     print(f"{name:<10} {secs:8.2f} s {int(txs) / secs:10.0f} tx/s   CPU {cpu:7.1f} s "
-          f"({int(txs) / cpu:.0f} tx per CPU s)   peak RSS {int(rss_kib) // 1024} MiB")
+          f"({int(txs) / cpu:.0f} tx per CPU s)   peak RSS {int(peak_kib) // 1024} MiB "
+          f"(sampled: anonymous {int(anon_kib) // 1024} MiB, file-backed "
+          f"{int(file_kib) // 1024} MiB)")
 
 
 def tree_bytes(paths):
@@ -147,7 +192,8 @@ def exsize(db, txs):
             for label, raw_bytes in shares.items():
                 parts.append((f"{name} LevelDB: {label}", round(tables * raw_bytes / total)))
         parts.append((f"{name} LevelDB logs", tree_bytes(logs)))
-    rest = tree_bytes([db]) - sum(size for _, size in parts) - tree_bytes(raw)
+    # Whatever the per-prefix split's rounding leaves over or under stays out of "other".
+    rest = max(0, tree_bytes([db]) - sum(size for _, size in parts) - tree_bytes(raw))
     parts.append(("other", rest))
     parts.append((f"raw-block reorg cache, {len(raw)} blocks", tree_bytes(raw)))
     print_parts(parts, txs, excluded=(parts[-1][0],))
