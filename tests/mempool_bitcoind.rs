@@ -1,0 +1,203 @@
+//! Mempool end to end against a real regtest bitcoind (wallet-less: keys are the test's,
+//! transactions signed with `signrawtransactionwithkey`): a transaction broadcast through
+//! ferrum reaches a subscriber of its script within 2 seconds with the right status, mining it
+//! sends the confirmed status, and a reorg (`invalidateblock`, then a longer branch without
+//! it) ends with the transaction back in the mempool and every answer right.
+
+mod mempool_support;
+
+use std::time::{Duration, Instant};
+
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use bitcoin::{
+    Address, CompressedPublicKey, Network, OutPoint, PrivateKey, ScriptBuf, Transaction,
+};
+use ferrum_tools::emulator::client::node_chain;
+use ferrum_tools::regtest::RegtestNode;
+use mempool_support::*;
+use serde_json::{json, Value};
+
+/// The bound from broadcast to notification.
+const NOTIFY_BOUND: Duration = Duration::from_secs(2);
+/// Quiet time after the expected notifications: longer than a mempool poll.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// A key of the test's own and its P2WPKH address.
+struct Key {
+    wif: String,
+    address: Address,
+}
+
+impl Key {
+    fn new(tag: u8) -> Key {
+        let secp = Secp256k1::new();
+        let secret = SecretKey::from_slice(&[tag; 32]).unwrap();
+        let private = PrivateKey::new(secret, Network::Regtest);
+        let public = CompressedPublicKey::from_private_key(&secp, &private).unwrap();
+        Key {
+            wif: private.to_wif(),
+            address: Address::p2wpkh(&public, Network::Regtest),
+        }
+    }
+
+    fn script(&self) -> ScriptBuf {
+        self.address.script_pubkey()
+    }
+}
+
+fn rpc(node: &RegtestNode, method: &str, params: Value) -> Value {
+    node.rpc(method, params.clone())
+        .unwrap_or_else(|e| panic!("bitcoind {method}({params}): {e}"))
+}
+
+/// What the node holds now: its chain and its mempool's transactions.
+fn node_state(node: &RegtestNode) -> Expected {
+    let cookie = std::fs::read_to_string(node.cookie_path()).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.rpc_port()));
+    let blocks = node_chain(addr, cookie.trim()).unwrap();
+    let mempool = rpc(node, "getrawmempool", json!([]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let hex = rpc(node, "getrawtransaction", json!([t]));
+            bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
+        })
+        .collect();
+    Expected::new(blocks, mempool)
+}
+
+fn header(e: &Expected) -> Value {
+    let tip = e.chain.tip();
+    json!({"hex": e.chain.header_hex(tip), "height": tip})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_mine_and_reorg_against_bitcoind() {
+    let node = RegtestNode::start().unwrap();
+    let (alice, bob, miner) = (Key::new(0xa1), Key::new(0xb0), Key::new(0xc0));
+    rpc(
+        &node,
+        "generatetoaddress",
+        json!([101, alice.address.to_string()]),
+    );
+    // Alice's first coinbase has matured: she pays Bob from it.
+    let start = node_state(&node);
+    let coinbase = &start.chain.blocks[1].txdata[0];
+    let value = coinbase.output[0].value.to_sat();
+    let (pay, fee) = (100_000_000, 10_000);
+    let unsigned = spend(
+        &[OutPoint::new(coinbase.compute_txid(), 0)],
+        vec![(bob.script(), pay), (alice.script(), value - pay - fee)],
+    );
+    let signed = rpc(
+        &node,
+        "signrawtransactionwithkey",
+        json!([raw_hex(&unsigned), [alice.wif], [{
+            "txid": coinbase.compute_txid().to_string(),
+            "vout": 0,
+            "scriptPubKey": alice.script().to_hex_string(),
+            "amount": value as f64 / 1e8,
+        }]]),
+    );
+    assert_eq!(signed["complete"], true, "{signed}");
+    let tx: Transaction =
+        bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap()).unwrap();
+    let txid = tx.compute_txid();
+
+    let server = Ferrum::start(node.rpc_port(), node.cookie_path(), &[]);
+    let (a, b) = (alice.script(), bob.script());
+    let scripts = [&a, &b];
+    let mut w = Wallet::connect(server.tcp, "1.4").await;
+    assert_eq!(
+        w.call("blockchain.headers.subscribe", json!([])).await,
+        header(&start)
+    );
+    assert_eq!(
+        w.subscribe(&scripts).await,
+        vec![start.status(&a), Value::Null]
+    );
+    let statuses = start.statuses(&scripts);
+
+    // Broadcast through ferrum: Bob hears of it within 2 seconds, with the right status.
+    let sent = Instant::now();
+    assert_eq!(
+        w.call("blockchain.transaction.broadcast", json!([raw_hex(&tx)]))
+            .await,
+        json!(txid.to_string())
+    );
+    let now = node_state(&node);
+    assert_eq!(now.mempool_txids(), vec![txid]);
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 0)]));
+    let notified = w
+        .expect_statuses(&changed(&statuses, &after), QUIET, "broadcast")
+        .await;
+    let latency = notified.at[&script_hash(&b)] - sent;
+    assert!(
+        latency <= NOTIFY_BOUND,
+        "Bob was notified {latency:?} after the broadcast"
+    );
+    assert_answers(&mut w, &now, &scripts, "broadcast").await;
+    assert_eq!(
+        now.mempool(&b),
+        json!([{"tx_hash": txid.to_string(), "height": 0, "fee": fee}])
+    );
+
+    // Mined: the confirmed status, once, with the new header.
+    let statuses = after;
+    rpc(
+        &node,
+        "generatetoaddress",
+        json!([1, miner.address.to_string()]),
+    );
+    let now = node_state(&node);
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 102)]));
+    let notified = w
+        .expect_statuses(&changed(&statuses, &after), QUIET, "mined")
+        .await;
+    assert_eq!(notified.headers, vec![header(&now)]);
+    assert_answers(&mut w, &now, &scripts, "mined").await;
+
+    // Reorg: block 102 invalidated, two blocks without the transaction mined instead; it is
+    // back in the node's mempool.
+    let at_102 = rpc(&node, "getblockhash", json!([102]));
+    rpc(&node, "invalidateblock", json!([at_102]));
+    for _ in 0..2 {
+        rpc(
+            &node,
+            "generateblock",
+            json!([miner.address.to_string(), []]),
+        );
+    }
+    let now = node_state(&node);
+    assert_eq!(now.chain.tip(), 103);
+    assert_eq!(now.mempool_txids(), vec![txid]);
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 0)]));
+    let last_header = w.settle_statuses(&after, QUIET, "reorg").await;
+    assert_eq!(last_header, Some(header(&now)));
+    assert_answers(&mut w, &now, &scripts, "reorg").await;
+    assert_eq!(
+        w.call("blockchain.headers.subscribe", json!([])).await,
+        header(&now)
+    );
+
+    // Mined again on the new branch.
+    let statuses = after;
+    rpc(
+        &node,
+        "generatetoaddress",
+        json!([1, miner.address.to_string()]),
+    );
+    let now = node_state(&node);
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 104)]));
+    let notified = w
+        .expect_statuses(&changed(&statuses, &after), QUIET, "mined again")
+        .await;
+    assert_eq!(notified.headers, vec![header(&now)]);
+    assert_answers(&mut w, &now, &scripts, "mined again").await;
+    server.stop();
+}
