@@ -467,8 +467,8 @@ impl Store {
         Ok(())
     }
 
-    /// Merges UTXO runs, history segments and txid index runs per their policies, with
-    /// bounded memory, and commits. Returns whether any merge happened.
+    /// Merges UTXO runs, history segments, txid index runs and undo files per their
+    /// policies, with bounded memory, and commits. Returns whether any merge happened.
     pub fn compact(&mut self) -> Result<bool> {
         self.check_usable()?;
         let did = self.guarded(|s| {
@@ -481,8 +481,9 @@ impl Store {
             let a = s.utxo.compact(&mut alloc, memory)?;
             let b = s.history.compact(&mut alloc, memory)?;
             let c = s.txindex.compact(&mut alloc, memory)?;
+            let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
-            Ok(a || b || c)
+            Ok(a || b || c || d)
         })?;
         if did {
             self.dirty = true;
@@ -491,8 +492,8 @@ impl Store {
         Ok(did)
     }
 
-    /// Merges all UTXO runs into one and all history segments into one (the txid index
-    /// follows its usual policy), with bounded memory, and commits. Meant for the end of an
+    /// Merges all UTXO runs into one and all history segments into one (the txid index and
+    /// undo files follow their usual policies), with bounded memory, and commits. Meant for the end of an
     /// initial sync: the size-tiered policy of `compact` leaves O(log n) files, which repeat
     /// keys and keep tombstones. Returns whether any merge happened.
     pub fn compact_all(&mut self) -> Result<bool> {
@@ -507,8 +508,9 @@ impl Store {
             let a = s.utxo.compact_all(&mut alloc, memory)?;
             let b = s.history.compact_all(&mut alloc)?;
             let c = s.txindex.compact(&mut alloc, memory)?;
+            let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
-            Ok(a || b || c)
+            Ok(a || b || c || d)
         })?;
         if did {
             self.dirty = true;

@@ -4,6 +4,7 @@
 //! script keys, zstd-compressed when that is smaller (see docs/STORAGE.md).
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -166,27 +167,62 @@ fn write_chunk(out: &mut Vec<u8>, first: u32, records: u64, chunk: &[u8]) {
     encode_frame(out, &payload);
 }
 
-/// Checks a decoded chunk of `records` length-prefixed records and decodes the one at
-/// `index` (block `height`).
-fn read_record(
-    chunk: &[u8],
-    records: u64,
-    index: u32,
-    height: u32,
-    path: &Path,
-    offset: u64,
-) -> Result<BlockUndo> {
-    let mut c = Cursor::new(chunk, path, offset);
-    let mut wanted = None;
-    for i in 0..records {
-        let body = c.blob()?;
-        if i == u64::from(index) {
-            wanted = Some(body);
+/// Files merged at once by `UndoLog::compact`, at the least.
+const MERGE_FILES: usize = 4;
+
+/// Called per chunk with its first height, its record bodies and its frame's offset; returns
+/// whether to go on.
+type ChunkVisitor<'v> = dyn FnMut(u32, &[&[u8]], u64) -> Result<bool> + 'v;
+
+/// Walks the chunks of `f` from its start, checking each frame and that chunks follow on in
+/// height, and calls `visit(first height, record bodies, frame offset)` while it returns true.
+fn for_each_chunk(f: &UndoFile, visit: &mut ChunkVisitor) -> Result<()> {
+    let data = f.file.bytes();
+    let path = f.file.path();
+    let mut offset = 0;
+    let mut expect = f.r.first;
+    loop {
+        let (payload, next) = decode_frame(data, offset, path)?;
+        let corrupt = |reason: String| Error::corrupt(path, offset as u64, reason);
+        let mut pos = 0;
+        let first = varint::get(payload, &mut pos).and_then(|h| u32::try_from(h).ok());
+        let records = varint::get(payload, &mut pos);
+        let (Some(first), Some(records)) = (first, records) else {
+            return Err(corrupt("bad undo chunk header".into()));
+        };
+        if first != expect {
+            return Err(corrupt(format!(
+                "undo records from block {first} where {expect} belongs"
+            )));
         }
+        if records == 0 || records > u64::from(u32::MAX - first) {
+            return Err(corrupt("bad undo record count".into()));
+        }
+        let chunk = decode_block(&payload[pos..], offset as u64, path)?;
+        let bodies = split_chunk(&chunk, records, path, offset as u64)?;
+        if !visit(first, &bodies, offset as u64)? {
+            return Ok(());
+        }
+        expect = first + records as u32;
+        offset = next;
+    }
+}
+
+/// The `records` length-prefixed record bodies of a decoded chunk, which must hold exactly
+/// those.
+fn split_chunk<'a>(
+    chunk: &'a [u8],
+    records: u64,
+    path: &'a Path,
+    offset: u64,
+) -> Result<Vec<&'a [u8]>> {
+    let mut c = Cursor::new(chunk, path, offset);
+    let mut bodies = Vec::new();
+    for _ in 0..records {
+        bodies.push(c.blob()?);
     }
     c.finish()?;
-    let body = wanted.expect("index < records");
-    BlockUndo::decode(body, height, path, offset)
+    Ok(bodies)
 }
 
 /// A committed undo file covering blocks `first..=last` (`last` is lowered by rollbacks).
@@ -272,35 +308,9 @@ impl UndoLog {
         }
         // Compressed here rather than in `push`: records that fall out of the horizon before
         // the commit (most of them in an initial sync) are never compressed.
-        let mut bytes = Vec::with_capacity(self.pending_bytes + self.pending.len() * 8);
-        let mut chunk = Vec::new();
-        let mut records = 0u64;
-        let mut first = 0;
-        for (height, body) in &self.pending {
-            if records > 0 && chunk.len() + body.len() + 10 > CHUNK_RAW {
-                write_chunk(&mut bytes, first, records, &chunk);
-                chunk.clear();
-                records = 0;
-            }
-            if records == 0 {
-                first = *height;
-            }
-            put_blob(&mut chunk, body);
-            records += 1;
-        }
-        write_chunk(&mut bytes, first, records, &chunk);
-        let id = alloc_id();
-        let path = self.dir.join(file_name(id));
-        write_new_file(&path, &bytes)?;
-        let r = UndoRef {
-            id,
-            first: self.pending.front().expect("not empty").0,
-            last: self.pending.back().expect("not empty").0,
-        };
-        self.files.push(UndoFile {
-            r,
-            file: Arc::new(ImmutableFile::open(&path)?),
-        });
+        let records: Vec<(u32, &[u8])> = self.pending.iter().map(|(h, b)| (*h, &b[..])).collect();
+        let file = self.write_file(alloc_id, &records)?;
+        self.files.push(file);
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(true)
@@ -322,35 +332,101 @@ impl UndoLog {
             .iter()
             .find(|f| f.r.first <= height && height <= f.r.last)
             .ok_or_else(|| Error::Invalid(format!("no undo record for block {height}")))?;
-        let data = f.file.bytes();
-        let path = f.file.path();
-        let mut offset = 0;
-        let mut expect = f.r.first;
-        loop {
-            let (payload, next) = decode_frame(data, offset, path)?;
-            let corrupt = |reason: String| Error::corrupt(path, offset as u64, reason);
-            let mut pos = 0;
-            let first = varint::get(payload, &mut pos).and_then(|h| u32::try_from(h).ok());
-            let records = varint::get(payload, &mut pos);
-            let (Some(first), Some(records)) = (first, records) else {
-                return Err(corrupt("bad undo chunk header".into()));
-            };
-            if first != expect {
-                return Err(corrupt(format!(
-                    "undo records from block {first} where {expect} belongs"
-                )));
+        let mut found = None;
+        for_each_chunk(f, &mut |first, records, offset| {
+            if height >= first + records.len() as u32 {
+                return Ok(true);
             }
-            if records == 0 || records > u64::from(u32::MAX - first) {
-                return Err(corrupt("bad undo record count".into()));
+            let body = records[(height - first) as usize];
+            found = Some(BlockUndo::decode(body, height, f.file.path(), offset)?);
+            Ok(false)
+        })?;
+        found.ok_or_else(|| Error::Invalid(format!("no undo record for block {height}")))
+    }
+
+    /// Merges runs of at least `MERGE_FILES` consecutive files spanning at most
+    /// `max(keep / 16, 16)` blocks into one file each (pending obsolete until committed).
+    /// Following the tip commits one block at a time, so without this the log would hold a
+    /// file per block; the span bound keeps a merged file from outliving the horizon by more
+    /// than 1/16 of it. Returns whether any merge happened.
+    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
+        let span = (self.keep / 16).max(16);
+        let mut worked = false;
+        let mut start = 0;
+        while start < self.files.len() {
+            let first = self.files[start].r.first;
+            let mut end = start + 1;
+            while end < self.files.len()
+                && self.files[end].r.first == self.files[end - 1].r.last + 1
+                && self.files[end].r.last - first < span
+            {
+                end += 1;
             }
-            let end = first + records as u32;
-            if height < end {
-                let chunk = decode_block(&payload[pos..], offset as u64, path)?;
-                return read_record(&chunk, records, height - first, height, path, offset as u64);
+            if end - start >= MERGE_FILES {
+                self.merge(start..end, alloc_id)?;
+                worked = true;
             }
-            expect = end;
-            offset = next;
+            start += 1;
         }
+        Ok(worked)
+    }
+
+    /// Rewrites the live records of `files[range]` as one file.
+    fn merge(&mut self, range: Range<usize>, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
+        let mut bodies: Vec<(u32, Vec<u8>)> = Vec::new();
+        for f in &self.files[range.clone()] {
+            for_each_chunk(f, &mut |first, records, _| {
+                for (i, body) in records.iter().enumerate() {
+                    let height = first + i as u32;
+                    if height > f.r.last {
+                        return Ok(false);
+                    }
+                    bodies.push((height, body.to_vec()));
+                }
+                Ok(first + (records.len() as u32) <= f.r.last)
+            })?;
+        }
+        let records: Vec<(u32, &[u8])> = bodies.iter().map(|(h, b)| (*h, &b[..])).collect();
+        let merged = self.write_file(alloc_id, &records)?;
+        let old = self.files.splice(range, [merged]);
+        self.dropped.extend(old.map(|f| f.file));
+        Ok(())
+    }
+
+    /// Writes `records` (consecutive heights, raw bodies) as a new fsynced file of chunks.
+    fn write_file(
+        &self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        records: &[(u32, &[u8])],
+    ) -> Result<UndoFile> {
+        let mut bytes = Vec::new();
+        let mut chunk = Vec::new();
+        let mut count = 0u64;
+        let mut first = 0;
+        for &(height, body) in records {
+            if count > 0 && chunk.len() + body.len() + 10 > CHUNK_RAW {
+                write_chunk(&mut bytes, first, count, &chunk);
+                chunk.clear();
+                count = 0;
+            }
+            if count == 0 {
+                first = height;
+            }
+            put_blob(&mut chunk, body);
+            count += 1;
+        }
+        write_chunk(&mut bytes, first, count, &chunk);
+        let id = alloc_id();
+        let path = self.dir.join(file_name(id));
+        write_new_file(&path, &bytes)?;
+        Ok(UndoFile {
+            r: UndoRef {
+                id,
+                first: records.first().expect("records").0,
+                last: records.last().expect("records").0,
+            },
+            file: Arc::new(ImmutableFile::open(&path)?),
+        })
     }
 
     /// Forgets the records of blocks `>= blocks` (rollback; nothing may be pending).
@@ -587,6 +663,57 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn one_block_files_are_merged_within_a_span_and_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut id = 0;
+        let mut alloc = || {
+            id += 1;
+            id
+        };
+        // keep 100: merged files span at most 16 blocks.
+        let mut log = UndoLog::open(dir.path(), 100, &[]).unwrap();
+        for h in 0..40 {
+            log.push(&undo(h));
+            log.flush(&mut alloc, Some(h)).unwrap();
+            log.compact(&mut alloc).unwrap();
+            log.committed();
+        }
+        let refs = log.refs();
+        assert!(refs.len() < 10, "{refs:?}");
+        assert!(refs.iter().all(|r| r.last - r.first < 16), "{refs:?}");
+        assert!(
+            refs.windows(2).all(|w| w[1].first == w[0].last + 1),
+            "{refs:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            refs.len(),
+            "replaced files are deleted once committed"
+        );
+        // A rollback's cut inside a merged file, then a merge that leaves the dead record out.
+        log.truncate(38);
+        for h in 38..45 {
+            log.push(&undo(h + 1000));
+            log.pending.back_mut().unwrap().0 = h;
+            log.flush(&mut alloc, Some(h)).unwrap();
+        }
+        while log.compact(&mut alloc).unwrap() {}
+        log.committed();
+        let refs = log.refs();
+        drop(log);
+        let log = UndoLog::open(dir.path(), 100, &refs).unwrap();
+        for h in 0..38 {
+            assert_eq!(log.read(h).unwrap(), undo(h));
+        }
+        for h in 38..45 {
+            let mut want = undo(h + 1000);
+            want.height = h;
+            assert_eq!(log.read(h).unwrap(), want);
+        }
+        assert!(log.read(45).is_err());
     }
 
     #[test]
