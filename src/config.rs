@@ -351,8 +351,9 @@ impl Config {
             daemon_poll_interval_blocks: Duration::from_millis(
                 vars.count("DAEMON_POLL_INTERVAL_BLOCKS", 1000)?,
             ),
+            // ElectrumX polls every 5 s; wallets expect to see a broadcast within a second or two.
             daemon_poll_interval_mempool: Duration::from_millis(
-                vars.count("DAEMON_POLL_INTERVAL_MEMPOOL", 5000)?,
+                vars.count("DAEMON_POLL_INTERVAL_MEMPOOL", 1000)?,
             ),
             services,
             report_services,
@@ -420,7 +421,7 @@ mod tests {
         assert_eq!(c.cache_mb, 1200);
         assert_eq!(c.reorg_limit, None);
         assert_eq!(c.daemon_poll_interval_blocks, Duration::from_millis(1000));
-        assert_eq!(c.daemon_poll_interval_mempool, Duration::from_millis(5000));
+        assert_eq!(c.daemon_poll_interval_mempool, Duration::from_millis(1000));
         assert!(c.services.is_empty() && c.report_services.is_empty());
         assert_eq!(
             (c.max_recv, c.max_send, c.max_sessions),
