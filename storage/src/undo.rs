@@ -344,31 +344,38 @@ impl UndoLog {
         found.ok_or_else(|| Error::Invalid(format!("no undo record for block {height}")))
     }
 
-    /// Merges runs of at least `MERGE_FILES` consecutive files spanning at most
-    /// `max(keep / 16, 16)` blocks into one file each (pending obsolete until committed).
-    /// Following the tip commits one block at a time, so without this the log would hold a
-    /// file per block; the span bound keeps a merged file from outliving the horizon by more
-    /// than 1/16 of it. Returns whether any merge happened.
+    /// Merges the newest files, size-tiered by the blocks they span: take the newest file,
+    /// then each older one while it spans at most twice what is taken and the total stays
+    /// within `max(keep / 16, 16)` blocks; merge when that takes `MERGE_FILES` or more, and
+    /// repeat. Following the tip commits one block at a time, so without this the log would
+    /// hold a file per block; the tiers rewrite each record O(log span) times, and the span
+    /// bound keeps a merged file from outliving the horizon by more than 1/16 of it. Returns
+    /// whether any merge happened.
     pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
-        let span = (self.keep / 16).max(16);
+        let cap = (self.keep / 16).max(16);
+        let span = |r: &UndoRef| r.last - r.first + 1;
         let mut worked = false;
-        let mut start = 0;
-        while start < self.files.len() {
-            let first = self.files[start].r.first;
-            let mut end = start + 1;
-            while end < self.files.len()
-                && self.files[end].r.first == self.files[end - 1].r.last + 1
-                && self.files[end].r.last - first < span
-            {
-                end += 1;
+        loop {
+            let Some(newest) = self.files.last() else {
+                return Ok(worked);
+            };
+            let mut start = self.files.len() - 1;
+            let mut taken = span(&newest.r);
+            while start > 0 {
+                let (older, newer) = (&self.files[start - 1].r, &self.files[start].r);
+                let next = span(older);
+                if older.last + 1 != newer.first || next > 2 * taken || taken + next > cap {
+                    break;
+                }
+                start -= 1;
+                taken += next;
             }
-            if end - start >= MERGE_FILES {
-                self.merge(start..end, alloc_id)?;
-                worked = true;
+            if self.files.len() - start < MERGE_FILES {
+                return Ok(worked);
             }
-            start += 1;
+            self.merge(start..self.files.len(), alloc_id)?;
+            worked = true;
         }
-        Ok(worked)
     }
 
     /// Rewrites the live records of `files[range]` as one file.
@@ -455,9 +462,13 @@ mod tests {
 
     fn undo(height: u32) -> BlockUndo {
         let first = u64::from(height) * 10;
-        let key = |b: u8| [b; HASHX_LEN];
+        let key = |b: u8| {
+            let mut k = [b; HASHX_LEN];
+            k[10] = 0;
+            k
+        };
         let mut shared_prefix = key(height as u8);
-        shared_prefix[10] = 0xee;
+        shared_prefix[10] = 1;
         BlockUndo {
             height,
             first_txnum: first,
@@ -675,18 +686,34 @@ mod tests {
         };
         // keep 100: merged files span at most 16 blocks.
         let mut log = UndoLog::open(dir.path(), 100, &[]).unwrap();
-        for h in 0..40 {
+        let mut written = 0;
+        for h in 0..300 {
             log.push(&undo(h));
             log.flush(&mut alloc, Some(h)).unwrap();
+            let before: Vec<u64> = log.refs().iter().map(|r| r.id).collect();
             log.compact(&mut alloc).unwrap();
+            written += log
+                .refs()
+                .iter()
+                .filter(|r| !before.contains(&r.id))
+                .map(|r| r.last - r.first + 1)
+                .sum::<u32>();
             log.committed();
         }
         let refs = log.refs();
-        assert!(refs.len() < 10, "{refs:?}");
+        assert!(
+            (200 - 16..=200).contains(&refs[0].first),
+            "the horizon, give or take part of a file: {refs:?}"
+        );
+        assert!(refs.len() <= 16, "{} files: {refs:?}", refs.len());
         assert!(refs.iter().all(|r| r.last - r.first < 16), "{refs:?}");
         assert!(
             refs.windows(2).all(|w| w[1].first == w[0].last + 1),
             "{refs:?}"
+        );
+        assert!(
+            written <= 3 * 300,
+            "records rewritten {written} times for 300 blocks"
         );
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
@@ -694,8 +721,8 @@ mod tests {
             "replaced files are deleted once committed"
         );
         // A rollback's cut inside a merged file, then a merge that leaves the dead record out.
-        log.truncate(38);
-        for h in 38..45 {
+        log.truncate(298);
+        for h in 298..305 {
             log.push(&undo(h + 1000));
             log.pending.back_mut().unwrap().0 = h;
             log.flush(&mut alloc, Some(h)).unwrap();
@@ -705,15 +732,15 @@ mod tests {
         let refs = log.refs();
         drop(log);
         let log = UndoLog::open(dir.path(), 100, &refs).unwrap();
-        for h in 0..38 {
+        for h in 200..298 {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
-        for h in 38..45 {
+        for h in 298..305 {
             let mut want = undo(h + 1000);
             want.height = h;
             assert_eq!(log.read(h).unwrap(), want);
         }
-        assert!(log.read(45).is_err());
+        assert!(log.read(305).is_err());
     }
 
     #[test]
