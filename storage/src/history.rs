@@ -176,18 +176,30 @@ impl HistorySet {
         Ok(())
     }
 
-    /// Merges segments per the size-tiered policy, folding their cuts in. A merge streams
-    /// one block per input segment, so `memory` is not needed beyond that.
+    /// Merges segments per the size-tiered policy, folding their cuts in; then, if the
+    /// newer segments together reach 1/4 of the oldest's size, merges everything. A merge
+    /// streams one block per input segment, so `memory` is not needed beyond that.
     pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, _memory: usize) -> Result<bool> {
         let mut worked = false;
         loop {
             let sizes: Vec<u64> = self.segs.iter().map(|s| s.seg.size()).collect();
-            let Some(range) = pick_merge(&sizes) else {
+            let range = pick_merge(&sizes).or_else(|| Self::newer_heavy(&sizes));
+            let Some(range) = range else {
                 return Ok(worked);
             };
             self.merge_range(range, alloc_id)?;
             worked = true;
         }
+    }
+
+    /// Each segment repeats the keys of the scripts it holds, and the size-tiered rule rarely
+    /// reaches the oldest segment: once the newer ones add up to 1/4 of it, merge them all.
+    /// That bounds the repeated keys at a fraction of the newer quarter, for about four more
+    /// rewrites of each entry over its life.
+    fn newer_heavy(sizes: &[u64]) -> Option<Range<usize>> {
+        let (oldest, newer) = sizes.split_first()?;
+        let newer: u64 = newer.iter().sum();
+        (newer > 0 && newer.saturating_mul(4) >= *oldest).then_some(0..sizes.len())
     }
 
     /// Merges every segment into one, folding in any cut, so each key is stored once (for

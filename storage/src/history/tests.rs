@@ -539,3 +539,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn newer_segments_worth_a_quarter_of_the_oldest_are_merged_into_it() {
+    assert_eq!(HistorySet::newer_heavy(&[]), None);
+    assert_eq!(HistorySet::newer_heavy(&[100]), None);
+    assert_eq!(HistorySet::newer_heavy(&[100, 10, 14]), None);
+    assert_eq!(HistorySet::newer_heavy(&[100, 10, 15]), Some(0..3));
+    // Through compact: one big segment, then small flushes that the size-tiered rule
+    // leaves alone until they add up to a quarter of it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in 0..4000 {
+        set.append(hx((t % 200) as u8), t);
+    }
+    set.flush(&mut alloc).unwrap();
+    let mut t = 4000;
+    let mut merged_all = false;
+    for _ in 0..40 {
+        for _ in 0..50 {
+            set.append(hx((t % 200) as u8), t);
+            t += 1;
+        }
+        set.flush(&mut alloc).unwrap();
+        set.compact(&mut alloc, 0).unwrap();
+        merged_all |= set.file_names().len() == 1;
+        let view = set.view();
+        assert_eq!(
+            view.get(&hx(7)).unwrap(),
+            (0..t).filter(|n| n % 200 == 7).collect::<Vec<_>>()
+        );
+    }
+    assert!(merged_all, "{:?}", set.file_names());
+}
