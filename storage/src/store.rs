@@ -653,6 +653,45 @@ mod tests {
     }
 
     #[test]
+    fn rollback_reads_undo_records_from_merged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            undo_blocks: 20,
+            compaction_memory: 1 << 16,
+        };
+        let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+        for h in 0..40 {
+            store.apply_block(&block(h)).unwrap();
+            store.commit().unwrap();
+            store.compact().unwrap();
+        }
+        let undo_files = store.undo.refs();
+        assert!(undo_files.len() < 10, "{undo_files:?}");
+        assert!(
+            undo_files.iter().any(|r| r.last > r.first),
+            "{undo_files:?}"
+        );
+        let before = store.snapshot();
+        drop(store);
+        let mut store = Store::open(dir.path(), opts).unwrap();
+        store.rollback(20).unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.height(), Some(19));
+        assert_eq!(snap.tx_count(), 60);
+        assert_eq!(snap.history(&[0; 11]).unwrap(), (0..60).collect::<Vec<_>>());
+        // Block h's last tx spends the previous block's first output.
+        let want: Vec<u64> = (0..60).filter(|n| n % 3 != 0 || *n == 57).collect();
+        let got: Vec<u64> = snap
+            .utxos(&[0; 11])
+            .unwrap()
+            .iter()
+            .map(|u| u.txnum)
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(before.tx_count(), 120, "an older snapshot is unchanged");
+    }
+
+    #[test]
     fn second_writer_is_refused_until_the_first_closes() {
         let dir = tempfile::tempdir().unwrap();
         let first = Store::open(dir.path(), Options::default()).unwrap();
