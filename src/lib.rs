@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod mempool;
 pub mod merkle;
 pub mod query;
+pub mod rlimit;
 pub mod server;
 pub mod services;
 pub mod session;

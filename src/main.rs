@@ -14,6 +14,7 @@ use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::electrum::Electrum;
 use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
 use ferrum::mempool::{self, Mempool};
+use ferrum::rlimit;
 use ferrum::server::Server;
 use ferrum_storage::{HashX, Reader};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let config = fit_sessions_to_open_files(config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,6 +57,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the open-files limit and lowers MAX_SESSIONS to fit it, as ElectrumX does.
+fn fit_sessions_to_open_files(mut config: Config) -> Config {
+    match rlimit::raise_open_files_limit() {
+        Ok(limit) => {
+            let sane = rlimit::sane_max_sessions(config.max_sessions, limit);
+            if sane < config.max_sessions {
+                warn!(
+                    "lowered maximum sessions from {} to {} because your open file limit is {}",
+                    config.max_sessions, sane, limit
+                );
+                config.max_sessions = sane;
+            }
+        }
+        Err(e) => warn!("{e}"),
+    }
+    config
 }
 
 async fn run(config: Config) -> Result<(), String> {
