@@ -1,8 +1,9 @@
 //! Mempool end to end against a real regtest bitcoind (wallet-less: keys are the test's,
 //! transactions signed with `signrawtransactionwithkey`): a transaction broadcast through
 //! ferrum reaches a subscriber of its script within 2 seconds with the right status, mining it
-//! sends the confirmed status, and a reorg (`invalidateblock`, then a longer branch without
-//! it) ends with the transaction back in the mempool and every answer right.
+//! sends the confirmed status, a reorg (`invalidateblock`, then a longer branch without it)
+//! ends with the transaction back in the mempool and every answer right; then a child of it
+//! (height -1) turns to height 0 when a block confirms the parent alone.
 
 mod mempool_support;
 
@@ -50,6 +51,30 @@ fn rpc(node: &RegtestNode, method: &str, params: Value) -> Value {
         .unwrap_or_else(|e| panic!("bitcoind {method}({params}): {e}"))
 }
 
+/// A transaction spending `key`'s output `prevout` (holding `value`) to `outputs`, signed
+/// by the node with the key.
+fn signed_spend(
+    node: &RegtestNode,
+    key: &Key,
+    prevout: OutPoint,
+    value: u64,
+    outputs: Vec<(ScriptBuf, u64)>,
+) -> Transaction {
+    let unsigned = spend(&[prevout], outputs);
+    let signed = rpc(
+        node,
+        "signrawtransactionwithkey",
+        json!([raw_hex(&unsigned), [key.wif], [{
+            "txid": prevout.txid.to_string(),
+            "vout": prevout.vout,
+            "scriptPubKey": key.script().to_hex_string(),
+            "amount": value as f64 / 1e8,
+        }]]),
+    );
+    assert_eq!(signed["complete"], true, "{signed}");
+    bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap()).unwrap()
+}
+
 /// What the node holds now: its chain and its mempool's transactions.
 fn node_state(node: &RegtestNode) -> Expected {
     let cookie = std::fs::read_to_string(node.cookie_path()).unwrap();
@@ -75,7 +100,12 @@ fn header(e: &Expected) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_mine_and_reorg_against_bitcoind() {
     let node = RegtestNode::start().unwrap();
-    let (alice, bob, miner) = (Key::new(0xa1), Key::new(0xb0), Key::new(0xc0));
+    let (alice, bob, carol, miner) = (
+        Key::new(0xa1),
+        Key::new(0xb0),
+        Key::new(0xca),
+        Key::new(0xc0),
+    );
     rpc(
         &node,
         "generatetoaddress",
@@ -86,28 +116,19 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
     let coinbase = &start.chain.blocks[1].txdata[0];
     let value = coinbase.output[0].value.to_sat();
     let (pay, fee) = (100_000_000, 10_000);
-    let unsigned = spend(
-        &[OutPoint::new(coinbase.compute_txid(), 0)],
+    let tx = signed_spend(
+        &node,
+        &alice,
+        OutPoint::new(coinbase.compute_txid(), 0),
+        value,
         vec![(bob.script(), pay), (alice.script(), value - pay - fee)],
     );
-    let signed = rpc(
-        &node,
-        "signrawtransactionwithkey",
-        json!([raw_hex(&unsigned), [alice.wif], [{
-            "txid": coinbase.compute_txid().to_string(),
-            "vout": 0,
-            "scriptPubKey": alice.script().to_hex_string(),
-            "amount": value as f64 / 1e8,
-        }]]),
-    );
-    assert_eq!(signed["complete"], true, "{signed}");
-    let tx: Transaction =
-        bitcoin::consensus::encode::deserialize_hex(signed["hex"].as_str().unwrap()).unwrap();
     let txid = tx.compute_txid();
 
+    // Default settings: the mempool is polled at the default interval.
     let server = Ferrum::start(node.rpc_port(), node.cookie_path(), &[]);
-    let (a, b) = (alice.script(), bob.script());
-    let scripts = [&a, &b];
+    let (a, b, c) = (alice.script(), bob.script(), carol.script());
+    let scripts = [&a, &b, &c];
     let mut w = Wallet::connect(server.tcp, "1.4").await;
     assert_eq!(
         w.call("blockchain.headers.subscribe", json!([])).await,
@@ -115,7 +136,7 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
     );
     assert_eq!(
         w.subscribe(&scripts).await,
-        vec![start.status(&a), Value::Null]
+        vec![start.status(&a), Value::Null, Value::Null]
     );
     let statuses = start.statuses(&scripts);
 
@@ -161,7 +182,9 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
     assert_answers(&mut w, &now, &scripts, "mined").await;
 
     // Reorg: block 102 invalidated, two blocks without the transaction mined instead; it is
-    // back in the node's mempool.
+    // back in the node's mempool. The server may follow the node through its intermediate
+    // tips; the end state must be right.
+    let statuses = after;
     let at_102 = rpc(&node, "getblockhash", json!([102]));
     rpc(&node, "invalidateblock", json!([at_102]));
     for _ in 0..2 {
@@ -176,7 +199,7 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
     assert_eq!(now.mempool_txids(), vec![txid]);
     let after = now.statuses(&scripts);
     assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 0)]));
-    let last_header = w.settle_statuses(&after, QUIET, "reorg").await;
+    let last_header = w.settle_statuses(&statuses, &after, QUIET, "reorg").await;
     assert_eq!(last_header, Some(header(&now)));
     assert_answers(&mut w, &now, &scripts, "reorg").await;
     assert_eq!(
@@ -184,7 +207,49 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         header(&now)
     );
 
-    // Mined again on the new branch.
+    // Bob passes the unconfirmed output on to Carol: height -1.
+    let statuses = after;
+    let child = signed_spend(
+        &node,
+        &bob,
+        OutPoint::new(txid, 0),
+        pay,
+        vec![(c.clone(), pay - 5_000)],
+    );
+    let child_id = child.compute_txid();
+    assert_eq!(
+        w.call("blockchain.transaction.broadcast", json!([raw_hex(&child)]))
+            .await,
+        json!(child_id.to_string())
+    );
+    let now = node_state(&node);
+    let after = now.statuses(&scripts);
+    assert_eq!(now.mempool_entries(&c), vec![(child_id, -1, 5_000)]);
+    w.expect_statuses(&changed(&statuses, &after), QUIET, "child")
+        .await;
+    assert_answers(&mut w, &now, &scripts, "child").await;
+
+    // A block with the parent alone: the child, unchanged, now has its inputs confirmed.
+    let statuses = after;
+    rpc(
+        &node,
+        "generateblock",
+        json!([miner.address.to_string(), [txid.to_string()]]),
+    );
+    let now = node_state(&node);
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&c)], status_of(&[(child_id, 0)]));
+    assert_eq!(
+        after[&script_hash(&b)],
+        status_of(&[(txid, 104), (child_id, 0)])
+    );
+    let notified = w
+        .expect_statuses(&changed(&statuses, &after), QUIET, "parent mined")
+        .await;
+    assert_eq!(notified.headers, vec![header(&now)]);
+    assert_answers(&mut w, &now, &scripts, "parent mined").await;
+
+    // And the child.
     let statuses = after;
     rpc(
         &node,
@@ -193,11 +258,11 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
     );
     let now = node_state(&node);
     let after = now.statuses(&scripts);
-    assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 104)]));
+    assert_eq!(after[&script_hash(&c)], status_of(&[(child_id, 105)]));
     let notified = w
-        .expect_statuses(&changed(&statuses, &after), QUIET, "mined again")
+        .expect_statuses(&changed(&statuses, &after), QUIET, "child mined")
         .await;
     assert_eq!(notified.headers, vec![header(&now)]);
-    assert_answers(&mut w, &now, &scripts, "mined again").await;
+    assert_answers(&mut w, &now, &scripts, "child mined").await;
     server.stop();
 }

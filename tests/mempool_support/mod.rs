@@ -294,12 +294,14 @@ impl Wallet {
 }
 
 impl Wallet {
-    /// Collects notifications until every script hash in `expected` was last notified with its
-    /// expected status and `quiet` passes without more (statuses on the way are allowed, as
-    /// when a reorg is followed block by block); returns the last header notified.
+    /// Collects notifications until every script hash's last status (its last notification,
+    /// or its status in `before` if none came) is its status in `after`, and `quiet` passes
+    /// without more (statuses on the way are allowed, as when a reorg is followed block by
+    /// block); returns the last header notified.
     pub async fn settle_statuses(
         &mut self,
-        expected: &BTreeMap<String, Value>,
+        before: &BTreeMap<String, Value>,
+        after: &BTreeMap<String, Value>,
         quiet: Duration,
         what: &str,
     ) -> Option<Value> {
@@ -307,17 +309,16 @@ impl Wallet {
         let mut header = None;
         let deadline = Instant::now() + WAIT;
         loop {
-            let done = expected.iter().all(|(sh, want)| last.get(sh) == Some(want));
+            let done = after
+                .iter()
+                .all(|(sh, want)| last.get(sh).or_else(|| before.get(sh)) == Some(want));
             let wait = if done {
                 quiet
             } else {
                 deadline.saturating_duration_since(Instant::now())
             };
             let Some((_, note)) = self.notification_within(wait).await else {
-                assert!(
-                    done,
-                    "{what}: last statuses {last:?}, expected {expected:?}"
-                );
+                assert!(done, "{what}: last statuses {last:?}, expected {after:?}");
                 return header;
             };
             match note["method"].as_str() {
