@@ -3,7 +3,8 @@
 //! ferrum reaches a subscriber of its script within 2 seconds with the right status, mining it
 //! sends the confirmed status, a reorg (`invalidateblock`, then a longer branch without it)
 //! ends with the transaction back in the mempool and every answer right; then a child of it
-//! (height -1) turns to height 0 when a block confirms the parent alone.
+//! (height -1) turns to height 0 when a block confirms the parent alone, and a double spend
+//! confirmed by a block evicts the mempool transaction it conflicts with.
 
 mod mempool_support;
 
@@ -264,5 +265,61 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         .await;
     assert_eq!(notified.headers, vec![header(&now)]);
     assert_answers(&mut w, &now, &scripts, "child mined").await;
+
+    // A double spend confirmed by a block evicts the mempool transaction it conflicts with:
+    // Alice pays Dave from her second coinbase, then a block holds her payment of the same
+    // coin to Erin instead.
+    let (dave, erin) = (Key::new(0xd0), Key::new(0xe0));
+    let (d, e) = (dave.script(), erin.script());
+    assert_eq!(w.subscribe(&[&d, &e]).await, vec![Value::Null, Value::Null]);
+    let scripts = [&a, &b, &c, &d, &e];
+    let statuses = now.statuses(&scripts);
+    let coinbase = &now.chain.blocks[2].txdata[0];
+    let outpoint = OutPoint::new(coinbase.compute_txid(), 0);
+    let to_dave = signed_spend(
+        &node,
+        &alice,
+        outpoint,
+        value,
+        vec![(d.clone(), value - fee)],
+    );
+    let to_erin = signed_spend(
+        &node,
+        &alice,
+        outpoint,
+        value,
+        vec![(e.clone(), value - fee)],
+    );
+    assert_eq!(
+        w.call(
+            "blockchain.transaction.broadcast",
+            json!([raw_hex(&to_dave)])
+        )
+        .await,
+        json!(to_dave.compute_txid().to_string())
+    );
+    let now = node_state(&node);
+    let after = now.statuses(&scripts);
+    w.expect_statuses(&changed(&statuses, &after), QUIET, "payment to Dave")
+        .await;
+    let statuses = after;
+    rpc(
+        &node,
+        "generateblock",
+        json!([miner.address.to_string(), [raw_hex(&to_erin)]]),
+    );
+    let now = node_state(&node);
+    assert!(now.mempool_txids().is_empty());
+    let after = now.statuses(&scripts);
+    assert_eq!(after[&script_hash(&d)], Value::Null);
+    assert_eq!(
+        after[&script_hash(&e)],
+        status_of(&[(to_erin.compute_txid(), 106)])
+    );
+    let notified = w
+        .expect_statuses(&changed(&statuses, &after), QUIET, "double spend mined")
+        .await;
+    assert_eq!(notified.headers, vec![header(&now)]);
+    assert_answers(&mut w, &now, &scripts, "double spend mined").await;
     server.stop();
 }
