@@ -176,7 +176,8 @@ type ChunkVisitor<'v> = dyn FnMut(u32, &[&[u8]], u64) -> Result<bool> + 'v;
 
 /// Walks the chunks of `f` from its start, checking each frame and that chunks follow on in
 /// height, and calls `visit(first height, record bodies, frame offset)` while it returns true.
-fn for_each_chunk(f: &UndoFile, visit: &mut ChunkVisitor) -> Result<()> {
+/// Chunks wholly below height `from` are only checked, not decompressed or visited.
+fn for_each_chunk(f: &UndoFile, from: u32, visit: &mut ChunkVisitor) -> Result<()> {
     let data = f.file.bytes();
     let path = f.file.path();
     let mut offset = 0;
@@ -198,12 +199,14 @@ fn for_each_chunk(f: &UndoFile, visit: &mut ChunkVisitor) -> Result<()> {
         if records == 0 || records > u64::from(u32::MAX - first) {
             return Err(corrupt("bad undo record count".into()));
         }
-        let chunk = decode_block(&payload[pos..], offset as u64, path)?;
-        let bodies = split_chunk(&chunk, records, path, offset as u64)?;
-        if !visit(first, &bodies, offset as u64)? {
-            return Ok(());
-        }
         expect = first + records as u32;
+        if expect > from {
+            let chunk = decode_block(&payload[pos..], offset as u64, path)?;
+            let bodies = split_chunk(&chunk, records, path, offset as u64)?;
+            if !visit(first, &bodies, offset as u64)? {
+                return Ok(());
+            }
+        }
         offset = next;
     }
 }
@@ -333,7 +336,7 @@ impl UndoLog {
             .find(|f| f.r.first <= height && height <= f.r.last)
             .ok_or_else(|| Error::Invalid(format!("no undo record for block {height}")))?;
         let mut found = None;
-        for_each_chunk(f, &mut |first, records, offset| {
+        for_each_chunk(f, height, &mut |first, records, offset| {
             if height >= first + records.len() as u32 {
                 return Ok(true);
             }
@@ -382,7 +385,7 @@ impl UndoLog {
     fn merge(&mut self, range: Range<usize>, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
         let mut bodies: Vec<(u32, Vec<u8>)> = Vec::new();
         for f in &self.files[range.clone()] {
-            for_each_chunk(f, &mut |first, records, _| {
+            for_each_chunk(f, 0, &mut |first, records, _| {
                 for (i, body) in records.iter().enumerate() {
                     let height = first + i as u32;
                     if height > f.r.last {
