@@ -283,7 +283,10 @@ impl Wallet {
                         ),
                     }
                     if let Some(before) = seen.insert(sh.clone(), status) {
-                        panic!("{what}: {sh} notified twice (first with {before})");
+                        panic!(
+                            "{what}: {sh} notified twice, both times with its final status \
+                             {before} (one notification expected)"
+                        );
                     }
                     notified.at.insert(sh, at);
                 }
