@@ -473,7 +473,7 @@ impl Indexer {
             .await
             .map_err(StepError::daemon)?;
         if self.applied.map(|t| t.hash) == Some(best) {
-            if !self.is_caught_up() {
+            if !self.is_caught_up() && self.synced_most_of_the_index() {
                 self.compact_all().await.map_err(Fatal)?;
             }
             self.reached_tip();
@@ -775,6 +775,13 @@ impl Indexer {
             }),
         };
         Ok(())
+    }
+
+    /// Whether this run's catch-up wrote at least half of the index's transactions: then a
+    /// full merge costs about what the sync did. A restart near the tip leaves the merging
+    /// to `Store::compact`'s policies instead of rewriting a whole (mainnet-sized) index.
+    fn synced_most_of_the_index(&self) -> bool {
+        self.progress.txs.saturating_mul(2) >= self.store().snapshot().tx_count()
     }
 
     /// Merges the runs and segments that initial sync's flushes left into one per structure
