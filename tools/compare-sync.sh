@@ -21,7 +21,8 @@
 #   REORG_LIMIT=N            passed to Ferrum and ElectrumX (default: theirs for regtest, 8000,
 #                            so that undo records cover every block of these chains)
 #   PERF=1                   run Ferrum under `perf record` with DWARF call graphs (the
-#                            profile, ferrum.perf, is left in the work dir: implies KEEP=1)
+#                            profile, ferrum.perf, is left in the work dir: implies KEEP=1;
+#                            PERF_FREQ=N samples per second, default 499)
 #   KEEP=1                   keep the work dir (databases, logs) instead of deleting it
 #   REPEAT=N                 run the servers N times in turn (on a shared machine, compare the
 #                            best of each)
@@ -144,7 +145,7 @@ for round in $(seq "${REPEAT:-1}"); do
     case $server in
       ferrum)
         run=("$BIN/ferrum")
-        [ "${PERF:-0}" = 1 ] && run=(perf record -F 499 --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
+        [ "${PERF:-0}" = 1 ] && run=(perf record -F "${PERF_FREQ:-499}" --call-graph dwarf,16384 -q -o "$work/ferrum.perf" "${run[@]}")
         measure ferrum "$work/ferrum-db" env DB_DIRECTORY="$work/ferrum-db" NET=regtest \
           DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" \
           ${CACHE_MB:+CACHE_MB=$CACHE_MB} ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} "${run[@]}" ;;
