@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# End-to-end check with a real wallet: Debian's Electrum (headless, --regtest) connected only to
+# Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1),
+# checks the wallet's balance and verified history, pays a second wallet (broadcast through
+# Ferrum), sees the payment unconfirmed then confirmed. The checks are in tools/wallet_check.py.
+# Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
+# WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
+# WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TIME_LIMIT=${WALLET_CHECK_TIME_LIMIT:-180}
+INITIAL_BLOCKS=105  # mined before Ferrum starts; a few coinbases are mature, most are not
+LIVE_BLOCKS=5       # mined while the wallet is connected
+# The P2WPKH address of private key 1 (tools/demo.sh mines to it); wallet_check.py verifies it.
+ADDRESS=bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080
+# P2WSH(OP_TRUE), Bitcoin Core's test address for "anyone": mined to when a block must belong to
+# neither wallet. wallet_check.py verifies its script through the node.
+OTHER_ADDRESS=bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85
+
+say() { echo "wallet-check: $*"; }
+fail() { say "FAIL: $*"; exit 1; }
+
+if ! command -v electrum >/dev/null; then
+  say "installing Debian's electrum"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends electrum >/dev/null
+fi
+
+cargo build --release --bin ferrum
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+ferrum_bin="$target_dir/release/ferrum"
+bitcoin_cli="$(dirname "$(tools/bitcoind.sh path)")/bitcoin-cli"
+
+started=$(date +%s)
+work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-wallet-check.XXXXXX")
+node_dir="$work/bitcoind"
+electrum_dir="$work/electrum"
+ferrum_pid="" electrum_pid="" child_pid=""
+show_logs() {
+  for f in ferrum.log electrum.log; do
+    [ -s "$work/$f" ] || continue
+    echo "---- last lines of $f"
+    tail -n 25 "$work/$f"
+  done
+}
+stop_pid() {  # TERM, then KILL after 10 s: a hung process never outlives the check
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  [ "$status" = 0 ] || show_logs >&2
+  stop_pid "$child_pid"
+  stop_pid "$electrum_pid"
+  stop_pid "$ferrum_pid"
+  tools/bitcoind.sh stop "$node_dir" || true
+  if [ "${WALLET_CHECK_KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'fail "interrupted"' INT TERM
+
+# Runs a step in the background and waits: a signal then interrupts the wait at once (bash defers
+# traps until a foreground command ends), and cleanup stops the step.
+step() { "$@" & child_pid=$!; wait "$child_pid"; }
+remaining() { echo $((TIME_LIMIT - ($(date +%s) - started))); }
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+node=$(tools/bitcoind.sh start "$node_dir")
+rpc=${node#rpc=}; rpc=${rpc%% *}
+"$bitcoin_cli" -datadir="$node_dir" generatetoaddress "$INITIAL_BLOCKS" "$ADDRESS" >/dev/null
+say "bitcoind regtest ($node), mined $INITIAL_BLOCKS blocks to $ADDRESS"
+
+port=$(free_port); admin_port=$(free_port)
+DB_DIRECTORY="$work/db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" \
+  DAEMON_COOKIE_FILE="$node_dir/regtest/.cookie" \
+  SERVICES="tcp://127.0.0.1:$port,rpc://127.0.0.1:$admin_port" LOG_LEVEL=info \
+  "$ferrum_bin" >"$work/ferrum.log" 2>&1 &
+ferrum_pid=$!
+step python3 tools/wallet_check.py wait-ferrum "$port" "$INITIAL_BLOCKS" 60 ||
+  fail "ferrum did not start serving"
+say "ferrum serving on 127.0.0.1:$port at height $INITIAL_BLOCKS"
+
+# The wallet daemon: only Ferrum as server, JSON-RPC on a free port with fixed credentials.
+electrum_port=$(free_port)
+electrum_version=$(dpkg-query -W -f='${Version}' electrum 2>/dev/null || echo unknown)
+rpc_password=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+mkdir -p "$electrum_dir/regtest/wallets"
+cat >"$electrum_dir/regtest/config" <<JSON
+{"rpcuser": "check", "rpcpassword": "$rpc_password", "rpchost": "127.0.0.1",
+ "rpcport": $electrum_port, "server": "127.0.0.1:$port:t", "oneserver": true,
+ "auto_connect": false, "check_updates": false}
+JSON
+electrum --regtest -D "$electrum_dir" -v daemon --oneserver --server "127.0.0.1:$port:t" \
+  >"$work/electrum.log" 2>&1 &
+electrum_pid=$!
+say "electrum $electrum_version daemon connecting to ferrum"
+
+left=$(remaining)
+[ "$left" -gt 0 ] || fail "time limit of $TIME_LIMIT s used up before the wallet checks"
+if step python3 tools/wallet_check.py --electrum-port "$electrum_port" --rpc-user check \
+  --rpc-password "$rpc_password" --wallet-dir "$electrum_dir/regtest/wallets" \
+  --electrum-log "$work/electrum.log" \
+  --bitcoin-cli "$bitcoin_cli" --node-dir "$node_dir" --address "$ADDRESS" \
+  --other-address "$OTHER_ADDRESS" --initial-blocks "$INITIAL_BLOCKS" \
+  --live-blocks "$LIVE_BLOCKS" --time-limit "$left"; then
+  say "PASS: Electrum $electrum_version served end to end by Ferrum in $(($(date +%s) - started)) s"
+else
+  fail "the wallet checks above failed after $(($(date +%s) - started)) s"
+fi
