@@ -162,6 +162,7 @@ class Check:
         tip = self.check_mined(sender)
         txid, pay_to, amount, spent = self.pay(sender, receiver, tip)
         self.confirm(sender, receiver, tip + 1, txid, pay_to, amount, spent)
+        self.reorg(sender, receiver, tip + 1, txid, pay_to, amount, spent)
         self.check_log()
 
     def open_wallets(self):
@@ -276,6 +277,43 @@ class Check:
         if [(u["prevout_hash"], sats(u["value"]), u["height"]) for u in unspent] != [(txid, amount, tip)]:
             raise CheckFailed(f"receiver listunspent: {unspent}")
         self.ok("receiver listunspent: exactly the payment output, confirmed")
+
+    def reorg(self, sender, receiver, tip, txid, pay_to, amount, spent):
+        """The block confirming the payment at tip is replaced by two empty blocks: the payment
+        goes back to the mempool (unconfirmed in both wallets), then a third block confirms it."""
+        a = self.args
+        self.node.call("invalidateblock", self.node.call("getblockhash", tip))
+        if txid not in json.loads(self.node.call("getrawmempool")):
+            raise CheckFailed(f"the node did not return {txid} to its mempool after invalidateblock")
+        for _ in range(2):
+            self.node.call("generateblock", a.other_address, "[]")
+        tip += 1
+        self.wait_for(
+            f"reorg of block {tip - 1} (two empty blocks, tip {tip}): sender shows the payment "
+            "unconfirmed again",
+            lambda: self.wallet_state(sender), self.sender_expectation(tip, (txid, 0), spent), 30,
+        )
+        self.wait_for(
+            "receiver shows the payment unconfirmed again", lambda: self.wallet_state(receiver),
+            {"confirmed": 0, "unconfirmed": amount, "unmatured": 0, "history": [(txid, 0, 0)]}, 30,
+        )
+        self.wait_for(
+            f"getaddressbalance {pay_to} unconfirmed again",
+            lambda: self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
+        )
+        block_hash = json.loads(self.node.call("generatetoaddress", 1, a.other_address))[0]
+        tip += 1
+        if txid not in json.loads(self.node.call("getblock", block_hash))["tx"]:
+            raise CheckFailed(f"block {tip} does not hold the payment {txid}")
+        self.wait_for(
+            f"sender shows the payment confirmed at height {tip} on the new branch",
+            lambda: self.wallet_state(sender), self.sender_expectation(tip, (txid, tip), spent), 30,
+        )
+        self.wait_for(
+            "receiver shows the payment confirmed on the new branch",
+            lambda: self.wallet_state(receiver),
+            {"confirmed": amount, "unconfirmed": 0, "unmatured": 0, "history": [(txid, tip, 1)]}, 30,
+        )
 
     def address_balance(self, address):
         """Electrum's walletless query: Ferrum's blockchain.scripthash.get_balance, in sats."""
