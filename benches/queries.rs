@@ -1,14 +1,15 @@
 //! Protocol query benchmarks: `get_history`, `listunspent`, `get_balance` and a status hash
 //! for one script with 60k history entries and 30k unspent outputs, through the methods
 //! layer over a real store: what the server calls (`call_raw`, JSON text), and through a
-//! `Value` tree for comparison.
+//! `Value` tree for comparison. `get_history` repeats hit the history cache; its "cold" case
+//! uses a fresh `Electrum` (empty caches) per iteration.
 //! Run: `cargo bench --bench queries`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ferrum::electrum::{Electrum, Node, SessionState};
 use ferrum::jsonrpc::Params;
 use ferrum::query::EmptyMempool;
@@ -83,12 +84,15 @@ fn queries(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = build(dir.path());
     let regtest = ferrum::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
-    let electrum = Electrum::with_node(
-        store.reader(),
-        regtest,
-        Arc::new(NoNode),
-        Arc::new(EmptyMempool),
-    );
+    let fresh = || {
+        Electrum::with_node(
+            store.reader(),
+            regtest,
+            Arc::new(NoNode),
+            Arc::new(EmptyMempool),
+        )
+    };
+    let electrum = fresh();
     let limits = SessionLimits {
         cost: CostParams::unlimited(10),
         max_send: 0,
@@ -125,6 +129,29 @@ fn queries(c: &mut Criterion) {
                 })
             })
         });
+        if method.ends_with("get_history") {
+            group.bench_function(format!("{method} cold"), |b| {
+                b.iter_batched(
+                    || {
+                        let electrum = fresh();
+                        let state = electrum.open_session(&ctx);
+                        (electrum, state)
+                    },
+                    |(electrum, state)| {
+                        let len = rt.block_on(async {
+                            let reply = electrum
+                                .call_reply(&ctx, &state, &method, params())
+                                .await
+                                .unwrap();
+                            black_box(reply.into_json()).len()
+                        });
+                        // Dropped after the timing, with the cache it filled.
+                        (electrum, state, len)
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
         if method.ends_with("get_history") || method.ends_with("listunspent") {
             group.bench_function(format!("{method} via Value"), |b| {
                 b.iter(|| {
