@@ -3,7 +3,8 @@
 # Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1),
 # checks the wallet's balance and verified history, pays a second wallet (broadcast through
 # Ferrum), sees the payment unconfirmed then confirmed, then a reorg that unconfirms it and a
-# block on the new branch that confirms it again. The checks are in tools/wallet_check.py.
+# block on the new branch that confirms it again. Two wallet daemons hold the same wallets, one
+# reaching Ferrum over TCP, one over TLS. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
 # WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.
@@ -22,11 +23,15 @@ OTHER_ADDRESS=bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85
 say() { echo "wallet-check: $*"; }
 fail() { say "FAIL: $*"; exit 1; }
 
-if ! command -v electrum >/dev/null; then
-  say "installing Debian's electrum"
+missing=()
+command -v electrum >/dev/null || missing+=(electrum)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends electrum >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 
 cargo build --release --bin ferrum
@@ -38,10 +43,9 @@ bitcoin_cli="$(dirname "$(tools/bitcoind.sh path)")/bitcoin-cli"
 started=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-wallet-check.XXXXXX")
 node_dir="$work/bitcoind"
-electrum_dir="$work/electrum"
-ferrum_pid="" electrum_pid="" child_pid=""
+ferrum_pid="" electrum_tcp_pid="" electrum_ssl_pid="" child_pid=""
 show_logs() {
-  for f in ferrum.log electrum.log; do
+  for f in ferrum.log electrum-tcp.log electrum-ssl.log; do
     [ -s "$work/$f" ] || continue
     echo "---- last lines of $f"
     tail -n 25 "$work/$f"
@@ -60,7 +64,8 @@ cleanup() {
   trap - EXIT INT TERM
   [ "$status" = 0 ] || show_logs >&2
   stop_pid "$child_pid"
-  stop_pid "$electrum_pid"
+  stop_pid "$electrum_tcp_pid"
+  stop_pid "$electrum_ssl_pid"
   stop_pid "$ferrum_pid"
   tools/bitcoind.sh stop "$node_dir" || true
   if [ "${WALLET_CHECK_KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
@@ -82,38 +87,54 @@ rpc=${node#rpc=}; rpc=${rpc%% *}
 "$bitcoin_cli" -datadir="$node_dir" generatetoaddress "$INITIAL_BLOCKS" "$ADDRESS" >/dev/null
 say "bitcoind regtest ($node), mined $INITIAL_BLOCKS blocks to $ADDRESS"
 
-port=$(free_port); admin_port=$(free_port)
+# A self-signed certificate for Ferrum's TLS service (an end-entity one: rustls refuses a CA
+# certificate as a server's); Electrum pins it on first use and must see this fingerprint.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -addext "basicConstraints=critical,CA:FALSE" -addext extendedKeyUsage=serverAuth \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+fingerprint=$(openssl x509 -noout -fingerprint -sha256 -in "$work/cert.pem" | sed 's/.*=//; s/://g')
+
+port=$(free_port); ssl_port=$(free_port); admin_port=$(free_port)
 DB_DIRECTORY="$work/db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" \
   DAEMON_COOKIE_FILE="$node_dir/regtest/.cookie" \
-  SERVICES="tcp://127.0.0.1:$port,rpc://127.0.0.1:$admin_port" LOG_LEVEL=info \
+  SERVICES="tcp://127.0.0.1:$port,ssl://127.0.0.1:$ssl_port,rpc://127.0.0.1:$admin_port" \
+  SSL_CERTFILE="$work/cert.pem" SSL_KEYFILE="$work/key.pem" LOG_LEVEL=info \
   "$ferrum_bin" >"$work/ferrum.log" 2>&1 &
 ferrum_pid=$!
 step python3 tools/wallet_check.py wait-ferrum "$port" "$INITIAL_BLOCKS" 60 ||
   fail "ferrum did not start serving"
-say "ferrum serving on 127.0.0.1:$port at height $INITIAL_BLOCKS"
+say "ferrum serving on 127.0.0.1:$port (tcp) and $ssl_port (ssl) at height $INITIAL_BLOCKS"
 
-# The wallet daemon: only Ferrum as server, JSON-RPC on a free port with fixed credentials.
-electrum_port=$(free_port)
+# Two wallet daemons, each with only Ferrum as server: one over TCP, one over TLS. JSON-RPC on
+# free ports with fixed credentials; -v logs go to electrum-KIND.log.
 electrum_version=$(dpkg-query -W -f='${Version}' electrum 2>/dev/null || echo unknown)
 rpc_password=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-mkdir -p "$electrum_dir/regtest/wallets"
-cat >"$electrum_dir/regtest/config" <<JSON
+start_electrum() {  # KIND SERVER RPC_PORT [DAEMON ARGS...]
+  local kind=$1 server=$2 rpc_port=$3 dir="$work/electrum-$1"
+  shift 3
+  mkdir -p "$dir/regtest/wallets"
+  cat >"$dir/regtest/config" <<JSON
 {"rpcuser": "check", "rpcpassword": "$rpc_password", "rpchost": "127.0.0.1",
- "rpcport": $electrum_port, "server": "127.0.0.1:$port:t", "oneserver": true,
+ "rpcport": $rpc_port, "server": "$server", "oneserver": true,
  "auto_connect": false, "check_updates": false}
 JSON
-electrum --regtest -D "$electrum_dir" -v daemon --oneserver --server "127.0.0.1:$port:t" \
-  >"$work/electrum.log" 2>&1 &
-electrum_pid=$!
-say "electrum $electrum_version daemon connecting to ferrum"
+  electrum --regtest -D "$dir" -v daemon --oneserver --server "$server" "$@" \
+    >"$work/electrum-$kind.log" 2>&1 &
+}
+tcp_rpc_port=$(free_port); ssl_rpc_port=$(free_port)
+start_electrum tcp "127.0.0.1:$port:t" "$tcp_rpc_port"
+electrum_tcp_pid=$!
+start_electrum ssl "127.0.0.1:$ssl_port:s" "$ssl_rpc_port" --serverfingerprint "$fingerprint"
+electrum_ssl_pid=$!
+say "electrum $electrum_version daemons connecting to ferrum over tcp and ssl"
 
 left=$(remaining)
 [ "$left" -gt 0 ] || fail "time limit of $TIME_LIMIT s used up before the wallet checks"
-if step python3 tools/wallet_check.py --electrum-port "$electrum_port" --rpc-user check \
-  --rpc-password "$rpc_password" --wallet-dir "$electrum_dir/regtest/wallets" \
-  --electrum-log "$work/electrum.log" \
-  --bitcoin-cli "$bitcoin_cli" --node-dir "$node_dir" --address "$ADDRESS" \
-  --other-address "$OTHER_ADDRESS" --initial-blocks "$INITIAL_BLOCKS" \
+if step python3 tools/wallet_check.py --work "$work" --tcp-rpc-port "$tcp_rpc_port" \
+  --ssl-rpc-port "$ssl_rpc_port" --rpc-user check --rpc-password "$rpc_password" \
+  --cert "$work/cert.pem" --bitcoin-cli "$bitcoin_cli" --node-dir "$node_dir" \
+  --address "$ADDRESS" --other-address "$OTHER_ADDRESS" --initial-blocks "$INITIAL_BLOCKS" \
   --live-blocks "$LIVE_BLOCKS" --time-limit "$left"; then
   say "PASS: Electrum $electrum_version served end to end by Ferrum in $(($(date +%s) - started)) s"
 else

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The checks of tools/wallet-check.sh: drives a real Electrum wallet daemon (JSON-RPC) that is
-connected only to Ferrum, and a regtest bitcoind (bitcoin-cli), and compares what the wallet
-shows with values computed from what this script did to the chain.
+"""The checks of tools/wallet-check.sh: drives two real Electrum wallet daemons (JSON-RPC), one
+connected to Ferrum over TCP and one over TLS, each holding the same two wallets, and a regtest
+bitcoind (bitcoin-cli); compares what every wallet shows with values computed from what this
+script did to the chain.
 
 `wallet_check.py wait-ferrum PORT HEIGHT SECONDS` waits until Ferrum serves that tip height.
 
@@ -14,6 +15,7 @@ import base64
 import hashlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ SUBSIDY = 50 * COIN  # regtest halves every 150 blocks; this check stays below t
 # The public key of private key 1 is the generator G (compressed), a fixed constant of secp256k1.
 G_COMPRESSED = bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
 B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+KINDS = ("tcp", "ssl")  # how each wallet daemon reaches Ferrum
 
 
 class CheckFailed(Exception):
@@ -53,6 +56,8 @@ def sats(btc) -> int:
 
 
 class Electrum:
+    """One Electrum daemon's JSON-RPC interface."""
+
     def __init__(self, port: int, user: str, password: str):
         self.url = f"http://127.0.0.1:{port}"
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -69,9 +74,8 @@ class Electrum:
 
     def call(self, method: str, **params):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        request = urllib.request.Request(
-            self.url, body.encode(), {"Content-Type": "application/json", "Authorization": self.auth}
-        )
+        headers = {"Content-Type": "application/json", "Authorization": self.auth}
+        request = urllib.request.Request(self.url, body.encode(), headers)
         with urllib.request.urlopen(request, timeout=30) as reply:
             answer = json.load(reply)
         if answer.get("error"):
@@ -88,6 +92,9 @@ class Node:
         if done.returncode != 0:
             raise CheckFailed(f"bitcoin-cli {' '.join(map(str, args))}: {done.stderr.strip()}")
         return done.stdout.strip()
+
+    def json(self, *args):
+        return json.loads(self.call(*args))
 
 
 def expected_balance(coinbase_heights, tip: int, extra_confirmed: int = 0):
@@ -114,11 +121,16 @@ def difference(wanted, seen) -> str:
     return "; ".join(parts)
 
 
+def same_certificate(pem_a: str, pem_b: str) -> bool:
+    return ssl.PEM_cert_to_DER_cert(pem_a) == ssl.PEM_cert_to_DER_cert(pem_b)
+
+
 class Check:
     def __init__(self, args):
         self.args = args
         self.deadline = time.monotonic() + args.time_limit
-        self.electrum = Electrum(args.electrum_port, args.rpc_user, args.rpc_password)
+        ports = {"tcp": args.tcp_rpc_port, "ssl": args.ssl_rpc_port}
+        self.daemons = {k: Electrum(ports[k], args.rpc_user, args.rpc_password) for k in KINDS}
         self.node = Node(args.bitcoin_cli, args.node_dir)
         self.passed = 0
         self.coinbases = {}  # txid -> height of every coinbase paying the demo address
@@ -127,65 +139,59 @@ class Check:
         self.passed += 1
         print(f"  ok  {what}", flush=True)
 
+    def electrum_dir(self, kind: str) -> str:
+        return f"{self.args.work}/electrum-{kind}/regtest"
+
+    def wallet(self, kind: str, name: str) -> str:
+        return f"{self.electrum_dir(kind)}/wallets/{name}"
+
     def wait_for(self, what: str, probe, wanted, limit: float):
-        """Poll probe() until it returns wanted (within limit seconds and the overall deadline)."""
+        """Poll probe(kind) on both daemons until each returns wanted (within limit seconds and
+        the overall deadline)."""
         start = time.monotonic()
         end = min(start + limit, self.deadline)
+        pending = list(KINDS)
         while True:
-            seen = probe()
-            if seen == wanted:
+            seen = {kind: probe(kind) for kind in pending}
+            pending = [kind for kind in pending if seen[kind] != wanted]
+            if not pending:
                 self.ok(f"{what} (after {time.monotonic() - start:.1f} s)")
                 return
             if time.monotonic() >= end:
-                raise CheckFailed(f"{what}: after {limit:.0f} s, {difference(wanted, seen)}")
+                why = "; ".join(f"[{kind}] {difference(wanted, seen[kind])}" for kind in pending)
+                raise CheckFailed(f"{what}: after {limit:.0f} s, {why}")
             time.sleep(0.25)
 
-    def wallet_state(self, wallet: str):
-        """What a wallet shows once synchronized to the node's tip: balance in sats, history."""
-        tip = int(self.node.call("getblockcount"))
-        info = self.electrum.call("getinfo")
-        if info["blockchain_height"] != tip or not self.electrum.call("is_synchronized", wallet=wallet):
-            return ("syncing", f"wallet at height {info['blockchain_height']}, node at {tip}")
-        balance = self.electrum.call("getbalance", wallet=wallet)
-        history = self.electrum.call("onchain_history", wallet=wallet)["transactions"]
-        return {
-            "confirmed": sats(balance.get("confirmed", 0)),
-            "unconfirmed": sats(balance.get("unconfirmed", 0)),
-            "unmatured": sats(balance.get("unmatured", 0)),
-            # Verified (SPV merkle proof checked) txs have confirmations = tip - height + 1.
-            "history": sorted((h["txid"], h["height"], h["confirmations"]) for h in history),
-        }
+    def wallet_state(self, name: str):
+        """A probe: what wallet name shows on a daemon once it is synchronized to the node's
+        tip: balance in sats and history."""
 
-    def run(self):
-        self.electrum.wait_ready(30)
-        sender, receiver = self.open_wallets()
-        tip = self.check_mined(sender)
-        txid, pay_to, amount, spent = self.pay(sender, receiver, tip)
-        self.confirm(sender, receiver, tip + 1, txid, pay_to, amount, spent)
-        self.reorg(sender, receiver, tip + 1, txid, pay_to, amount, spent)
-        self.check_log()
+        def probe(kind):
+            electrum, wallet = self.daemons[kind], self.wallet(kind, name)
+            tip = int(self.node.call("getblockcount"))
+            height = electrum.call("getinfo")["blockchain_height"]
+            if height != tip or not electrum.call("is_synchronized", wallet=wallet):
+                return ("syncing", f"wallet at height {height}, node at {tip}")
+            balance = electrum.call("getbalance", wallet=wallet)
+            history = electrum.call("onchain_history", wallet=wallet)["transactions"]
+            return {
+                "confirmed": sats(balance.get("confirmed", 0)),
+                "unconfirmed": sats(balance.get("unconfirmed", 0)),
+                "unmatured": sats(balance.get("unmatured", 0)),
+                # Verified (SPV merkle proof checked) txs have confirmations = tip - height + 1.
+                "history": sorted((h["txid"], h["height"], h["confirmations"]) for h in history),
+            }
 
-    def open_wallets(self):
-        """The sender holds private key 1 (imported), the receiver is a fresh seed wallet."""
-        a = self.args
-        wif = wif_testnet_compressed(1)
-        h160 = hashlib.new("ripemd160", hashlib.sha256(G_COMPRESSED).digest()).hexdigest()
-        script = json.loads(self.node.call("validateaddress", a.address))["scriptPubKey"]
-        if script != "0014" + h160:
-            raise CheckFailed(f"{a.address} is not the P2WPKH of key 1: node says {script}")
-        self.ok(f"{a.address} is the P2WPKH address of private key 1 (WIF {wif})")
+        return probe
 
-        sender, receiver = f"{a.wallet_dir}/sender", f"{a.wallet_dir}/receiver"
-        self.electrum.call("restore", text=f"p2wpkh:{wif}", wallet_path=sender)
-        self.electrum.call("create", seed_type="segwit", wallet_path=receiver)
-        for path in (sender, receiver):
-            if self.electrum.call("load_wallet", wallet_path=path) is not True:
-                raise CheckFailed(f"electrum could not load wallet {path}")
-        addresses = self.electrum.call("listaddresses", wallet=sender)
-        if addresses != [a.address]:
-            raise CheckFailed(f"the imported-key wallet holds {addresses}, not [{a.address}]")
-        self.ok("electrum imported the key: its only address is the demo address")
-        return sender, receiver
+    def address_balance(self, address: str):
+        """A probe: Electrum's walletless getaddressbalance (Ferrum's get_balance), in sats."""
+
+        def probe(kind):
+            balance = self.daemons[kind].call("getaddressbalance", address=address)
+            return {k: sats(v) for k, v in balance.items()}
+
+        return probe
 
     def sender_expectation(self, tip, payment=None, spent=0):
         """The sender's state at tip: its coinbases, and the payment (txid, height) if made."""
@@ -197,39 +203,83 @@ class Check:
         return {"confirmed": confirmed, "unconfirmed": 0, "unmatured": unmatured,
                 "history": sorted(history)}
 
-    def check_mined(self, sender) -> int:
-        """Coinbases mined before Ferrum started, then more mined while the wallet is online."""
+    @staticmethod
+    def receiver_expectation(amount, txid, height):
+        """The receiver's state: the payment, confirmed at height (the new tip) or unconfirmed."""
+        if height:
+            return {"confirmed": amount, "unconfirmed": 0, "unmatured": 0,
+                    "history": [(txid, height, 1)]}
+        return {"confirmed": 0, "unconfirmed": amount, "unmatured": 0, "history": [(txid, 0, 0)]}
+
+    def run(self):
+        for electrum in self.daemons.values():
+            electrum.wait_ready(30)
+        self.open_wallets()
+        tip = self.check_mined()
+        txid, pay_to, amount, spent = self.pay(tip)
+        self.confirm(tip + 1, txid, pay_to, amount, spent)
+        self.reorg(tip + 1, txid, pay_to, amount, spent)
+        self.check_certificate()
+        self.check_logs()
+
+    def open_wallets(self):
+        """On both daemons: the sender holds private key 1 (imported), the receiver restores the
+        seed of a wallet the TCP daemon creates."""
+        a = self.args
+        wif = wif_testnet_compressed(1)
+        h160 = hashlib.new("ripemd160", hashlib.sha256(G_COMPRESSED).digest()).hexdigest()
+        script = self.node.json("validateaddress", a.address)["scriptPubKey"]
+        if script != "0014" + h160:
+            raise CheckFailed(f"{a.address} is not the P2WPKH of key 1: node says {script}")
+        self.ok(f"{a.address} is the P2WPKH address of private key 1 (WIF {wif})")
+
+        tcp, ssl_ = self.daemons["tcp"], self.daemons["ssl"]
+        seed = tcp.call("create", seed_type="segwit", wallet_path=self.wallet("tcp", "receiver"))["seed"]
+        ssl_.call("restore", text=seed, wallet_path=self.wallet("ssl", "receiver"))
+        for kind, electrum in self.daemons.items():
+            electrum.call("restore", text=f"p2wpkh:{wif}", wallet_path=self.wallet(kind, "sender"))
+            for name in ("sender", "receiver"):
+                if electrum.call("load_wallet", wallet_path=self.wallet(kind, name)) is not True:
+                    raise CheckFailed(f"electrum could not load wallet {self.wallet(kind, name)}")
+            addresses = electrum.call("listaddresses", wallet=self.wallet(kind, "sender"))
+            if addresses != [a.address]:
+                raise CheckFailed(f"[{kind}] the imported-key wallet holds {addresses}, not [{a.address}]")
+        self.ok("electrum imported the key on both daemons: the only address is the demo address")
+
+    def check_mined(self) -> int:
+        """Coinbases mined before Ferrum started, then more mined while the wallets are online."""
         a = self.args
         for height in range(1, a.initial_blocks + 1):
-            block = json.loads(self.node.call("getblock", self.node.call("getblockhash", height)))
+            block = self.node.json("getblock", self.node.call("getblockhash", height))
             self.coinbases[block["tx"][0]] = height
         tip = a.initial_blocks
         self.wait_for(
             f"sender after {tip} blocks mined before Ferrum started: "
             f"balance and {tip} SPV-verified history entries",
-            lambda: self.wallet_state(sender), self.sender_expectation(tip), 60,
+            self.wallet_state("sender"), self.sender_expectation(tip), 60,
         )
         # Ferrum must notify the new headers and the address's new status.
-        for block_hash in json.loads(self.node.call("generatetoaddress", a.live_blocks, a.address)):
+        for block_hash in self.node.json("generatetoaddress", a.live_blocks, a.address):
             tip += 1
-            self.coinbases[json.loads(self.node.call("getblock", block_hash))["tx"][0]] = tip
+            self.coinbases[self.node.json("getblock", block_hash)["tx"][0]] = tip
         self.wait_for(
             f"sender after {a.live_blocks} more blocks mined live (tip {tip})",
-            lambda: self.wallet_state(sender), self.sender_expectation(tip), 30,
+            self.wallet_state("sender"), self.sender_expectation(tip), 30,
         )
         return tip
 
-    def pay(self, sender, receiver, tip):
-        """The sender pays a fresh receiver address; broadcast goes through Ferrum."""
-        pay_to = self.electrum.call("getunusedaddress", wallet=receiver)
+    def pay(self, tip):
+        """The TCP daemon's sender pays a fresh receiver address; broadcast goes through Ferrum."""
+        tcp = self.daemons["tcp"]
+        pay_to = tcp.call("getunusedaddress", wallet=self.wallet("tcp", "receiver"))
         amount, fee = sats("1.2345"), sats("0.0001")
-        raw = self.electrum.call("payto", destination=pay_to, amount=str(Decimal(amount) / COIN),
-                                 fee=str(Decimal(fee) / COIN), wallet=sender)
+        raw = tcp.call("payto", destination=pay_to, amount=str(Decimal(amount) / COIN),
+                       fee=str(Decimal(fee) / COIN), wallet=self.wallet("tcp", "sender"))
         sent = time.monotonic()
-        txid = self.electrum.call("broadcast", tx=raw)
-        if json.loads(self.node.call("decoderawtransaction", raw))["txid"] != txid:
+        txid = tcp.call("broadcast", tx=raw)
+        if self.node.json("decoderawtransaction", raw)["txid"] != txid:
             raise CheckFailed(f"broadcast returned {txid}, not the txid of the signed transaction")
-        if txid not in json.loads(self.node.call("getrawmempool")):
+        if txid not in self.node.json("getrawmempool"):
             raise CheckFailed(f"broadcast through Ferrum returned {txid}, not in the node's mempool")
         self.ok(f"payto {Decimal(amount) / COIN} BTC to {pay_to}, broadcast via Ferrum: "
                 f"{txid} is in the node's mempool")
@@ -237,98 +287,103 @@ class Check:
         # Electrum counts the change of an unconfirmed tx spending confirmed coins as confirmed.
         self.wait_for(
             "sender shows the payment unconfirmed (history height 0, balance less amount and fee)",
-            lambda: self.wallet_state(sender),
-            self.sender_expectation(tip, (txid, 0), amount + fee), 15,
+            self.wallet_state("sender"), self.sender_expectation(tip, (txid, 0), amount + fee), 15,
         )
         latency = time.monotonic() - sent
-        print(f"      (the payment reached the wallet {latency:.1f} s after broadcast)", flush=True)
+        print(f"      (the payment reached both wallets {latency:.1f} s after broadcast)", flush=True)
         self.wait_for(
-            "receiver shows the payment unconfirmed", lambda: self.wallet_state(receiver),
-            {"confirmed": 0, "unconfirmed": amount, "unmatured": 0, "history": [(txid, 0, 0)]}, 15,
+            "receiver shows the payment unconfirmed",
+            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, 0), 15,
         )
         self.wait_for(
             f"getaddressbalance {pay_to} (Ferrum's mempool view)",
-            lambda: self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
+            self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
         )
         return txid, pay_to, amount, amount + fee
 
-    def confirm(self, sender, receiver, tip, txid, pay_to, amount, spent):
+    def mine_payment(self, tip, txid):
+        """Mines a block outside both wallets, which must hold the payment, at height tip."""
+        block_hash = self.node.json("generatetoaddress", 1, self.args.other_address)[0]
+        if txid not in self.node.json("getblock", block_hash)["tx"]:
+            raise CheckFailed(f"block {tip} does not hold the payment {txid}")
+
+    def confirm(self, tip, txid, pay_to, amount, spent):
         """A block mined to an address outside both wallets confirms the payment at tip."""
         a = self.args
-        script = json.loads(self.node.call("validateaddress", a.other_address))["scriptPubKey"]
+        script = self.node.json("validateaddress", a.other_address)["scriptPubKey"]
         if script != "0020" + hashlib.sha256(b"\x51").hexdigest():
             raise CheckFailed(f"{a.other_address} is not P2WSH(OP_TRUE): node says {script}")
-        block_hash = json.loads(self.node.call("generatetoaddress", 1, a.other_address))[0]
-        if txid not in json.loads(self.node.call("getblock", block_hash))["tx"]:
-            raise CheckFailed(f"block {tip} does not hold the payment {txid}")
+        self.mine_payment(tip, txid)
         self.wait_for(
             f"sender shows the payment confirmed at height {tip} (one more coinbase matured)",
-            lambda: self.wallet_state(sender), self.sender_expectation(tip, (txid, tip), spent), 30,
+            self.wallet_state("sender"), self.sender_expectation(tip, (txid, tip), spent), 30,
         )
         self.wait_for(
-            "receiver shows the payment confirmed", lambda: self.wallet_state(receiver),
-            {"confirmed": amount, "unconfirmed": 0, "unmatured": 0, "history": [(txid, tip, 1)]}, 30,
+            "receiver shows the payment confirmed",
+            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, tip), 30,
         )
         self.wait_for(
             f"getaddressbalance {pay_to} confirmed",
-            lambda: self.address_balance(pay_to), {"confirmed": amount, "unconfirmed": 0}, 15,
+            self.address_balance(pay_to), {"confirmed": amount, "unconfirmed": 0}, 15,
         )
-        unspent = self.electrum.call("listunspent", wallet=receiver)
-        if [(u["prevout_hash"], sats(u["value"]), u["height"]) for u in unspent] != [(txid, amount, tip)]:
-            raise CheckFailed(f"receiver listunspent: {unspent}")
+        for kind, electrum in self.daemons.items():
+            unspent = electrum.call("listunspent", wallet=self.wallet(kind, "receiver"))
+            outputs = [(u["prevout_hash"], sats(u["value"]), u["height"]) for u in unspent]
+            if outputs != [(txid, amount, tip)]:
+                raise CheckFailed(f"[{kind}] receiver listunspent: {unspent}")
         self.ok("receiver listunspent: exactly the payment output, confirmed")
 
-    def reorg(self, sender, receiver, tip, txid, pay_to, amount, spent):
+    def reorg(self, tip, txid, pay_to, amount, spent):
         """The block confirming the payment at tip is replaced by two empty blocks: the payment
         goes back to the mempool (unconfirmed in both wallets), then a third block confirms it."""
-        a = self.args
         self.node.call("invalidateblock", self.node.call("getblockhash", tip))
-        if txid not in json.loads(self.node.call("getrawmempool")):
+        if txid not in self.node.json("getrawmempool"):
             raise CheckFailed(f"the node did not return {txid} to its mempool after invalidateblock")
         for _ in range(2):
-            self.node.call("generateblock", a.other_address, "[]")
+            self.node.call("generateblock", self.args.other_address, "[]")
         tip += 1
         self.wait_for(
             f"reorg of block {tip - 1} (two empty blocks, tip {tip}): sender shows the payment "
             "unconfirmed again",
-            lambda: self.wallet_state(sender), self.sender_expectation(tip, (txid, 0), spent), 30,
+            self.wallet_state("sender"), self.sender_expectation(tip, (txid, 0), spent), 30,
         )
         self.wait_for(
-            "receiver shows the payment unconfirmed again", lambda: self.wallet_state(receiver),
-            {"confirmed": 0, "unconfirmed": amount, "unmatured": 0, "history": [(txid, 0, 0)]}, 30,
+            "receiver shows the payment unconfirmed again",
+            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, 0), 30,
         )
         self.wait_for(
             f"getaddressbalance {pay_to} unconfirmed again",
-            lambda: self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
+            self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
         )
-        block_hash = json.loads(self.node.call("generatetoaddress", 1, a.other_address))[0]
         tip += 1
-        if txid not in json.loads(self.node.call("getblock", block_hash))["tx"]:
-            raise CheckFailed(f"block {tip} does not hold the payment {txid}")
+        self.mine_payment(tip, txid)
         self.wait_for(
             f"sender shows the payment confirmed at height {tip} on the new branch",
-            lambda: self.wallet_state(sender), self.sender_expectation(tip, (txid, tip), spent), 30,
+            self.wallet_state("sender"), self.sender_expectation(tip, (txid, tip), spent), 30,
         )
         self.wait_for(
             "receiver shows the payment confirmed on the new branch",
-            lambda: self.wallet_state(receiver),
-            {"confirmed": amount, "unconfirmed": 0, "unmatured": 0, "history": [(txid, tip, 1)]}, 30,
+            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, tip), 30,
         )
 
-    def address_balance(self, address):
-        """Electrum's walletless query: Ferrum's blockchain.scripthash.get_balance, in sats."""
-        balance = self.electrum.call("getaddressbalance", address=address)
-        return {k: sats(v) for k, v in balance.items()}
+    def check_certificate(self):
+        """The TLS daemon pinned Ferrum's certificate (after checking its fingerprint)."""
+        with open(f"{self.electrum_dir('ssl')}/certs/127.0.0.1") as pinned, open(self.args.cert) as ours:
+            if not same_certificate(pinned.read(), ours.read()):
+                raise CheckFailed("the TLS daemon pinned a certificate that is not Ferrum's")
+        self.ok("the TLS daemon talked to Ferrum's certificate (pinned, fingerprint checked)")
 
-    def check_log(self):
+    def check_logs(self):
         """Electrum tolerates some server faults (a failed request, a status mismatch, a
         dropped connection) by logging and retrying; any of those is a failure here."""
-        with open(self.args.electrum_log, errors="replace") as log:
-            faults = [line.rstrip() for line in log
-                      if " | E | " in line or " | W | " in line or "Traceback" in line]
-        if faults:
-            raise CheckFailed(f"electrum logged {len(faults)} warnings or errors, first: {faults[:5]}")
-        self.ok("electrum logged no warning or error")
+        for kind in KINDS:
+            with open(f"{self.args.work}/electrum-{kind}.log", errors="replace") as log:
+                faults = [line.rstrip() for line in log
+                          if " | E | " in line or " | W | " in line or "Traceback" in line]
+            if faults:
+                raise CheckFailed(f"[{kind}] electrum logged {len(faults)} warnings or errors, "
+                                  f"first: {faults[:5]}")
+        self.ok("neither electrum daemon logged a warning or an error")
 
 
 def wait_for_ferrum(port: int, height: int, limit: float):
@@ -361,11 +416,13 @@ def main():
         wait_for_ferrum(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--electrum-port", type=int, required=True)
+    p.add_argument("--work", required=True,
+                   help="holds electrum-KIND/ (daemon dir) and electrum-KIND.log for tcp and ssl")
+    p.add_argument("--tcp-rpc-port", type=int, required=True)
+    p.add_argument("--ssl-rpc-port", type=int, required=True)
     p.add_argument("--rpc-user", required=True)
     p.add_argument("--rpc-password", required=True)
-    p.add_argument("--wallet-dir", required=True)
-    p.add_argument("--electrum-log", required=True, help="the daemon's -v log, checked for faults")
+    p.add_argument("--cert", required=True, help="Ferrum's TLS certificate (PEM)")
     p.add_argument("--bitcoin-cli", required=True)
     p.add_argument("--node-dir", required=True)
     p.add_argument("--address", required=True, help="the P2WPKH address of private key 1")
