@@ -4,6 +4,7 @@
 //! 2016-header clamping, and a restart after SIGKILL.
 
 mod e2e_support;
+mod mempool_support;
 mod protocol_support;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use e2e_support::{
 };
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
+use mempool_support::Expected;
 use protocol_support::{error_of, make_cert, Client};
 use serde_json::{json, Value};
 
@@ -898,12 +900,16 @@ async fn a_mined_block_and_a_reorg_are_notified() {
             before.status(script)
         );
     }
+    // Like Core, the node puts the replaced blocks' transactions back into its mempool:
+    // the expected state is the new chain plus that mempool.
     emu.reorg(2, 3, 99).unwrap();
-    let after = Model::new(node_chain(&emu));
+    let expected = node_state(&emu);
+    assert!(!expected.mempool_txids().is_empty(), "the reorg refills the mempool");
+    let after = &expected.chain;
     assert_eq!(after.tip(), tip + 1);
     let changed: Vec<&ScriptBuf> = watched
         .iter()
-        .filter(|s| after.status(s) != before.status(s))
+        .filter(|s| expected.status(s) != before.status(s))
         .collect();
     assert!(!changed.is_empty(), "the reorg changes some watched script");
 
@@ -937,15 +943,30 @@ async fn a_mined_block_and_a_reorg_are_notified() {
         let sh = script_hash(script);
         let got = last_status.get(&sh);
         if changed.contains(&script) {
-            assert_eq!(got, Some(&after.status(script)), "script {sh}");
+            assert_eq!(got, Some(&expected.status(script)), "script {sh}");
         } else if let Some(got) = got {
-            assert_eq!(got, &after.status(script), "script {sh}");
+            assert_eq!(got, &expected.status(script), "script {sh}");
         }
         assert_eq!(
             ok(&mut c, "blockchain.scripthash.get_history", json!([sh])).await,
-            after.history_json(script)
+            expected.history(script)
         );
     }
+}
+
+/// The node's chain and mempool, read from the node.
+fn node_state(emu: &Emulator) -> Expected {
+    let txids = node_call(emu, "getrawmempool", json!([]));
+    let mempool = txids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let hex = node_call(emu, "getrawtransaction", json!([t]));
+            bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
+        })
+        .collect();
+    Expected::new(node_chain(&emu), mempool)
 }
 
 /// A chain longer than one chunk: counts are clamped to 2016, in both answer forms, with proofs.
