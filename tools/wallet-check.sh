@@ -2,9 +2,10 @@
 # End-to-end check with a real wallet: Debian's Electrum (headless, --regtest) connected only to
 # Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1),
 # checks the wallet's balance and verified history, pays a second wallet (broadcast through
-# Ferrum), sees the payment unconfirmed then confirmed, then a reorg that unconfirms it and a
-# block on the new branch that confirms it again. Two wallet daemons hold the same wallets, one
-# reaching Ferrum over TCP, one over TLS. The checks are in tools/wallet_check.py.
+# Ferrum), which spends it back unconfirmed (height -1); sees both confirmed, then a reorg that
+# unconfirms them and a block on the new branch that confirms them again. Two wallet daemons
+# hold the same wallets, one reaching Ferrum over TCP, one over TLS; Ferrum's own answers for
+# the demo address are checked too. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
 # WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.

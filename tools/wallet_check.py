@@ -94,7 +94,7 @@ class Node:
         return done.stdout.strip()
 
     def json(self, *args):
-        return json.loads(self.call(*args))
+        return json.loads(self.call(*args), parse_float=Decimal)
 
 
 def expected_balance(coinbase_heights, tip: int, extra_confirmed: int = 0):
@@ -104,17 +104,18 @@ def expected_balance(coinbase_heights, tip: int, extra_confirmed: int = 0):
 
 
 def difference(wanted, seen) -> str:
-    """The fields of two wallet states that differ (history: (txid, height, confirmations))."""
+    """The fields of two states that differ; lists are compared as sets of entries."""
     if not (isinstance(wanted, dict) and isinstance(seen, dict)):
-        return f"wanted {wanted!r}, wallet shows {seen!r}"
+        return f"wanted {wanted!r}, got {seen!r}"
     parts = []
     for key in wanted:
         if wanted[key] == seen.get(key):
             continue
-        if key == "history":
-            missing = sorted(set(wanted[key]) - set(seen.get(key, [])))
-            extra = sorted(set(seen.get(key, [])) - set(wanted[key]))
-            parts.append(f"history ({len(seen.get(key, []))} entries, wanted {len(wanted[key])}) "
+        if isinstance(wanted[key], list):
+            got = seen.get(key) or []
+            missing = sorted(set(wanted[key]) - set(got))
+            extra = sorted(set(got) - set(wanted[key]))
+            parts.append(f"{key} ({len(got)} entries, wanted {len(wanted[key])}) "
                          f"lacks {missing[:5]} and has unexpected {extra[:5]}")
         else:
             parts.append(f"{key} is {seen.get(key)!r}, wanted {wanted[key]!r}")
@@ -123,6 +124,28 @@ def difference(wanted, seen) -> str:
 
 def same_certificate(pem_a: str, pem_b: str) -> bool:
     return ssl.PEM_cert_to_DER_cert(pem_a) == ssl.PEM_cert_to_DER_cert(pem_b)
+
+
+class Tx:
+    """A transaction made here, with its fee and its height as the server must report it in a
+    history: its block's height, 0 in the mempool, -1 in the mempool with an unconfirmed input."""
+
+    def __init__(self, decoded, fee: int, height: int):
+        self.txid = decoded["txid"]
+        self.decoded = decoded
+        self.fee = fee
+        self.height = height
+
+    def confirmations(self, tip: int) -> int:
+        return tip - self.height + 1 if self.height > 0 else 0
+
+    def inputs(self):
+        return {(vin["txid"], vin["vout"]) for vin in self.decoded["vin"]}
+
+    def outputs_to(self, address: str):
+        """(txid, index, value) of the outputs paying address."""
+        return [(self.txid, out["n"], sats(out["value"])) for out in self.decoded["vout"]
+                if out["scriptPubKey"].get("address") == address]
 
 
 class Check:
@@ -134,6 +157,11 @@ class Check:
         self.node = Node(args.bitcoin_cli, args.node_dir)
         self.passed = 0
         self.coinbases = {}  # txid -> height of every coinbase paying the demo address
+        self.coinbase_outputs = []  # (txid, index, value) of their outputs paying it
+        self.amount = sats("1.2345")  # the payment to the receiver
+        self.back = sats("0.5")  # the receiver's payment back to the demo address
+        self.payment = None  # Tx, once made
+        self.payback = None  # Tx spending the payment's output, once made
 
     def ok(self, what: str):
         self.passed += 1
@@ -184,41 +212,96 @@ class Check:
 
         return probe
 
-    def address_balance(self, address: str):
-        """A probe: Electrum's walletless getaddressbalance (Ferrum's get_balance), in sats."""
+    def address_view(self, address: str):
+        """A probe: Ferrum's own answers for an address, through Electrum's walletless queries
+        (get_history, listunspent, get_balance), amounts in sats."""
 
         def probe(kind):
-            balance = self.daemons[kind].call("getaddressbalance", address=address)
-            return {k: sats(v) for k, v in balance.items()}
+            electrum = self.daemons[kind]
+            history = electrum.call("getaddresshistory", address=address)
+            unspent = electrum.call("getaddressunspent", address=address)
+            balance = electrum.call("getaddressbalance", address=address)
+            return {
+                "history": sorted((h["tx_hash"], h["height"], h.get("fee")) for h in history),
+                "unspent": sorted((u["tx_hash"], u["tx_pos"], u["height"], u["value"]) for u in unspent),
+                "confirmed": sats(balance["confirmed"]),
+                "unconfirmed": sats(balance["unconfirmed"]),
+            }
 
         return probe
 
-    def sender_expectation(self, tip, payment=None, spent=0):
-        """The sender's state at tip: its coinbases, and the payment (txid, height) if made."""
-        confirmed, unmatured = expected_balance(list(self.coinbases.values()), tip, -spent)
-        history = [(txid, h, tip - h + 1) for txid, h in self.coinbases.items()]
-        if payment:
-            txid, height = payment
-            history.append((txid, height, tip - height + 1 if height else 0))
-        return {"confirmed": confirmed, "unconfirmed": 0, "unmatured": unmatured,
-                "history": sorted(history)}
+    def made(self):
+        return [tx for tx in (self.payment, self.payback) if tx]
 
-    @staticmethod
-    def receiver_expectation(amount, txid, height):
-        """The receiver's state: the payment, confirmed at height (the new tip) or unconfirmed."""
-        if height:
-            return {"confirmed": amount, "unconfirmed": 0, "unmatured": 0,
-                    "history": [(txid, height, 1)]}
-        return {"confirmed": 0, "unconfirmed": amount, "unmatured": 0, "history": [(txid, 0, 0)]}
+    def expected_wallets(self, tip):
+        """(sender, receiver): what each wallet must show at tip, from the coinbases and the
+        transactions made so far."""
+        confirmed, unmatured = expected_balance(list(self.coinbases.values()), tip)
+        unconfirmed = 0
+        history = [(txid, h, tip - h + 1) for txid, h in self.coinbases.items()]
+        received, received_at, receiver_history = 0, 0, []
+        for tx in self.made():
+            history.append((tx.txid, tx.height, tx.confirmations(tip)))
+            receiver_history.append((tx.txid, tx.height, tx.confirmations(tip)))
+        if self.payment:
+            # Electrum counts the change of an unconfirmed tx spending confirmed coins as
+            # confirmed: the sender's confirmed balance drops by amount and fee at once.
+            confirmed -= self.amount + self.payment.fee
+            received, received_at = self.amount, self.payment.height
+        if self.payback:
+            if self.payback.height > 0:
+                confirmed += self.back
+            else:
+                unconfirmed += self.back
+            received = self.amount - self.back - self.payback.fee
+            received_at = self.payback.height
+        sender = {"confirmed": confirmed, "unconfirmed": unconfirmed, "unmatured": unmatured,
+                  "history": sorted(history)}
+        receiver = {"confirmed": received if received_at > 0 else 0,
+                    "unconfirmed": 0 if received_at > 0 else received,
+                    "unmatured": 0, "history": sorted(receiver_history)}
+        return sender, receiver
+
+    def expected_demo_view(self):
+        """What Ferrum must answer for the demo address, as ElectrumX does: history with the fee
+        of mempool entries; unspent outputs (mempool ones at height 0, none spent in the
+        mempool); confirmed balance, and the mempool's net effect as unconfirmed."""
+        txs = self.made()
+        history = [(txid, h, None) for txid, h in self.coinbases.items()]
+        history += [(tx.txid, tx.height, tx.fee if tx.height <= 0 else None) for tx in txs]
+        outputs = [(txid, n, self.coinbases[txid], v) for txid, n, v in self.coinbase_outputs]
+        outputs += [(t, n, max(tx.height, 0), v) for tx in txs for t, n, v in tx.outputs_to(self.args.address)]
+        spent_by = {outpoint: tx.height for tx in txs for outpoint in tx.inputs()}
+        confirmed = sum(v for t, n, h, v in outputs if h > 0 and spent_by.get((t, n), 0) <= 0)
+        unconfirmed = sum(v for t, n, h, v in outputs if h == 0)
+        unconfirmed -= sum(v for t, n, h, v in outputs if (t, n) in spent_by and spent_by[(t, n)] <= 0)
+        return {
+            "history": sorted(history),
+            "unspent": sorted(o for o in outputs if (o[0], o[1]) not in spent_by),
+            "confirmed": confirmed,
+            "unconfirmed": unconfirmed,
+        }
+
+    def wait_all(self, what: str, tip: int, limit: float):
+        """Both wallets on both daemons, then Ferrum's view of the demo address, as expected."""
+        sender, receiver = self.expected_wallets(tip)
+        self.wait_for(f"sender {what}", self.wallet_state("sender"), sender, limit)
+        if self.payment:
+            self.wait_for(f"receiver {what}", self.wallet_state("receiver"), receiver, limit)
+        self.wait_for(
+            f"Ferrum's history, unspent and balance of the demo address {what}",
+            self.address_view(self.args.address), self.expected_demo_view(), limit,
+        )
 
     def run(self):
         for electrum in self.daemons.values():
             electrum.wait_ready(30)
         self.open_wallets()
         tip = self.check_mined()
-        txid, pay_to, amount, spent = self.pay(tip)
-        self.confirm(tip + 1, txid, pay_to, amount, spent)
-        self.reorg(tip + 1, txid, pay_to, amount, spent)
+        self.pay(tip)
+        self.pay_back(tip)
+        self.confirm(tip + 1)
+        self.reorg(tip + 1)
         self.check_certificate()
         self.check_logs()
 
@@ -246,125 +329,106 @@ class Check:
                 raise CheckFailed(f"[{kind}] the imported-key wallet holds {addresses}, not [{a.address}]")
         self.ok("electrum imported the key on both daemons: the only address is the demo address")
 
+    def add_coinbase(self, block_hash: str, height: int):
+        coinbase = self.node.json("getblock", block_hash, 2)["tx"][0]
+        self.coinbases[coinbase["txid"]] = height
+        self.coinbase_outputs += Tx(coinbase, 0, height).outputs_to(self.args.address)
+
     def check_mined(self) -> int:
         """Coinbases mined before Ferrum started, then more mined while the wallets are online."""
         a = self.args
         for height in range(1, a.initial_blocks + 1):
-            block = self.node.json("getblock", self.node.call("getblockhash", height))
-            self.coinbases[block["tx"][0]] = height
+            self.add_coinbase(self.node.call("getblockhash", height), height)
         tip = a.initial_blocks
-        self.wait_for(
-            f"sender after {tip} blocks mined before Ferrum started: "
-            f"balance and {tip} SPV-verified history entries",
-            self.wallet_state("sender"), self.sender_expectation(tip), 60,
-        )
+        self.wait_all(f"after {tip} blocks mined before Ferrum started (SPV-verified history)", tip, 60)
         # Ferrum must notify the new headers and the address's new status.
         for block_hash in self.node.json("generatetoaddress", a.live_blocks, a.address):
             tip += 1
-            self.coinbases[self.node.json("getblock", block_hash)["tx"][0]] = tip
-        self.wait_for(
-            f"sender after {a.live_blocks} more blocks mined live (tip {tip})",
-            self.wallet_state("sender"), self.sender_expectation(tip), 30,
-        )
+            self.add_coinbase(block_hash, tip)
+        self.wait_all(f"after {a.live_blocks} more blocks mined live (tip {tip})", tip, 30)
         return tip
 
+    def send(self, kind: str, wallet: str, destination: str, amount: int, fee: int, height: int):
+        """payto and broadcast on one daemon; the node must hold the tx with exactly that fee."""
+        electrum = self.daemons[kind]
+        raw = electrum.call("payto", destination=destination, amount=str(Decimal(amount) / COIN),
+                            fee=str(Decimal(fee) / COIN), wallet=self.wallet(kind, wallet))
+        txid = electrum.call("broadcast", tx=raw)
+        tx = Tx(self.node.json("decoderawtransaction", raw), fee, height)
+        if tx.txid != txid:
+            raise CheckFailed(f"broadcast returned {txid}, not the txid of the signed transaction {tx.txid}")
+        entry = self.node.json("getmempoolentry", txid)
+        if sats(entry["fees"]["base"]) != fee:
+            raise CheckFailed(f"the node holds {txid} with fee {entry['fees']['base']}, not {fee} sat")
+        self.ok(f"[{kind}] {wallet} paid {Decimal(amount) / COIN} BTC to {destination}, broadcast via "
+                f"Ferrum: {txid} is in the node's mempool")
+        return tx
+
     def pay(self, tip):
-        """The TCP daemon's sender pays a fresh receiver address; broadcast goes through Ferrum."""
-        tcp = self.daemons["tcp"]
-        pay_to = tcp.call("getunusedaddress", wallet=self.wallet("tcp", "receiver"))
-        amount, fee = sats("1.2345"), sats("0.0001")
-        raw = tcp.call("payto", destination=pay_to, amount=str(Decimal(amount) / COIN),
-                       fee=str(Decimal(fee) / COIN), wallet=self.wallet("tcp", "sender"))
+        """The sender pays a fresh receiver address; broadcast goes through Ferrum (TCP)."""
+        pay_to = self.daemons["tcp"].call("getunusedaddress", wallet=self.wallet("tcp", "receiver"))
         sent = time.monotonic()
-        txid = tcp.call("broadcast", tx=raw)
-        if self.node.json("decoderawtransaction", raw)["txid"] != txid:
-            raise CheckFailed(f"broadcast returned {txid}, not the txid of the signed transaction")
-        if txid not in self.node.json("getrawmempool"):
-            raise CheckFailed(f"broadcast through Ferrum returned {txid}, not in the node's mempool")
-        self.ok(f"payto {Decimal(amount) / COIN} BTC to {pay_to}, broadcast via Ferrum: "
-                f"{txid} is in the node's mempool")
+        self.payment = self.send("tcp", "sender", pay_to, self.amount, sats("0.0001"), 0)
+        self.wait_all("shows the payment unconfirmed (history height 0)", tip, 15)
+        print(f"      (the payment reached both wallets {time.monotonic() - sent:.1f} s after broadcast)",
+              flush=True)
+        self.wait_for(
+            f"Ferrum's history, unspent and balance of {pay_to}: the payment unconfirmed",
+            self.address_view(pay_to),
+            {"history": [(self.payment.txid, 0, self.payment.fee)],
+             "unspent": [(self.payment.txid, n, 0, v) for _, n, v in self.payment.outputs_to(pay_to)],
+             "confirmed": 0, "unconfirmed": self.amount}, 15,
+        )
 
-        # Electrum counts the change of an unconfirmed tx spending confirmed coins as confirmed.
-        self.wait_for(
-            "sender shows the payment unconfirmed (history height 0, balance less amount and fee)",
-            self.wallet_state("sender"), self.sender_expectation(tip, (txid, 0), amount + fee), 15,
-        )
-        latency = time.monotonic() - sent
-        print(f"      (the payment reached both wallets {latency:.1f} s after broadcast)", flush=True)
-        self.wait_for(
-            "receiver shows the payment unconfirmed",
-            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, 0), 15,
-        )
-        self.wait_for(
-            f"getaddressbalance {pay_to} (Ferrum's mempool view)",
-            self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
-        )
-        return txid, pay_to, amount, amount + fee
+    def pay_back(self, tip):
+        """The receiver spends the unconfirmed payment back to the demo address (TLS): a mempool
+        tx with an unconfirmed input, at height -1 in histories."""
+        self.payback = self.send("ssl", "receiver", self.args.address, self.back, sats("0.0002"), -1)
+        if self.payment.txid not in {txid for txid, _ in self.payback.inputs()}:
+            raise CheckFailed(f"{self.payback.txid} does not spend the unconfirmed payment")
+        self.wait_all("shows the payment back unconfirmed with an unconfirmed parent (height -1)", tip, 15)
 
-    def mine_payment(self, tip, txid):
-        """Mines a block outside both wallets, which must hold the payment, at height tip."""
+    def mine_made(self, tip):
+        """Mines a block outside both wallets, which must hold both transactions, at tip."""
         block_hash = self.node.json("generatetoaddress", 1, self.args.other_address)[0]
-        if txid not in self.node.json("getblock", block_hash)["tx"]:
-            raise CheckFailed(f"block {tip} does not hold the payment {txid}")
+        block_txs = self.node.json("getblock", block_hash)["tx"]
+        for tx in self.made():
+            if tx.txid not in block_txs:
+                raise CheckFailed(f"block {tip} does not hold {tx.txid}")
+            tx.height = tip
 
-    def confirm(self, tip, txid, pay_to, amount, spent):
-        """A block mined to an address outside both wallets confirms the payment at tip."""
+    def confirm(self, tip):
+        """A block mined to an address outside both wallets confirms both at tip."""
         a = self.args
         script = self.node.json("validateaddress", a.other_address)["scriptPubKey"]
         if script != "0020" + hashlib.sha256(b"\x51").hexdigest():
             raise CheckFailed(f"{a.other_address} is not P2WSH(OP_TRUE): node says {script}")
-        self.mine_payment(tip, txid)
-        self.wait_for(
-            f"sender shows the payment confirmed at height {tip} (one more coinbase matured)",
-            self.wallet_state("sender"), self.sender_expectation(tip, (txid, tip), spent), 30,
-        )
-        self.wait_for(
-            "receiver shows the payment confirmed",
-            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, tip), 30,
-        )
-        self.wait_for(
-            f"getaddressbalance {pay_to} confirmed",
-            self.address_balance(pay_to), {"confirmed": amount, "unconfirmed": 0}, 15,
-        )
+        self.mine_made(tip)
+        self.wait_all(f"shows both confirmed at height {tip} (one more coinbase matured)", tip, 30)
+        change = self.amount - self.back - self.payback.fee
         for kind, electrum in self.daemons.items():
             unspent = electrum.call("listunspent", wallet=self.wallet(kind, "receiver"))
             outputs = [(u["prevout_hash"], sats(u["value"]), u["height"]) for u in unspent]
-            if outputs != [(txid, amount, tip)]:
+            if outputs != [(self.payback.txid, change, tip)]:
                 raise CheckFailed(f"[{kind}] receiver listunspent: {unspent}")
-        self.ok("receiver listunspent: exactly the payment output, confirmed")
+        self.ok("receiver listunspent: exactly the change of the payment back, confirmed")
 
-    def reorg(self, tip, txid, pay_to, amount, spent):
-        """The block confirming the payment at tip is replaced by two empty blocks: the payment
-        goes back to the mempool (unconfirmed in both wallets), then a third block confirms it."""
+    def reorg(self, tip):
+        """The block confirming both at tip is replaced by two empty blocks: both go back to the
+        mempool (heights 0 and -1 again), then a third block confirms them."""
         self.node.call("invalidateblock", self.node.call("getblockhash", tip))
-        if txid not in self.node.json("getrawmempool"):
-            raise CheckFailed(f"the node did not return {txid} to its mempool after invalidateblock")
+        mempool = self.node.json("getrawmempool")
+        if any(tx.txid not in mempool for tx in self.made()):
+            raise CheckFailed(f"the node did not return both to its mempool after invalidateblock: {mempool}")
+        self.payment.height, self.payback.height = 0, -1
         for _ in range(2):
             self.node.call("generateblock", self.args.other_address, "[]")
         tip += 1
-        self.wait_for(
-            f"reorg of block {tip - 1} (two empty blocks, tip {tip}): sender shows the payment "
-            "unconfirmed again",
-            self.wallet_state("sender"), self.sender_expectation(tip, (txid, 0), spent), 30,
-        )
-        self.wait_for(
-            "receiver shows the payment unconfirmed again",
-            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, 0), 30,
-        )
-        self.wait_for(
-            f"getaddressbalance {pay_to} unconfirmed again",
-            self.address_balance(pay_to), {"confirmed": 0, "unconfirmed": amount}, 15,
-        )
+        self.wait_all(f"after a reorg of block {tip - 1} (two empty blocks, tip {tip}): "
+                      "both unconfirmed again", tip, 30)
         tip += 1
-        self.mine_payment(tip, txid)
-        self.wait_for(
-            f"sender shows the payment confirmed at height {tip} on the new branch",
-            self.wallet_state("sender"), self.sender_expectation(tip, (txid, tip), spent), 30,
-        )
-        self.wait_for(
-            "receiver shows the payment confirmed on the new branch",
-            self.wallet_state("receiver"), self.receiver_expectation(amount, txid, tip), 30,
-        )
+        self.mine_made(tip)
+        self.wait_all(f"shows both confirmed at height {tip} on the new branch", tip, 30)
 
     def check_certificate(self):
         """The TLS daemon pinned Ferrum's certificate (after checking its fingerprint)."""
