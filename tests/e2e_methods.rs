@@ -3,7 +3,6 @@
 //! from the blocks alone; also bad inputs, notifications of a mined block and of a reorg,
 //! 2016-header clamping, and a restart after SIGKILL.
 
-mod e2e_support;
 mod mempool_support;
 mod protocol_support;
 
@@ -17,7 +16,7 @@ use e2e_support::{
 };
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
-use mempool_support::Expected;
+use mempool_support::{e2e_support, Expected};
 use protocol_support::{error_of, make_cert, Client};
 use serde_json::{json, Value};
 
@@ -904,7 +903,10 @@ async fn a_mined_block_and_a_reorg_are_notified() {
     // the expected state is the new chain plus that mempool.
     emu.reorg(2, 3, 99).unwrap();
     let expected = node_state(&emu);
-    assert!(!expected.mempool_txids().is_empty(), "the reorg refills the mempool");
+    assert!(
+        !expected.mempool_txids().is_empty(),
+        "the reorg refills the mempool"
+    );
     let after = &expected.chain;
     assert_eq!(after.tip(), tip + 1);
     let changed: Vec<&ScriptBuf> = watched
@@ -966,7 +968,7 @@ fn node_state(emu: &Emulator) -> Expected {
             bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
         })
         .collect();
-    Expected::new(node_chain(&emu), mempool)
+    Expected::new(node_chain(emu), mempool)
 }
 
 /// A chain longer than one chunk: counts are clamped to 2016, in both answer forms, with proofs.

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 #[path = "../e2e_support/mod.rs"]
-mod e2e_support;
+pub mod e2e_support;
 pub use e2e_support::{free_port, script_hash, Model};
 
 /// How long the server may take to index the chain and open its wallet port.
