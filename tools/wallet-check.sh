@@ -3,9 +3,10 @@
 # Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1),
 # checks the wallet's balance and verified history, pays a second wallet (broadcast through
 # Ferrum), which spends it back unconfirmed (height -1); sees both confirmed, then a reorg that
-# unconfirms them and a block on the new branch that confirms them again. Two wallet daemons
-# hold the same wallets, one reaching Ferrum over TCP, one over TLS; Ferrum's own answers for
-# the demo address are checked too. The checks are in tools/wallet_check.py.
+# unconfirms them and a block on the new branch that confirms them again; then restarts Ferrum
+# on its database with two blocks mined while it was down. Two wallet daemons hold the same
+# wallets, one reaching Ferrum over TCP, one over TLS; Ferrum's own answers for the demo address
+# are checked too. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
 # WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.
@@ -44,7 +45,7 @@ bitcoin_cli="$(dirname "$(tools/bitcoind.sh path)")/bitcoin-cli"
 started=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-wallet-check.XXXXXX")
 node_dir="$work/bitcoind"
-ferrum_pid="" electrum_tcp_pid="" electrum_ssl_pid="" child_pid=""
+electrum_tcp_pid="" electrum_ssl_pid="" child_pid=""
 show_logs() {
   for f in ferrum.log electrum-tcp.log electrum-ssl.log; do
     [ -s "$work/$f" ] || continue
@@ -52,11 +53,14 @@ show_logs() {
     tail -n 25 "$work/$f"
   done
 }
+alive() {  # a zombie (exited, not yet reaped by whichever parent it has) counts as gone
+  [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
 stop_pid() {  # TERM, then KILL after 10 s: a hung process never outlives the check
   local pid=$1
   [ -n "$pid" ] || return 0
   kill "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
@@ -67,7 +71,7 @@ cleanup() {
   stop_pid "$child_pid"
   stop_pid "$electrum_tcp_pid"
   stop_pid "$electrum_ssl_pid"
-  stop_pid "$ferrum_pid"
+  stop_pid "$(cat "$work/ferrum.pid" 2>/dev/null)"
   tools/bitcoind.sh stop "$node_dir" || true
   if [ "${WALLET_CHECK_KEEP:-0}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
   exit "$status"
@@ -97,12 +101,19 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 fingerprint=$(openssl x509 -noout -fingerprint -sha256 -in "$work/cert.pem" | sed 's/.*=//; s/://g')
 
 port=$(free_port); ssl_port=$(free_port); admin_port=$(free_port)
-DB_DIRECTORY="$work/db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" \
-  DAEMON_COOKIE_FILE="$node_dir/regtest/.cookie" \
-  SERVICES="tcp://127.0.0.1:$port,ssl://127.0.0.1:$ssl_port,rpc://127.0.0.1:$admin_port" \
-  SSL_CERTFILE="$work/cert.pem" SSL_KEYFILE="$work/key.pem" LOG_LEVEL=info \
-  "$ferrum_bin" >"$work/ferrum.log" 2>&1 &
-ferrum_pid=$!
+# Ferrum's command line, also run by wallet_check.py to restart it on the same database; whoever
+# starts it records its pid in ferrum.pid for cleanup.
+cat >"$work/ferrum.sh" <<SH
+#!/bin/sh
+DB_DIRECTORY="$work/db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" \\
+  DAEMON_COOKIE_FILE="$node_dir/regtest/.cookie" \\
+  SERVICES="tcp://127.0.0.1:$port,ssl://127.0.0.1:$ssl_port,rpc://127.0.0.1:$admin_port" \\
+  SSL_CERTFILE="$work/cert.pem" SSL_KEYFILE="$work/key.pem" LOG_LEVEL=info \\
+  exec "$ferrum_bin"
+SH
+chmod +x "$work/ferrum.sh"
+"$work/ferrum.sh" >>"$work/ferrum.log" 2>&1 &
+echo $! >"$work/ferrum.pid"
 step python3 tools/wallet_check.py wait-ferrum "$port" "$INITIAL_BLOCKS" 60 ||
   fail "ferrum did not start serving"
 say "ferrum serving on 127.0.0.1:$port (tcp) and $ssl_port (ssl) at height $INITIAL_BLOCKS"

@@ -14,6 +14,8 @@ import argparse
 import base64
 import hashlib
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -302,6 +304,7 @@ class Check:
         self.pay_back(tip)
         self.confirm(tip + 1)
         self.reorg(tip + 1)
+        self.restart_ferrum(tip + 3)
         self.check_certificate()
         self.check_logs()
 
@@ -430,6 +433,28 @@ class Check:
         self.mine_made(tip)
         self.wait_all(f"shows both confirmed at height {tip} on the new branch", tip, 30)
 
+    def restart_ferrum(self, tip):
+        """Ferrum stops (SIGTERM), two blocks are mined to the demo address while it is down,
+        and it restarts on its database: the wallets reconnect and see the new blocks."""
+        work = self.args.work
+        with open(f"{work}/ferrum.pid") as f:
+            pid = int(f.read())
+        os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + 30
+        while process_alive(pid):
+            if time.monotonic() >= end:
+                raise CheckFailed(f"ferrum (pid {pid}) did not exit within 30 s of SIGTERM")
+            time.sleep(0.1)
+        for block_hash in self.node.json("generatetoaddress", 2, self.args.address):
+            tip += 1
+            self.add_coinbase(block_hash, tip)
+        with open(f"{work}/ferrum.log", "ab") as log:
+            ferrum = subprocess.Popen([f"{work}/ferrum.sh"], stdout=log, stderr=log)
+        with open(f"{work}/ferrum.pid", "w") as f:
+            f.write(str(ferrum.pid))
+        self.ok("ferrum stopped on SIGTERM; 2 blocks mined while it was down; ferrum restarted")
+        self.wait_all(f"after Ferrum restarted on its database (tip {tip})", tip, 60)
+
     def check_certificate(self):
         """The TLS daemon pinned Ferrum's certificate (after checking its fingerprint)."""
         with open(f"{self.electrum_dir('ssl')}/certs/127.0.0.1") as pinned, open(self.args.cert) as ours:
@@ -448,6 +473,15 @@ class Check:
                 raise CheckFailed(f"[{kind}] electrum logged {len(faults)} warnings or errors, "
                                   f"first: {faults[:5]}")
         self.ok("neither electrum daemon logged a warning or an error")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether pid runs; a zombie (exited, not yet reaped by its parent) has stopped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def wait_for_ferrum(port: int, height: int, limit: float):
