@@ -4,9 +4,10 @@
 # checks the wallet's balance and verified history, pays a second wallet (broadcast through
 # Ferrum), which spends it back unconfirmed (height -1); sees both confirmed, then a reorg that
 # unconfirms them and a block on the new branch that confirms them again; then restarts Ferrum
-# on its database with two blocks mined while it was down. Two wallet daemons hold the same
-# wallets, one reaching Ferrum over TCP, one over TLS; Ferrum's own answers for the demo address
-# are checked too. The checks are in tools/wallet_check.py.
+# on its database with two blocks mined while it was down; mines past the first 2016-header
+# chunk, which Electrum fetches in chunks. Two wallet daemons hold the same wallets, one
+# reaching Ferrum over TCP, one over TLS; Ferrum's own answers for the demo address are checked
+# too. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
 # WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.

@@ -26,7 +26,6 @@ from decimal import Decimal
 
 COIN = 100_000_000
 MATURITY = 100
-SUBSIDY = 50 * COIN  # regtest halves every 150 blocks; this check stays below that
 # The public key of private key 1 is the generator G (compressed), a fixed constant of secp256k1.
 G_COMPRESSED = bytes.fromhex("0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798")
 B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -99,10 +98,10 @@ class Node:
         return json.loads(self.call(*args), parse_float=Decimal)
 
 
-def expected_balance(coinbase_heights, tip: int, extra_confirmed: int = 0):
-    """(confirmed, unmatured) in sats for coinbases of SUBSIDY at the given heights."""
-    mature = [h for h in coinbase_heights if h + MATURITY <= tip + 1]
-    return SUBSIDY * len(mature) + extra_confirmed, SUBSIDY * (len(coinbase_heights) - len(mature))
+def coinbase_balance(outputs, tip: int):
+    """(mature, immature) value in sats of coinbase outputs (txid, index, value, height) at tip."""
+    mature = sum(v for _, _, v, h in outputs if h + MATURITY <= tip + 1)
+    return mature, sum(v for *_, v, _ in outputs) - mature
 
 
 def difference(wanted, seen) -> str:
@@ -238,7 +237,8 @@ class Check:
     def expected_wallets(self, tip):
         """(sender, receiver): what each wallet must show at tip, from the coinbases and the
         transactions made so far."""
-        confirmed, unmatured = expected_balance(list(self.coinbases.values()), tip)
+        confirmed, unmatured = coinbase_balance(
+            [(t, n, v, self.coinbases[t]) for t, n, v in self.coinbase_outputs], tip)
         unconfirmed = 0
         history = [(txid, h, tip - h + 1) for txid, h in self.coinbases.items()]
         received, received_at, receiver_history = 0, 0, []
@@ -305,6 +305,7 @@ class Check:
         self.confirm(tip + 1)
         self.reorg(tip + 1)
         self.restart_ferrum(tip + 3)
+        self.long_chain(tip + 5)
         self.check_certificate()
         self.check_logs()
 
@@ -454,6 +455,17 @@ class Check:
             f.write(str(ferrum.pid))
         self.ok("ferrum stopped on SIGTERM; 2 blocks mined while it was down; ferrum restarted")
         self.wait_all(f"after Ferrum restarted on its database (tip {tip})", tip, 60)
+
+    def long_chain(self, tip):
+        """Blocks mined past the first 2016-header chunk: Electrum catches up with
+        blockchain.block.headers chunks (a full one and a partial one); every coinbase of the
+        demo address is now mature."""
+        blocks = 2016 + 16 - tip  # the tip ends 16 blocks into the second chunk
+        for batch in (blocks // 2, blocks - blocks // 2):
+            self.node.call("generatetoaddress", batch, self.args.other_address)
+        tip += blocks
+        self.wait_all(f"after {blocks} more blocks mined to another address (tip {tip}, past the "
+                      "2016-header chunk)", tip, 60)
 
     def check_certificate(self):
         """The TLS daemon pinned Ferrum's certificate (after checking its fingerprint)."""
