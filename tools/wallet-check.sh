@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end check with a real wallet: Debian's Electrum (headless, --regtest) connected only to
-# Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1),
-# checks the wallet's balance and verified history, pays a second wallet (broadcast through
-# Ferrum), which spends it back unconfirmed (height -1); sees both confirmed, then a reorg that
-# unconfirms them and a block on the new branch that confirms them again; then restarts Ferrum
-# on its database with two blocks mined while it was down; mines past the first 2016-header
-# chunk, which Electrum fetches in chunks. Two wallet daemons hold the same wallets, one
-# reaching Ferrum over TCP, one over TLS; Ferrum's own answers for the demo address are checked
-# too. The checks are in tools/wallet_check.py.
+# Ferrum, Ferrum on a private regtest bitcoind. Mines coinbases to the demo key (private key 1)
+# and checks the wallet's balance and SPV-verified history; pays a second wallet (broadcast
+# through Ferrum) and replaces that payment with a higher fee; the receiver spends it back
+# unconfirmed (height -1); a block confirms both, a reorg unconfirms them, a block on the new
+# branch confirms them again; Ferrum restarts on its database with two blocks mined while it
+# was down; blocks past the first 2016-header chunk make Electrum fetch headers in chunks. Two
+# wallet daemons hold the same wallets, one reaching Ferrum over TCP, one over TLS; Ferrum's own
+# answers for the demo address are checked too. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
 # WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.

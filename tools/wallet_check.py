@@ -131,9 +131,10 @@ class Tx:
     """A transaction made here, with its fee and its height as the server must report it in a
     history: its block's height, 0 in the mempool, -1 in the mempool with an unconfirmed input."""
 
-    def __init__(self, decoded, fee: int, height: int):
+    def __init__(self, decoded, fee: int, height: int, raw: str = ""):
         self.txid = decoded["txid"]
         self.decoded = decoded
+        self.raw = raw
         self.fee = fee
         self.height = height
 
@@ -301,6 +302,7 @@ class Check:
         self.open_wallets()
         tip = self.check_mined()
         self.pay(tip)
+        self.bump_fee(tip)
         self.pay_back(tip)
         self.confirm(tip + 1)
         self.reorg(tip + 1)
@@ -357,16 +359,21 @@ class Check:
         electrum = self.daemons[kind]
         raw = electrum.call("payto", destination=destination, amount=str(Decimal(amount) / COIN),
                             fee=str(Decimal(fee) / COIN), wallet=self.wallet(kind, wallet))
-        txid = electrum.call("broadcast", tx=raw)
-        tx = Tx(self.node.json("decoderawtransaction", raw), fee, height)
-        if tx.txid != txid:
-            raise CheckFailed(f"broadcast returned {txid}, not the txid of the signed transaction {tx.txid}")
-        entry = self.node.json("getmempoolentry", txid)
-        if sats(entry["fees"]["base"]) != fee:
-            raise CheckFailed(f"the node holds {txid} with fee {entry['fees']['base']}, not {fee} sat")
+        tx = self.broadcast(kind, raw, height)
+        if tx.fee != fee:
+            raise CheckFailed(f"the node holds {tx.txid} with fee {tx.fee} sat, not {fee} sat")
         self.ok(f"[{kind}] {wallet} paid {Decimal(amount) / COIN} BTC to {destination}, broadcast via "
-                f"Ferrum: {txid} is in the node's mempool")
+                f"Ferrum: {tx.txid} is in the node's mempool")
         return tx
+
+    def broadcast(self, kind: str, raw: str, height: int) -> Tx:
+        """Broadcast through Ferrum; the node must then hold the tx (its fee is read there)."""
+        txid = self.daemons[kind].call("broadcast", tx=raw)
+        decoded = self.node.json("decoderawtransaction", raw)
+        if decoded["txid"] != txid:
+            raise CheckFailed(f"broadcast returned {txid}, not the txid of the signed transaction {decoded['txid']}")
+        fee = sats(self.node.json("getmempoolentry", txid)["fees"]["base"])
+        return Tx(decoded, fee, height, raw)
 
     def pay(self, tip):
         """The sender pays a fresh receiver address; broadcast goes through Ferrum (TCP)."""
@@ -383,6 +390,33 @@ class Check:
              "unspent": [(self.payment.txid, n, 0, v) for _, n, v in self.payment.outputs_to(pay_to)],
              "confirmed": 0, "unconfirmed": self.amount}, 15,
         )
+
+    def bump_fee(self, tip):
+        """The sender replaces the payment with one paying 10,000 sat more fee out of its change
+        (Debian's Electrum disables bumpfee, so the wallet's `serialize` builds and signs it; the
+        node relays full-RBF): Ferrum's mempool must drop the replaced tx and show the
+        replacement in its place."""
+        old, wif = self.payment, wif_testnet_compressed(1)
+        values = {(t, n): v for t, n, v in self.coinbase_outputs}
+        inputs = [{"prevout_hash": t, "prevout_n": n, "value_sats": values[(t, n)],
+                   "privkey": f"p2wpkh:{wif}", "nsequence": 0xFFFFFFFD}
+                  for t, n in sorted(old.inputs())]
+        outputs = []
+        for out in old.decoded["vout"]:
+            address = out["scriptPubKey"]["address"]
+            value = sats(out["value"]) - (10_000 if address == self.args.address else 0)
+            outputs.append({"address": address, "value_sats": value})
+        raw = self.daemons["tcp"].call("serialize", jsontx={"inputs": inputs, "outputs": outputs})
+        new = self.broadcast("tcp", raw, 0)
+        mempool = self.node.json("getrawmempool")
+        if old.txid in mempool or new.txid not in mempool:
+            raise CheckFailed(f"the node's mempool after the replacement is {mempool}")
+        if new.fee != old.fee + 10_000:
+            raise CheckFailed(f"the replacement {new.txid} pays {new.fee} sat, not {old.fee + 10_000}")
+        self.payment = new
+        self.ok(f"[tcp] sender replaced the payment, fee {old.fee} -> {new.fee} sat: {new.txid} "
+                f"replaced {old.txid} in the node's mempool")
+        self.wait_all("shows the replacement instead of the replaced payment", tip, 15)
 
     def pay_back(self, tip):
         """The receiver spends the unconfirmed payment back to the demo address (TLS): a mempool
