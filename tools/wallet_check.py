@@ -510,7 +510,8 @@ class Check:
 
     def check_logs(self):
         """Electrum tolerates some server faults (a failed request, a status mismatch, a
-        dropped connection) by logging and retrying; any of those is a failure here."""
+        dropped connection) by logging and retrying; any of those is a failure here, as is an
+        error in Ferrum's log."""
         for kind in KINDS:
             with open(f"{self.args.work}/electrum-{kind}.log", errors="replace") as log:
                 faults = [line.rstrip() for line in log
@@ -518,7 +519,11 @@ class Check:
             if faults:
                 raise CheckFailed(f"[{kind}] electrum logged {len(faults)} warnings or errors, "
                                   f"first: {faults[:5]}")
-        self.ok("neither electrum daemon logged a warning or an error")
+        with open(f"{self.args.work}/ferrum.log", errors="replace") as log:
+            errors = [line.rstrip() for line in log if " ERROR " in line]
+        if errors:
+            raise CheckFailed(f"ferrum logged {len(errors)} errors, first: {errors[:5]}")
+        self.ok("neither electrum daemon logged a warning or an error, nor ferrum an error")
 
 
 def process_alive(pid: int) -> bool:
