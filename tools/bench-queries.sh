@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Query benchmark over TCP: builds release binaries, serves a generated chain with the node
 # emulator, starts Ferrum on it on free ports, waits until it serves the tip, then runs
-# ferrum-rpcbench (get_history, listunspent, get_balance on scripts of ~10, ~1,000 and the
-# heaviest histories, on 1 and 16 connections) and stops everything. Markdown on stdout.
+# ferrum-rpcbench (get_history, listunspent, get_balance on scripts of ~10, ~1,000, ≥10,000 and
+# the 10 heaviest histories, on 1 and 16 connections) and stops everything. Markdown on stdout.
 #
 #   tools/bench-queries.sh [ferrum-rpcbench options...]     e.g. --seconds 5 --conns 1,4,16
 #   CHAIN=path.frm         chain file (default: the 200k-tx "large" chain, seed 1; generated
