@@ -10,7 +10,8 @@
 # answers for the demo address are checked too. The checks are in tools/wallet_check.py.
 # Prints PASS or FAIL with the reason; exits non-zero on failure. The checks are bounded by
 # WALLET_CHECK_TIME_LIMIT seconds (default 180, the ferrum build excluded).
-# WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection.
+# WALLET_CHECK_KEEP=1 keeps the work directory (logs, wallets, chain) for inspection;
+# WALLET_CHECK_FERRUM=PATH checks that ferrum binary instead of building one (bisecting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,10 +38,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" >/dev/null
 fi
 
-cargo build --release --bin ferrum
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-ferrum_bin="$target_dir/release/ferrum"
+if [ -n "${WALLET_CHECK_FERRUM:-}" ]; then
+  ferrum_bin=$(realpath "$WALLET_CHECK_FERRUM")
+else
+  cargo build --release --bin ferrum
+  target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  ferrum_bin="$target_dir/release/ferrum"
+fi
 bitcoin_cli="$(dirname "$(tools/bitcoind.sh path)")/bitcoin-cli"
 
 started=$(date +%s)
