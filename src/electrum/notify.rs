@@ -57,25 +57,21 @@ async fn notify_session(
     if ctx.is_closing() {
         return;
     }
-    // (script, send even if unchanged)
-    let (send_header, plan): (bool, Vec<(HashX, bool)>) = {
+    // Scripts to re-check; each is sent only if its status differs from the last one the
+    // session was given. ElectrumX also re-sends unchanged statuses of touched scripts, but
+    // here a poll and a block's change can both cover one state: never send it twice.
+    let (send_header, plan): (bool, Vec<HashX>) = {
         let subs = lock(&state.subs);
         let plan = match touched {
-            None => subs.scripts.keys().map(|h| (*h, false)).collect(),
+            None => subs.scripts.keys().copied().collect(),
             Some(touched) => {
-                let hit: Vec<(HashX, bool)> = subs
-                    .scripts
-                    .keys()
-                    .filter(|h| touched.contains(*h))
-                    .map(|h| (*h, true))
-                    .collect();
-                let in_mempool = subs
-                    .scripts
-                    .iter()
-                    .filter(|(h, s)| s.in_mempool && !touched.contains(*h));
-                if !hit.is_empty() || (new_tip && subs.scripts.values().any(|s| s.in_mempool)) {
-                    hit.into_iter()
-                        .chain(in_mempool.map(|(h, _)| (*h, false)))
+                let hit = subs.scripts.keys().any(|h| touched.contains(h));
+                let in_mempool = subs.scripts.values().any(|s| s.in_mempool);
+                if hit || (new_tip && in_mempool) {
+                    subs.scripts
+                        .iter()
+                        .filter(|(h, s)| touched.contains(*h) || s.in_mempool)
+                        .map(|(h, _)| *h)
                         .collect()
                 } else {
                     Vec::new()
@@ -90,8 +86,7 @@ async fn notify_session(
     if plan.is_empty() {
         return;
     }
-    let hashxs = plan.iter().map(|(h, _)| *h).collect();
-    let results = match scripts::statuses(shared, ctx.limits().max_send, hashxs).await {
+    let results = match scripts::statuses(shared, ctx.limits().max_send, plan.clone()).await {
         Ok(results) => results,
         Err(e) => {
             warn!(
@@ -104,7 +99,7 @@ async fn notify_session(
     let mut sends = Vec::new();
     {
         let mut subs = lock(&state.subs);
-        for ((hashx, always), result) in plan.into_iter().zip(results) {
+        for (hashx, result) in plan.into_iter().zip(results) {
             let Some(sub) = subs.scripts.get_mut(&hashx) else {
                 continue;
             };
@@ -114,7 +109,7 @@ async fn notify_session(
                     let changed = status.status != sub.status;
                     sub.status = status.status;
                     sub.in_mempool = status.in_mempool;
-                    if always || changed {
+                    if changed {
                         sends.push((
                             sub.scripthash.clone(),
                             scripts::status_value(&status.status),

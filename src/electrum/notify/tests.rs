@@ -4,9 +4,10 @@
 //! blocks and reorgs equal statuses computed from scratch; ElectrumX's status costs.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferrum_storage::{BlockData, Options, Store, TxData};
+use ferrum_storage::{BlockData, Hash32, Options, Store, TxData};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -15,7 +16,7 @@ use super::super::{Electrum, SessionState};
 use super::*;
 use crate::hex::{hash_hex, to_hex};
 use crate::jsonrpc::Params;
-use crate::query::{self, EmptyMempool};
+use crate::query::{self, EmptyMempool, MempoolOutput, MempoolTx, MempoolView};
 use crate::services::Protocol;
 use crate::session::cost::CostParams;
 use crate::session::{Backend, ProtocolVersion, SessionContext, SessionLimits};
@@ -68,6 +69,48 @@ struct Fixture {
 
 /// Ten blocks on branch 0, each paying A and B.
 fn fixture() -> Fixture {
+    fixture_with(Arc::new(EmptyMempool))
+}
+
+/// A mempool holding one transaction touching A, or nothing, as the test flips it.
+#[derive(Default)]
+struct Flipping(AtomicBool);
+
+impl Flipping {
+    const TX: MempoolTx = MempoolTx {
+        txid: [9; 32],
+        fee: 1,
+        unconfirmed_inputs: false,
+    };
+
+    fn flip(&self) {
+        self.0.fetch_xor(true, Ordering::SeqCst);
+    }
+}
+
+impl MempoolView for Flipping {
+    fn history(&self, hashx: &HashX) -> Vec<MempoolTx> {
+        if *hashx == key(A) && self.0.load(Ordering::SeqCst) {
+            vec![Flipping::TX]
+        } else {
+            Vec::new()
+        }
+    }
+    fn outputs(&self, _: &HashX) -> Vec<MempoolOutput> {
+        Vec::new()
+    }
+    fn spends(&self, _: &HashX) -> HashSet<(Hash32, u32)> {
+        HashSet::new()
+    }
+    fn balance_delta(&self, _: &HashX) -> i64 {
+        0
+    }
+    fn fee_histogram(&self) -> Vec<(f64, u64)> {
+        Vec::new()
+    }
+}
+
+fn fixture_with(mempool: Arc<dyn MempoolView>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), Options::default()).unwrap();
     for h in 0..10 {
@@ -76,7 +119,7 @@ fn fixture() -> Fixture {
     store.commit().unwrap();
     let node = FakeNode::new(|method, _| Err(rpc_error(-32601, method)));
     let regtest = crate::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
-    let electrum = Electrum::with_node(store.reader(), regtest, node, Arc::new(EmptyMempool));
+    let electrum = Electrum::with_node(store.reader(), regtest, node, mempool);
     Fixture {
         _dir: dir,
         store,
@@ -144,8 +187,13 @@ fn header_note(branch: u8, height: u32) -> Value {
 
 /// The status notification of script `b` as computed from scratch on the store's tip.
 fn status_note(f: &Fixture, b: u8) -> Value {
+    status_note_with(f, b, &[])
+}
+
+/// The same with mempool transactions after the confirmed history.
+fn status_note_with(f: &Fixture, b: u8, mempool: &[MempoolTx]) -> Value {
     let confirmed = query::confirmed_history(&f.store.snapshot(), &key(b), None).unwrap();
-    let status = status(&history(&confirmed, &[])).0.map(|s| to_hex(&s));
+    let status = status(&history(&confirmed, mempool)).0.map(|s| to_hex(&s));
     json!({"jsonrpc": "2.0", "method": "blockchain.scripthash.subscribe",
            "params": [scripthash(b), status]})
 }
@@ -156,7 +204,8 @@ fn touched(keys: &[u8]) -> Option<Arc<HashSet<HashX>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped_and_the_others_are_served() {
-    let mut f = fixture();
+    let mempool = Arc::new(Flipping::default());
+    let mut f = fixture_with(mempool.clone());
     let mut reader = Client::new(&f, 1);
     let mut idle = Client::new(&f, 2);
     reader.subscribe(&f, &[A]).await;
@@ -166,14 +215,20 @@ async fn a_client_that_never_reads_is_dropped_and_the_others_are_served() {
     f.electrum.notify(touched(&[A]), true).await;
     let expected = vec![header_note(0, 10), status_note(&f, A)];
     assert_eq!(reader.notifications(), expected);
-    // A touched script is sent its status every time: far more than a session queues.
-    // Each round returns without waiting for the idle client, which is disconnected once
-    // its queue is full; the reader gets every notification.
+    // A's status changes every round (its mempool transaction comes and goes): far more
+    // notifications than a session queues. Each round returns without waiting for the idle
+    // client, which is disconnected once its queue is full; the reader gets every one.
     for round in 0..3000 {
+        mempool.flip();
         f.electrum.notify(touched(&[A]), false).await;
+        let in_mempool = if round % 2 == 0 {
+            &[Flipping::TX][..]
+        } else {
+            &[]
+        };
         assert_eq!(
             reader.notifications(),
-            [status_note(&f, A)],
+            [status_note_with(&f, A, in_mempool)],
             "round {round}"
         );
     }
