@@ -14,9 +14,10 @@ use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::electrum::Electrum;
 use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
 use ferrum::mempool::{self, Mempool};
+use ferrum::merkle::header_hash;
 use ferrum::rlimit;
 use ferrum::server::Server;
-use ferrum_storage::{HashX, Reader};
+use ferrum_storage::{Hash32, HashX, Reader, Snapshot};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -219,6 +220,11 @@ impl Follower {
         tokio::pin!(caught_up);
         let (mut started, mut polling) = (false, false);
         let mut pending: Option<PendingTip> = None;
+        // The tip of the last header notification. A poll that finds the index already past
+        // it (the block's change is on its way) holds its scripts for that change, so each
+        // block gives one notification, header first.
+        let mut announced: Option<Hash32> = None;
+        let mut held: HashSet<HashX> = HashSet::new();
         let mut next_poll = tokio::time::Instant::now();
         let mut last_error: Option<String> = None;
         loop {
@@ -244,6 +250,7 @@ impl Follower {
                 ok = &mut caught_up, if !started => {
                     started = true;
                     polling = ok;
+                    announced = tip_of(&self.reader.snapshot());
                     if ok {
                         info!("mempool: reading the node's mempool; this can take some time");
                     }
@@ -257,6 +264,7 @@ impl Follower {
             }
             let started_at = Instant::now();
             let snap = self.reader.snapshot();
+            let snap_tip = tip_of(&snap);
             let refreshed = self.mempool.refresh(&self.daemon, &snap).await;
             next_poll = tokio::time::Instant::now() + self.interval;
             match refreshed {
@@ -276,10 +284,14 @@ impl Follower {
                         Some(tip) => {
                             let all = tip.touched.map(|mut t| {
                                 t.extend(touched);
+                                t.extend(held.drain());
                                 Arc::new(t)
                             });
+                            held.clear();
+                            announced = snap_tip;
                             self.electrum.notify(all, true).await;
                         }
+                        None if snap_tip != announced => held.extend(touched),
                         None if !touched.is_empty() => {
                             self.electrum.notify(Some(Arc::new(touched)), false).await;
                         }
@@ -302,13 +314,25 @@ impl Follower {
                         .is_some_and(|p| p.since.elapsed() >= MAX_NOTIFY_DELAY);
                     if !unsynced || late {
                         if let Some(tip) = pending.take() {
-                            self.electrum.notify(tip.touched.map(Arc::new), true).await;
+                            let all = tip.touched.map(|mut t| {
+                                t.extend(held.drain());
+                                Arc::new(t)
+                            });
+                            held.clear();
+                            announced = tip_of(&self.reader.snapshot());
+                            self.electrum.notify(all, true).await;
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The hash of a snapshot's tip header (None for an empty store or an unreadable header).
+fn tip_of(snap: &Snapshot) -> Option<Hash32> {
+    let height = snap.height()?;
+    snap.header(height).ok().map(|header| header_hash(&header))
 }
 
 fn indexer_ended(
