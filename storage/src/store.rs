@@ -16,8 +16,18 @@ use crate::options::Options;
 use crate::snapshot::{Reader, Snapshot, SnapshotParts};
 use crate::txindex::TxIndexWriter;
 use crate::undo::{BlockUndo, UndoLog};
-use crate::utxo::UtxoSet;
+use crate::utxo::{Found, UtxoSet};
 use crate::{Hash32, HashX};
+
+/// Bytes allocated for `len` pending bytes of `width`-byte array records: the array appends
+/// records to a vector that starts empty after each commit and doubles, so its capacity is
+/// `width` times the next power of two records.
+fn array_capacity(len: usize, width: usize) -> usize {
+    match len {
+        0 => 0,
+        _ => (len / width).next_power_of_two() * width,
+    }
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -237,6 +247,9 @@ impl Store {
         let mut created: HashMap<(u64, u32), (HashX, u64)> = HashMap::new();
         let mut spent_here: HashSet<(u64, u32)> = HashSet::new();
         let mut spent = Vec::new();
+        // Where each spent output was found (None: created earlier in this block), so that
+        // spending it does not search the runs again.
+        let mut found = Vec::new();
         for (i, tx) in block.txs.iter().enumerate() {
             let txnum = first + i as u64;
             for &(prev, vout) in &tx.spends {
@@ -256,8 +269,15 @@ impl Store {
                     return Err(missing());
                 }
                 let (hashx, value) = match created.get(&outpoint) {
-                    Some(&out) => out,
-                    None => self.utxo.get(prev_num, vout)?.ok_or_else(missing)?,
+                    Some(&out) => {
+                        found.push(None);
+                        out
+                    }
+                    None => {
+                        let f = self.utxo.find(prev_num, vout)?.ok_or_else(missing)?;
+                        found.push(Some(f));
+                        (f.hashx, f.value)
+                    }
                 };
                 spent.push((hashx, prev_num, vout, value));
             }
@@ -270,7 +290,7 @@ impl Store {
                 }
             }
         }
-        self.guarded(|s| s.apply_resolved(block, height, spent))
+        self.guarded(|s| s.apply_resolved(block, height, spent, found))
     }
 
     /// Second half of `apply_block`: every spend is known to be valid.
@@ -279,6 +299,7 @@ impl Store {
         block: &BlockData,
         height: u32,
         spent: Vec<(HashX, u64, u32, u64)>,
+        found: Vec<Option<Found>>,
     ) -> Result<()> {
         let first = self.tx_count;
         let mut undo = BlockUndo {
@@ -294,8 +315,12 @@ impl Store {
             touched.clear();
             for _ in &tx.spends {
                 let (hashx, prev, vout, _) = undo.spent[next_spend];
+                let gone = match found[next_spend] {
+                    Some(f) => self.utxo.spend_found(prev, vout, f)?,
+                    None => self.utxo.spend(prev, vout)?,
+                };
                 next_spend += 1;
-                if self.utxo.spend(prev, vout)?.is_none() {
+                if gone.is_none() {
                     return Err(Error::Invalid(format!(
                         "UTXO {prev}:{vout} vanished while applying block {height}"
                     )));
@@ -325,11 +350,19 @@ impl Store {
         Ok(())
     }
 
-    /// Memory held by uncommitted work, in bytes.
+    /// Memory held by uncommitted work, in bytes: what the buffers have allocated (hash
+    /// tables by their buckets, vectors by their capacity), not just what they hold, plus
+    /// what the UTXO or txid table's next doubling will take when one is nearly full (the new
+    /// table is allocated before the old one is freed), so that flushing at a bound flushes
+    /// before a doubling crosses it.
     pub fn pending_bytes(&self) -> usize {
-        self.headers.pending_bytes()
-            + self.counts.pending_bytes()
-            + self.txhashes.pending_bytes()
+        self.utxo.buffer_growth().max(self.txindex.pending_growth()) + self.pending_held()
+    }
+
+    fn pending_held(&self) -> usize {
+        array_capacity(self.headers.pending_bytes(), HEADERS.width)
+            + array_capacity(self.counts.pending_bytes(), COUNTS.width)
+            + array_capacity(self.txhashes.pending_bytes(), TXHASHES.width)
             + self.txindex.pending_bytes()
             + self.undo.pending_bytes()
             + self.utxo.buffer_bytes()

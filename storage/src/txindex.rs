@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
+use std::mem::size_of;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -389,8 +390,15 @@ impl TxIndexWriter {
     }
 
     pub fn pending_bytes(&self) -> usize {
-        // Hash map slot: key, value and about one control byte, at a load of ~7/8.
-        self.pending.capacity() * (32 + 8 + 1)
+        crate::utxo::table_bytes(self.pending.capacity(), size_of::<(Hash32, u64)>())
+    }
+
+    /// What the uncommitted txids' table will allocate when it next grows, if that is near
+    /// (nothing is removed from it, so its capacity gives its buckets).
+    pub fn pending_growth(&self) -> usize {
+        let (len, capacity) = (self.pending.len(), self.pending.capacity());
+        let buckets = crate::utxo::buckets_for(capacity);
+        crate::utxo::table_growth(len, capacity, buckets, size_of::<(Hash32, u64)>())
     }
 
     /// Writes the uncommitted txids as a new run (fsynced). Returns whether a file was made.

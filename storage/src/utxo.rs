@@ -10,6 +10,7 @@ mod sorter;
 #[cfg(test)]
 pub(crate) mod synthetic;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
@@ -83,6 +84,8 @@ pub struct UtxoSet {
     dir: PathBuf,
     runs: Vec<Arc<Run>>,
     buffer: Buffer,
+    /// The buffer's bucket count, which its reported capacity understates after removals.
+    buckets: usize,
     /// Runs replaced by compaction, still named by the last committed manifest.
     pending_obsolete: Vec<Arc<Run>>,
 }
@@ -123,6 +126,7 @@ impl UtxoSet {
             dir: dir.to_path_buf(),
             runs,
             buffer: Buffer::default(),
+            buckets: 0,
             pending_obsolete: Vec::new(),
         })
     }
@@ -130,6 +134,7 @@ impl UtxoSet {
     /// Adds an unspent output. Adding an outpoint that is already unspent replaces it.
     pub fn add(&mut self, hashx: HashX, txnum: u64, vout: u32, value: u64) {
         self.buffer.entry((txnum, vout)).or_default().live = Some((hashx, value));
+        self.note_growth();
     }
 
     /// Spends an output, returning what it held; `None` if it is not unspent.
@@ -154,21 +159,75 @@ impl UtxoSet {
                     tomb: Some(hashx),
                 },
             );
+            self.note_growth();
         }
         Ok(found)
     }
 
     /// Looks an outpoint up in the buffer, then in the runs newest first.
     pub fn get(&self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
-        match self.buffer.get(&(txnum, vout)) {
-            Some(slot) => Ok(slot.live),
-            None => lookup(&self.runs, txnum, vout),
+        Ok(self.find(txnum, vout)?.map(|f| (f.hashx, f.value)))
+    }
+
+    /// `get`, also saying where the output was found, so that `spend_found` can place its
+    /// tombstone without searching the runs a second time.
+    pub fn find(&self, txnum: u64, vout: u32) -> Result<Option<Found>> {
+        let (found, in_runs) = match self.buffer.get(&(txnum, vout)) {
+            Some(slot) => (slot.live, false),
+            None => (lookup(&self.runs, txnum, vout)?, true),
+        };
+        Ok(found.map(|(hashx, value)| Found {
+            hashx,
+            value,
+            in_runs,
+        }))
+    }
+
+    /// Spends an output that `find` returned, with no change to this outpoint in between:
+    /// the same result as `spend`, but an output found in the runs is tombstoned from what
+    /// `find` read instead of being looked up again.
+    pub fn spend_found(
+        &mut self,
+        txnum: u64,
+        vout: u32,
+        found: Found,
+    ) -> Result<Option<(HashX, u64)>> {
+        if !found.in_runs {
+            return self.spend(txnum, vout);
+        }
+        match self.buffer.entry((txnum, vout)) {
+            // The buffer changed since `find`: it decides, as in `spend`.
+            Entry::Occupied(_) => self.spend(txnum, vout),
+            Entry::Vacant(slot) => {
+                slot.insert(Slot {
+                    live: None,
+                    tomb: Some(found.hashx),
+                });
+                self.note_growth();
+                Ok(Some((found.hashx, found.value)))
+            }
         }
     }
 
-    /// Memory held by the write buffer.
+    /// Memory held by the write buffer: the hash table's buckets with one control byte each.
     pub fn buffer_bytes(&self) -> usize {
-        self.buffer.capacity() * (size_of::<((u64, u32), Slot)>() + 1)
+        bucket_bytes(self.buckets, size_of::<((u64, u32), Slot)>())
+    }
+
+    /// What the buffer's next growth will allocate, if it is near (see `table_growth`).
+    pub fn buffer_growth(&self) -> usize {
+        let entry = size_of::<((u64, u32), Slot)>();
+        table_growth(
+            self.buffer.len(),
+            self.buffer.capacity(),
+            self.buckets,
+            entry,
+        )
+    }
+
+    /// After an insert: the table may have grown, and then its capacity is exact.
+    fn note_growth(&mut self) {
+        self.buckets = self.buckets.max(buckets_for(self.buffer.capacity()));
     }
 
     /// Writes the buffer as a new run (fsynced) and empties it. Durable only once the caller
@@ -209,6 +268,7 @@ impl UtxoSet {
             self.runs.push(Arc::new(run));
         }
         self.buffer = Buffer::default();
+        self.buckets = 0;
         Ok(())
     }
 
@@ -302,6 +362,53 @@ impl UtxoSet {
         UtxoView {
             runs: self.runs.clone().into(),
         }
+    }
+}
+
+/// Where `UtxoSet::find` found an unspent output, for `UtxoSet::spend_found`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub hashx: HashX,
+    pub value: u64,
+    /// Found in the runs (the buffer knew nothing of the outpoint), not in the buffer.
+    in_runs: bool,
+}
+
+/// Buckets of a std `HashMap` reporting `capacity` right after it grew: hashbrown allocates
+/// a power of two of them, at most 7/8 usable (all but one below 8). Later, removals lower
+/// the reported capacity (tombstones use up room) but never the buckets.
+pub(crate) fn buckets_for(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        1..=7 => capacity + 1,
+        _ => (capacity * 8 / 7).next_power_of_two(),
+    }
+}
+
+/// Bytes of a table of `buckets` with `entry`-byte entries, one control byte each.
+fn bucket_bytes(buckets: usize, entry: usize) -> usize {
+    buckets * (entry + 1)
+}
+
+/// Bytes of a std `HashMap` of `entry`-byte entries that has never had an entry removed.
+pub fn table_bytes(capacity: usize, entry: usize) -> usize {
+    bucket_bytes(buckets_for(capacity), entry)
+}
+
+/// What a table's next growth allocates, if it is near: a table of `buckets` with `len`
+/// entries and room left for `capacity − len` more doubles once that room is gone, unless it
+/// is at most half full (then it rehashes in place); the new table (twice the bytes) is
+/// allocated while the old one is still held. Counting it once less than 1/8 of the room is
+/// left makes a caller that flushes at a bound flush before the doubling, not just after.
+pub fn table_growth(len: usize, capacity: usize, buckets: usize, entry: usize) -> usize {
+    let usable = match buckets {
+        0..=7 => buckets.saturating_sub(1),
+        _ => buckets / 8 * 7,
+    };
+    let near = len > usable / 2 && capacity.saturating_sub(len) <= usable / 8;
+    match near && buckets > 0 {
+        true => 2 * bucket_bytes(buckets, entry),
+        false => 0,
     }
 }
 

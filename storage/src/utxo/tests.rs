@@ -527,6 +527,8 @@ fn space_per_utxo_on_synthetic_chain() {
 enum Op {
     Add(u8, u64, u32, u64),
     Spend(u64, u32),
+    /// `find` then `spend_found`, as `Store::apply_block` spends.
+    SpendFound(u64, u32),
     Flush,
     Compact(usize),
     CompactAll,
@@ -537,7 +539,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0u8..5, 0u64..12, 0u32..3, any::<u64>()).prop_map(|(h, t, v, x)| Op::Add(h, t, v, x)),
-        4 => (0u64..12, 0u32..3).prop_map(|(t, v)| Op::Spend(t, v)),
+        2 => (0u64..12, 0u32..3).prop_map(|(t, v)| Op::Spend(t, v)),
+        2 => (0u64..12, 0u32..3).prop_map(|(t, v)| Op::SpendFound(t, v)),
         2 => Just(Op::Flush),
         1 => prop_oneof![Just(0usize), Just(300), Just(1 << 20)].prop_map(Op::Compact),
         1 => Just(Op::CompactAll),
@@ -583,6 +586,16 @@ proptest! {
                 Op::Spend(t, v) => {
                     prop_assert_eq!(set.spend(t, v).unwrap(), model.remove(&(t, v)));
                 }
+                Op::SpendFound(t, v) => {
+                    let spent = match set.find(t, v).unwrap() {
+                        Some(found) => {
+                            prop_assert_eq!(Some((found.hashx, found.value)), model.get(&(t, v)).copied());
+                            set.spend_found(t, v, found).unwrap()
+                        }
+                        None => set.spend(t, v).unwrap(),
+                    };
+                    prop_assert_eq!(spent, model.remove(&(t, v)));
+                }
                 Op::Flush => {
                     set.flush(&mut alloc).unwrap();
                     check_view(&set, &model);
@@ -616,6 +629,30 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn buffer_bytes_count_buckets_and_growth_comes_before_doubling() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut set = UtxoSet::open(dir.path(), &[]).unwrap();
+    assert_eq!((set.buffer_bytes(), set.buffer_growth()), (0, 0));
+    let entry = size_of::<((u64, u32), Slot)>() + 1;
+    for n in 0..3584 {
+        set.add(hx(1), n, 0, 1);
+    }
+    // 3,584 entries need 4,096 buckets (7/8 full at most), so the table is full.
+    assert_eq!(set.buffer_bytes(), 4096 * entry);
+    assert_eq!(set.buffer_growth(), 2 * 4096 * entry);
+    set.add(hx(1), 3584, 0, 1);
+    assert_eq!(set.buffer_bytes(), 8192 * entry);
+    assert_eq!(set.buffer_growth(), 0, "half full: room to grow");
+    for n in 0..1000 {
+        set.spend(n, 0).unwrap();
+    }
+    assert_eq!(set.buffer_bytes(), 8192 * entry, "removals free no buckets");
+    assert_eq!(table_bytes(3, 10), 4 * 11);
+    assert_eq!(table_bytes(7, 10), 8 * 11);
+    assert_eq!(table_bytes(14, 10), 16 * 11);
 }
 
 #[test]
