@@ -21,6 +21,9 @@ use crate::fetch::{FetchError, FetchSettings, Fetched, Prefetcher};
 /// Blocks handed to the store in one blocking call, at most.
 const APPLY_BATCH_BLOCKS: usize = 64;
 const APPLY_BATCH_BYTES: usize = 16 << 20;
+/// Share of `CACHE_MB` that blocks fetched and parsed ahead of the store may take, at most
+/// `FetchSettings::prefetch_bytes`; the store's buffers get the rest.
+const PREFETCH_SHARE_DIVISOR: usize = 8;
 /// Heights compared per `getblockhash` batch while looking for a fork point.
 const FORK_SEARCH_BATCH: u32 = 100;
 /// Consecutive failures to fetch or apply the same height before the indexer stops.
@@ -506,8 +509,11 @@ impl Indexer {
     /// extend our tip (the next step then looks for the fork) or at a command.
     async fn sync(&mut self, node_height: u32) -> std::result::Result<Step, StepError> {
         let from = self.next_height();
-        let mut fetcher =
-            Prefetcher::start(self.daemon.clone(), from, node_height, &self.settings.fetch);
+        let fetch = FetchSettings {
+            prefetch_bytes: prefetch_share(&self.settings),
+            ..self.settings.fetch.clone()
+        };
+        let mut fetcher = Prefetcher::start(self.daemon.clone(), from, node_height, &fetch);
         if !self.is_caught_up() {
             info!("catching up to daemon height {node_height} from height {from}");
         }
@@ -576,7 +582,8 @@ impl Indexer {
         batch.len()
     }
 
-    /// Applies `batch` in one blocking call, committing when the cache is full or at the tip.
+    /// Applies `batch` in one blocking call, committing as soon as the store's share of the
+    /// cache is full (checked after each block) and at the tip.
     async fn apply(
         &mut self,
         batch: Vec<Fetched>,
@@ -589,7 +596,7 @@ impl Indexer {
             return Ok(());
         };
         let at_tip = self.is_caught_up();
-        let cache = self.settings.cache_mb << 20;
+        let budget = store_budget(&self.settings);
         let txs: u64 = batch.iter().map(|f| f.block.tx_count() as u64).sum();
         let started = Instant::now();
         let tips: Vec<Tip> = batch
@@ -608,27 +615,40 @@ impl Indexer {
                         batch.iter().map(|f| &f.block.data),
                     ) {
                         Ok(t) => Some(t),
-                        Err(e) => return (0, Err(e), None),
+                        Err(e) => return (0, Err(ApplyError::Block(e)), None),
                     },
                     false => None,
                 };
+                let mut flushed = None;
                 for (i, f) in batch.iter().enumerate() {
                     if let Err(e) = store.apply_block(&f.block.data) {
-                        return (i, Err(e), None);
+                        return (i, Err(ApplyError::Block(e)), None);
                     }
+                    let last = i + 1 == batch.len();
+                    // At the tip, one commit per batch, so that one change names the whole
+                    // batch's scripts; during sync, as soon as the cache is full.
+                    let full = match at_tip {
+                        true => last,
+                        false => store.pending_bytes() > budget,
+                    };
+                    if !full {
+                        continue;
+                    }
+                    let pending = store.pending_bytes();
+                    let started = Instant::now();
+                    // Each commit adds a run or segment per structure; merging right after,
+                    // by the store's size-tiered policy, keeps lookups to a few files.
+                    if let Err(e) = store.commit().and_then(|()| store.compact()) {
+                        return (i + 1, Err(ApplyError::Store(e)), touched);
+                    }
+                    flushed = Some(Flushed {
+                        bytes: pending,
+                        took: started.elapsed(),
+                        height: f.block.height,
+                        all: last,
+                    });
                 }
-                if !(at_tip || store.pending_bytes() > cache) {
-                    return (batch.len(), Ok(None), None);
-                }
-                let pending = store.pending_bytes();
-                let started = Instant::now();
-                // Each commit adds a run or segment per structure; merging right after, by
-                // the store's size-tiered policy, keeps lookups to a few files at any height.
-                let committed = store
-                    .commit()
-                    .and_then(|()| store.compact())
-                    .map(|_| Some((pending, started.elapsed())));
-                (batch.len(), committed, touched)
+                (batch.len(), Ok(flushed), touched)
             })
             .await
             .map_err(Fatal)?;
@@ -638,7 +658,7 @@ impl Indexer {
         }
         let flushed = match result {
             Ok(flushed) => flushed,
-            Err(e) if applied < tips.len() => {
+            Err(ApplyError::Block(e)) => {
                 // Blocks before the bad one went in whole; run() commits them before stopping.
                 let bad = tips[applied];
                 return Err(Fatal(IndexError::BadBlock(format!(
@@ -646,16 +666,16 @@ impl Indexer {
                     bad.hash, bad.height
                 ))));
             }
-            Err(e) => return Err(Fatal(IndexError::Store(e))),
+            Err(ApplyError::Store(e)) => return Err(Fatal(IndexError::Store(e))),
         };
-        if flushed.is_some() {
+        if flushed.as_ref().is_some_and(|f| f.all) {
             self.uncommitted = false;
         }
         if let (Some(all), Some(new)) = (&mut self.touched, touched) {
             all.extend(new);
         }
         self.progress.txs += txs;
-        if let Some((bytes, took)) = flushed {
+        if let Some(flushed) = flushed {
             self.publish();
             if at_tip {
                 let blocks = match tips.len() {
@@ -670,9 +690,9 @@ impl Indexer {
             } else {
                 info!(
                     "flushed {} MB at height {} in {:.1}s: {} txs in total",
-                    bytes >> 20,
-                    last.height,
-                    took.as_secs_f64(),
+                    flushed.bytes >> 20,
+                    flushed.height,
+                    flushed.took.as_secs_f64(),
                     self.store().snapshot().tx_count()
                 );
             }
@@ -980,4 +1000,35 @@ fn fmt_duration(secs: f64) -> String {
         s / 60 % 60,
         s % 60
     )
+}
+
+/// Bytes of blocks fetched ahead of the store: `CACHE_MB / 8`, at most the fetch setting.
+fn prefetch_share(settings: &IndexerSettings) -> usize {
+    settings
+        .fetch
+        .prefetch_bytes
+        .min((settings.cache_mb << 20) / PREFETCH_SHARE_DIVISOR)
+}
+
+/// What the store's uncommitted buffers may hold before a commit: `CACHE_MB` less the
+/// prefetch share.
+fn store_budget(settings: &IndexerSettings) -> usize {
+    (settings.cache_mb << 20) - prefetch_share(settings)
+}
+
+/// Why applying a batch stopped.
+enum ApplyError {
+    /// A block could not be applied (the blocks before it were).
+    Block(ferrum_storage::Error),
+    /// A commit or compaction failed.
+    Store(ferrum_storage::Error),
+}
+
+/// The last commit made while applying a batch.
+struct Flushed {
+    bytes: usize,
+    took: Duration,
+    height: u32,
+    /// It covered the whole batch.
+    all: bool,
 }
