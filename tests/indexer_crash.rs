@@ -22,7 +22,7 @@ fn child_indexer() {
     };
     runtime().block_on(async {
         let mut small_cache = settings(10);
-        small_cache.cache_mb = 0; // commit after every batch: many commit points to land in
+        small_cache.cache_mb = 0; // commit after every block: many commit points to land in
         let run = start_indexer(db.as_ref(), daemon_for(url), small_cache);
         run.task.await.unwrap().unwrap();
     });
