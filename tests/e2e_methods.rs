@@ -16,7 +16,7 @@ use e2e_support::{
 };
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
-use mempool_support::{e2e_support, Expected};
+use mempool_support::{e2e_support, node_state};
 use protocol_support::{error_of, make_cert, Client};
 use serde_json::{json, Value};
 
@@ -954,21 +954,6 @@ async fn a_mined_block_and_a_reorg_are_notified() {
             expected.history(script)
         );
     }
-}
-
-/// The node's chain and mempool, read from the node.
-fn node_state(emu: &Emulator) -> Expected {
-    let txids = node_call(emu, "getrawmempool", json!([]));
-    let mempool = txids
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let hex = node_call(emu, "getrawtransaction", json!([t]));
-            bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
-        })
-        .collect();
-    Expected::new(node_chain(emu), mempool)
 }
 
 /// A chain longer than one chunk: counts are clamped to 2016, in both answer forms, with proofs.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bitcoin::{Block, OutPoint, ScriptBuf, Transaction};
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
-use ferrum_tools::emulator::client::{self, HttpClient};
+use ferrum_tools::emulator::client::HttpClient;
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
 use mempool_support::*;
 use serde_json::{json, Value};
@@ -47,15 +47,6 @@ fn start_plain() -> (Emulator, Ferrum) {
     start(ChainSource::Blocks(chain_blocks()))
 }
 
-fn node_call(emu: &Emulator, method: &str, params: Value) -> Value {
-    HttpClient::connect(emu.rpc_addr())
-        .unwrap()
-        .with_auth(emu.credentials())
-        .call(method, params.clone())
-        .unwrap()
-        .unwrap_or_else(|e| panic!("node {method}({params}): {e:?}"))
-}
-
 /// One `emu_*` call on the emulator's control port.
 fn control(emu: &Emulator, method: &str, params: Value) -> Value {
     HttpClient::connect(emu.control_addr())
@@ -63,22 +54,6 @@ fn control(emu: &Emulator, method: &str, params: Value) -> Value {
         .call(method, params.clone())
         .unwrap()
         .unwrap_or_else(|e| panic!("{method}({params}): {e:?}"))
-}
-
-/// What the node holds now: its chain and its mempool's transactions.
-fn node_state(emu: &Emulator) -> Expected {
-    let blocks = client::node_chain(emu.rpc_addr(), emu.credentials()).unwrap();
-    let txids = node_call(emu, "getrawmempool", json!([]));
-    let mempool = txids
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let hex = node_call(emu, "getrawtransaction", json!([t]));
-            bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
-        })
-        .collect();
-    Expected::new(blocks, mempool)
 }
 
 /// After a change on the node: every subscribed script whose status changed is notified once

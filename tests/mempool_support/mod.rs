@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 #[path = "../e2e_support/mod.rs"]
 pub mod e2e_support;
-pub use e2e_support::{free_port, script_hash, Model};
+pub use e2e_support::{free_port, node_call, node_chain, script_hash, Model};
 
 /// How long the server may take to index the chain and open its wallet port.
 const START_WAIT: Duration = Duration::from_secs(60);
@@ -750,4 +750,19 @@ pub fn compact_histogram(txs: &[(u64, u64)], bin_size: f64) -> Vec<(f64, u64)> {
         prev_rate = Some(rate);
     }
     compact
+}
+
+/// What the emulated node holds now: its chain and its mempool's transactions.
+pub fn node_state(emu: &ferrum_tools::emulator::Emulator) -> Expected {
+    let txids = node_call(emu, "getrawmempool", json!([]));
+    let mempool = txids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let hex = node_call(emu, "getrawtransaction", json!([t]));
+            bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap()
+        })
+        .collect();
+    Expected::new(node_chain(emu), mempool)
 }
