@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     indexer: OnceLock<IndexerHandle>,
     /// The node client, for the local RPC's `daemon_url`; absent where a test node stands in.
     daemon: OnceLock<Arc<Daemon>>,
+    /// Signalled when the node accepts a transaction broadcast through us, so the mempool is
+    /// read at once instead of at the next poll.
+    broadcasts: tokio::sync::Notify,
 }
 
 /// The protocol methods over the store, the node and the mempool. Cheap to clone.
@@ -188,6 +191,7 @@ impl Electrum {
                 header_sub: Mutex::new(None),
                 indexer: OnceLock::new(),
                 daemon: OnceLock::new(),
+                broadcasts: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -300,6 +304,7 @@ impl Electrum {
                 ctx.bump_cost(cost);
                 let verbose = args[1].as_ref().is_some_and(args::truthy);
                 let result = node::broadcast_package(&*shared.node, raw_txs, verbose).await?;
+                shared.broadcasts.notify_one();
                 for _ in raw_txs {
                     ctx.add_tx_sent();
                 }
@@ -355,10 +360,17 @@ impl Electrum {
         Ok(feerate)
     }
 
+    /// Resolves after the node has accepted a transaction broadcast through this server
+    /// (at once if one was accepted since the last call).
+    pub async fn broadcast_accepted(&self) {
+        self.shared.broadcasts.notified().await
+    }
+
     async fn broadcast(&self, ctx: &SessionContext, raw_tx: &Value) -> Result<Value, RpcError> {
         let raw_tx = args::hex_string(raw_tx)?;
         ctx.bump_cost(0.25 + raw_tx.len() as f64 / 5000.0);
         let txid = node::broadcast(&*self.shared.node, raw_tx).await?;
+        self.shared.broadcasts.notify_one();
         ctx.add_tx_sent();
         let client = args::version_tuple(ctx.client_name());
         if client != [0] && client < vec![3, 3, 3] {

@@ -25,6 +25,9 @@ use tracing::{debug, error, info, warn};
 /// How long a new tip's notification waits for the mempool to be read at that tip (the
 /// node is a block ahead of the index) before it goes out with the block's changes alone.
 const MAX_NOTIFY_DELAY: Duration = Duration::from_secs(10);
+/// The least time between mempool reads prompted by broadcasts, so a stream of them cannot
+/// keep the node busy listing its mempool.
+const MIN_BROADCAST_REFRESH_GAP: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
     // glibc serves big buffers from its heaps once a large free has raised its dynamic mmap
@@ -235,8 +238,14 @@ impl Follower {
         let mut announced: Option<Hash32> = None;
         let mut held: HashSet<HashX> = HashSet::new();
         let mut next_poll = tokio::time::Instant::now();
+        let mut last_refresh = tokio::time::Instant::now();
         let mut last_error: Option<String> = None;
         loop {
+            let kick_after = last_refresh + MIN_BROADCAST_REFRESH_GAP;
+            let broadcast = async {
+                tokio::time::sleep_until(kick_after).await;
+                self.electrum.broadcast_accepted().await
+            };
             tokio::select! {
                 change = changes.recv() => {
                     let mut change = Some(change);
@@ -256,6 +265,8 @@ impl Follower {
                     }
                 }
                 _ = tokio::time::sleep_until(next_poll), if polling => {}
+                // A wallet's own broadcast: read the mempool now, not at the next poll.
+                _ = broadcast, if polling => {}
                 ok = &mut caught_up, if !started => {
                     started = true;
                     polling = ok;
@@ -276,6 +287,7 @@ impl Follower {
             let snap_tip = tip_of(&snap);
             let refreshed = self.mempool.refresh(&self.daemon, &snap).await;
             next_poll = tokio::time::Instant::now() + self.interval;
+            last_refresh = tokio::time::Instant::now();
             match refreshed {
                 Ok(touched) => {
                     if last_error.take().is_some() {
