@@ -32,11 +32,16 @@ fn chain_blocks() -> Vec<Block> {
 
 /// An emulator serving `source` and ferrum on it, polling the mempool every 100 ms.
 fn start(source: ChainSource) -> (Emulator, Ferrum) {
+    start_polling(source, "100")
+}
+
+/// The same, polling the mempool every `interval_ms`.
+fn start_polling(source: ChainSource, interval_ms: &str) -> (Emulator, Ferrum) {
     let emu = Emulator::start(EmulatorConfig::new(source)).unwrap();
     let server = Ferrum::start(
         emu.rpc_addr().port(),
         emu.cookie_path().unwrap(),
-        &[("DAEMON_POLL_INTERVAL_MEMPOOL", "100")],
+        &[("DAEMON_POLL_INTERVAL_MEMPOOL", interval_ms)],
     );
     (emu, server)
 }
@@ -272,6 +277,22 @@ async fn a_reorg_returns_transactions_to_the_mempool() {
     // Within a block, chain order: the parent first.
     both.sort_by_key(|(t, _)| *t != txid_a);
     assert_eq!(statuses[&script_hash(&alice)], status_of(&both));
+    server.stop();
+}
+
+/// A transaction broadcast through the server is read from the node's mempool at once: with
+/// the mempool polled only hourly, its payee is still notified (within the liveness bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_through_the_server_is_read_at_once() {
+    let (emu, server) = start_polling(ChainSource::Blocks(chain_blocks()), "3600000");
+    let coin = spendable_coins(&chain_blocks())[3].clone();
+    let bob = fresh_script(0xb4);
+    let mut w = Wallet::connect(server.tcp, "1.4").await;
+    w.subscribe(&[&bob]).await;
+    let before = node_state(&emu).statuses(&[&bob]);
+    let tx = spend(&[coin.outpoint], vec![(bob.clone(), coin.value - 10_000)]);
+    broadcast(&mut w, &tx).await;
+    settle(&mut w, &emu, &[&bob], &before, "broadcast payment").await;
     server.stop();
 }
 
