@@ -5,20 +5,17 @@
 //! uses a fresh `Electrum` (empty caches) per iteration.
 //! Run: `cargo bench --bench queries`.
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use ferrum::electrum::{Electrum, Node, SessionState};
+use ferrum::electrum::SessionState;
 use ferrum::jsonrpc::Params;
-use ferrum::query::EmptyMempool;
-use ferrum::services::Protocol;
-use ferrum::session::cost::CostParams;
-use ferrum::session::{Backend, SessionContext, SessionLimits};
+use ferrum::session::Backend;
 use ferrum_storage::{BlockData, Hash32, Options, Store, TxData, HASHX_LEN};
-use futures_util::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const BLOCKS: u32 = 300;
 const TXS_PER_BLOCK: u32 = 200;
@@ -64,49 +61,12 @@ fn build(dir: &std::path::Path) -> Store {
     store
 }
 
-struct NoNode;
-
-impl Node for NoNode {
-    fn call<'a>(
-        &'a self,
-        method: &'a str,
-        _params: Value,
-    ) -> BoxFuture<'a, ferrum::daemon::Result<Value>> {
-        Box::pin(async move {
-            Err(ferrum::daemon::Error::Unavailable(format!(
-                "no node for {method}"
-            )))
-        })
-    }
-}
-
 fn queries(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = build(dir.path());
-    let regtest = ferrum::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
-    let fresh = || {
-        Electrum::with_node(
-            store.reader(),
-            regtest,
-            Arc::new(NoNode),
-            Arc::new(EmptyMempool),
-        )
-    };
+    let fresh = || support::electrum(&store);
     let electrum = fresh();
-    let limits = SessionLimits {
-        cost: CostParams::unlimited(10),
-        max_send: 0,
-        max_recv: 0,
-        request_timeout: None,
-        session_timeout: Duration::from_secs(600),
-    };
-    let (ctx, _rx) = SessionContext::new(
-        1,
-        Protocol::Tcp,
-        "127.0.0.1:1".parse().unwrap(),
-        limits,
-        false,
-    );
+    let (ctx, _rx) = support::session();
     let state: Arc<SessionState> = electrum.open_session(&ctx);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -5,20 +5,18 @@
 //! unchanged tip; and the store's part, the whole history against the tail a block adds.
 //! Run: `cargo bench --bench status`.
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use ferrum::electrum::{Electrum, Node, SessionState};
+use ferrum::electrum::{Electrum, SessionState};
 use ferrum::jsonrpc::Params;
-use ferrum::query::EmptyMempool;
-use ferrum::services::Protocol;
-use ferrum::session::cost::CostParams;
-use ferrum::session::{Backend, SessionContext, SessionLimits};
+use ferrum::session::{Backend, SessionContext};
 use ferrum_storage::{BlockData, Hash32, HashX, Options, Store, TxData, HASHX_LEN};
-use futures_util::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::json;
+use tokio::sync::mpsc::Receiver;
 
 const BLOCKS: u32 = 500;
 const TXS_PER_BLOCK: u32 = 200;
@@ -72,48 +70,20 @@ fn build(dir: &std::path::Path) -> Store {
     store
 }
 
-struct NoNode;
-
-impl Node for NoNode {
-    fn call<'a>(
-        &'a self,
-        method: &'a str,
-        _params: Value,
-    ) -> BoxFuture<'a, ferrum::daemon::Result<Value>> {
-        Box::pin(async move {
-            Err(ferrum::daemon::Error::Unavailable(format!(
-                "no node for {method}"
-            )))
-        })
-    }
-}
-
 /// Methods over `store` with empty caches, and one session.
-fn methods(store: &Store) -> (Electrum, Arc<SessionContext>, Arc<SessionState>) {
-    let regtest = ferrum::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
-    let electrum = Electrum::with_node(
-        store.reader(),
-        regtest,
-        Arc::new(NoNode),
-        Arc::new(EmptyMempool),
-    );
-    let limits = SessionLimits {
-        cost: CostParams::unlimited(10),
-        max_send: 0,
-        max_recv: 0,
-        request_timeout: None,
-        session_timeout: Duration::from_secs(600),
-    };
-    let (ctx, _rx) = SessionContext::new(
-        1,
-        Protocol::Tcp,
-        "127.0.0.1:1".parse().unwrap(),
-        limits,
-        false,
-    );
+fn methods(store: &Store) -> Methods {
+    let electrum = support::electrum(store);
+    let (ctx, rx) = support::session();
     let state = electrum.open_session(&ctx);
-    (electrum, ctx, state)
+    (electrum, ctx, state, rx)
 }
+
+type Methods = (
+    Electrum,
+    Arc<SessionContext>,
+    Arc<SessionState>,
+    Receiver<Vec<u8>>,
+);
 
 fn status(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -122,17 +92,16 @@ fn status(c: &mut Criterion) {
         .worker_threads(1)
         .build()
         .unwrap();
-    let subscribe =
-        |(electrum, ctx, state): &(Electrum, Arc<SessionContext>, Arc<SessionState>)| {
-            let params = Params::Positional(vec![json!(ferrum::hex::hash_hex(&HEAVY))]);
-            rt.block_on(async {
-                let reply = electrum
-                    .call_reply(ctx, state, "blockchain.scripthash.subscribe", params)
-                    .await
-                    .unwrap();
-                black_box(reply.into_json())
-            })
-        };
+    let subscribe = |(electrum, ctx, state, _): &Methods| {
+        let params = Params::Positional(vec![json!(ferrum::hex::hash_hex(&HEAVY))]);
+        rt.block_on(async {
+            let reply = electrum
+                .call_reply(ctx, state, "blockchain.scripthash.subscribe", params)
+                .await
+                .unwrap();
+            black_box(reply.into_json())
+        })
+    };
     let mut group = c.benchmark_group("status of a 100k-entry script");
     group.sample_size(20);
     group.bench_function("from scratch", |b| {
