@@ -491,7 +491,11 @@ pub fn join_batch(parts: &[Vec<u8>]) -> Vec<u8> {
 
 /// A number with thousands separators, as Python's `{:,d}`.
 pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
+    group_thousands(&n.to_string())
+}
+
+/// Decimal digits with a comma before each group of three from the right.
+pub fn group_thousands(digits: &str) -> String {
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {

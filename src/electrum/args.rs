@@ -47,15 +47,7 @@ impl Integer {
 
     /// Python's `f'{n:,d}'`.
     pub fn thousands(&self) -> String {
-        let digits = self.to_string();
-        let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i).is_multiple_of(3) {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        out
+        crate::jsonrpc::group_thousands(&self.to_string())
     }
 }
 

@@ -503,33 +503,18 @@ impl Store {
     /// Merges UTXO runs, history segments, txid index runs and undo files per their
     /// policies, with bounded memory, and commits. Returns whether any merge happened.
     pub fn compact(&mut self) -> Result<bool> {
-        self.check_usable()?;
-        let did = self.guarded(|s| {
-            let memory = s.opts.compaction_memory;
-            let mut next = s.next_id;
-            let mut alloc = || {
-                next += 1;
-                next - 1
-            };
-            let a = s.utxo.compact(&mut alloc, memory)?;
-            let b = s.history.compact(&mut alloc, memory)?;
-            let c = s.txindex.compact(&mut alloc, memory)?;
-            let d = s.undo.compact(&mut alloc)?;
-            s.next_id = next;
-            Ok(a || b || c || d)
-        })?;
-        if did {
-            self.dirty = true;
-        }
-        self.commit()?;
-        Ok(did)
+        self.merge(false)
     }
 
     /// Merges all UTXO runs into one and all history segments into one (the txid index and
-    /// undo files follow their usual policies), with bounded memory, and commits. Meant for the end of an
-    /// initial sync: the size-tiered policy of `compact` leaves O(log n) files, which repeat
-    /// keys and keep tombstones. Returns whether any merge happened.
+    /// undo files follow their usual policies), with bounded memory, and commits. Meant for
+    /// the end of an initial sync: the size-tiered policy of `compact` leaves O(log n) files,
+    /// which repeat keys and keep tombstones. Returns whether any merge happened.
     pub fn compact_all(&mut self) -> Result<bool> {
+        self.merge(true)
+    }
+
+    fn merge(&mut self, all: bool) -> Result<bool> {
         self.check_usable()?;
         let did = self.guarded(|s| {
             let memory = s.opts.compaction_memory;
@@ -538,8 +523,17 @@ impl Store {
                 next += 1;
                 next - 1
             };
-            let a = s.utxo.compact_all(&mut alloc, memory)?;
-            let b = s.history.compact_all(&mut alloc)?;
+            let (a, b) = if all {
+                (
+                    s.utxo.compact_all(&mut alloc, memory)?,
+                    s.history.compact_all(&mut alloc)?,
+                )
+            } else {
+                (
+                    s.utxo.compact(&mut alloc, memory)?,
+                    s.history.compact(&mut alloc, memory)?,
+                )
+            };
             let c = s.txindex.compact(&mut alloc, memory)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
