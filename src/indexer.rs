@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::coin::Network;
 use crate::daemon::{self, Daemon};
 use crate::fetch::{FetchError, FetchSettings, Fetched, Prefetcher};
+use crate::merkle::snapshot_tip;
 
 /// Blocks handed to the store in one blocking call, at most.
 const APPLY_BATCH_BLOCKS: usize = 64;
@@ -58,6 +59,16 @@ impl IndexerSettings {
 pub struct Tip {
     pub height: u32,
     pub hash: BlockHash,
+}
+
+impl Tip {
+    /// The snapshot's tip (None for an empty store).
+    fn of(snap: &Snapshot) -> Result<Option<Tip>> {
+        Ok(snapshot_tip(snap)?.map(|(height, hash)| Tip {
+            height,
+            hash: BlockHash::from_byte_array(hash),
+        }))
+    }
 }
 
 /// A new committed tip once caught up, with the scripts whose history changed since the last
@@ -309,14 +320,7 @@ impl Indexer {
         network: &'static Network,
         settings: IndexerSettings,
     ) -> Result<(Indexer, IndexerHandle)> {
-        let snap = store.snapshot();
-        let applied = match snap.height() {
-            None => None,
-            Some(height) => Some(Tip {
-                height,
-                hash: header_hash(&snap.header(height)?),
-            }),
-        };
+        let applied = Tip::of(&store.snapshot())?;
         let (tip_tx, tip) = watch::channel(applied);
         let (changes, _) = broadcast::channel(64);
         let (caught_up_tx, caught_up) = watch::channel(false);
@@ -786,14 +790,7 @@ impl Indexer {
         self.with_store(move |store| store.rollback(blocks))
             .await??;
         self.touched = None;
-        let snap = self.store().snapshot();
-        self.applied = match snap.height() {
-            None => None,
-            Some(h) => Some(Tip {
-                height: h,
-                hash: header_hash(&snap.header(h)?),
-            }),
-        };
+        self.applied = Tip::of(&self.store().snapshot())?;
         Ok(())
     }
 
@@ -866,19 +863,12 @@ impl Indexer {
 
     /// Publishes the committed tip if it changed, and once caught up sends the change.
     fn publish(&mut self) {
-        let committed = self.store().snapshot();
-        let tip = match committed.height() {
-            None => None,
-            Some(h) => match committed.header(h) {
-                Ok(header) => Some(Tip {
-                    height: h,
-                    hash: header_hash(&header),
-                }),
-                Err(e) => {
-                    warn!("cannot read the committed tip header: {e}");
-                    return;
-                }
-            },
+        let tip = match Tip::of(&self.store().snapshot()) {
+            Ok(tip) => tip,
+            Err(e) => {
+                warn!("cannot read the committed tip header: {e}");
+                return;
+            }
         };
         let changed = self.tip_tx.send_if_modified(|current| {
             let changed = *current != tip;

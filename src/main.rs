@@ -14,7 +14,7 @@ use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::electrum::Electrum;
 use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
 use ferrum::mempool::{self, Mempool};
-use ferrum::merkle::header_hash;
+use ferrum::merkle::snapshot_tip;
 use ferrum::rlimit;
 use ferrum::server::Server;
 use ferrum_storage::{Hash32, HashX, Reader, Snapshot};
@@ -352,8 +352,7 @@ impl Follower {
 
 /// The hash of a snapshot's tip header (None for an empty store or an unreadable header).
 fn tip_of(snap: &Snapshot) -> Option<Hash32> {
-    let height = snap.height()?;
-    snap.header(height).ok().map(|header| header_hash(&header))
+    snapshot_tip(snap).ok().flatten().map(|(_, hash)| hash)
 }
 
 fn indexer_ended(

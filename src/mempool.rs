@@ -41,13 +41,13 @@ use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use bitcoin::hashes::{sha256d, Hash};
 use ferrum_storage::{Hash32, HashX, Snapshot};
 use futures_util::future;
 use tracing::{info, warn};
 
 use crate::daemon::{self, Daemon};
 use crate::hex::hash_hex;
+use crate::merkle::snapshot_tip;
 use crate::query::{MempoolOutput, MempoolTx, MempoolView};
 use source::{NodeMempool, Source};
 use state::State;
@@ -260,10 +260,7 @@ impl Inner {
 
 /// Fails unless the node's tip is the snapshot's.
 fn check_tip(node: &NodeMempool, snap: &Snapshot) -> Result<(), Error> {
-    let store_tip: Option<Hash32> = match snap.height() {
-        Some(height) => Some(sha256d::Hash::hash(&snap.header(height)?).to_byte_array()),
-        None => None,
-    };
+    let store_tip = snapshot_tip(snap)?.map(|(_, hash)| hash);
     if store_tip == Some(node.tip) {
         return Ok(());
     }

@@ -18,6 +18,14 @@ pub fn header_hash(header: &[u8; 80]) -> Hash32 {
     sha256d::Hash::hash(header).to_byte_array()
 }
 
+/// A snapshot's tip: its height and the hash of its header (None for an empty store).
+pub fn snapshot_tip(snap: &Snapshot) -> Result<Option<(u32, Hash32)>, ferrum_storage::Error> {
+    match snap.height() {
+        Some(h) => Ok(Some((h, header_hash(&snap.header(h)?)))),
+        None => Ok(None),
+    }
+}
+
 /// Rounds needed to fold `count` hashes into one: ceil(log2(count)).
 pub fn branch_length(count: usize) -> usize {
     if count <= 1 {

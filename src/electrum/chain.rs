@@ -10,7 +10,7 @@ use super::args::{boolean_flag, non_negative_integer, non_negative_or, tx_hash, 
 use super::{blocking, internal, Shared};
 use crate::hex::{hash_hex, push_hex, to_hex};
 use crate::jsonrpc::{thousands, RpcError};
-use crate::merkle::{branch_and_root, header_hash};
+use crate::merkle::{branch_and_root, snapshot_tip};
 use crate::session::{ProtocolVersion, SessionContext};
 
 /// Most headers one `blockchain.block.headers` request returns (ElectrumX's MAX_CHUNK_SIZE).
@@ -36,10 +36,9 @@ pub fn raw_header(snap: &Snapshot, height: &Integer) -> Result<([u8; 80], u64), 
 
 /// The hash of the snapshot's tip (zeros for an empty store).
 pub fn tip_hash(snap: &Snapshot) -> Result<Hash32, RpcError> {
-    match snap.height() {
-        Some(h) => Ok(header_hash(&snap.header(h).map_err(internal)?)),
-        None => Ok([0; 32]),
-    }
+    Ok(snapshot_tip(snap)
+        .map_err(internal)?
+        .map_or([0; 32], |(_, hash)| hash))
 }
 
 /// The `blockchain.headers.subscribe` result for the snapshot's tip.

@@ -12,7 +12,7 @@ use super::status_cache::Source;
 use super::{blocking, internal, Reply, Shared};
 use crate::hex::{push_hash_hex, to_hex};
 use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
-use crate::merkle::header_hash;
+use crate::merkle::snapshot_tip;
 use crate::query::{self, ConfirmedTx, MempoolTx, QueryError, Unspent};
 use crate::session::SessionContext;
 use crate::status::{history, itoa};
@@ -39,10 +39,7 @@ fn query_error(e: QueryError) -> RpcError {
 
 /// The snapshot's chain tip, which cached histories are valid for.
 fn tip(snap: &Snapshot) -> Result<Option<Tip>, RpcError> {
-    match snap.height() {
-        Some(h) => Ok(Some((h, header_hash(&snap.header(h).map_err(internal)?)))),
-        None => Ok(None),
-    }
+    snapshot_tip(snap).map_err(internal)
 }
 
 /// ElectrumX's `limited_history` through the history cache: the confirmed history and the
