@@ -302,7 +302,7 @@ impl Electrum {
                     cost += args::hex_string(raw_tx)?.len() as f64 / 5000.0;
                 }
                 ctx.bump_cost(cost);
-                let verbose = args[1].as_ref().is_some_and(args::truthy);
+                let verbose = args[1].as_ref().is_some_and(crate::jsonrpc::truthy);
                 let result = node::broadcast_package(&*shared.node, raw_txs, verbose).await?;
                 shared.broadcasts.notify_one();
                 for _ in raw_txs {

@@ -506,6 +506,18 @@ pub fn group_thousands(digits: &str) -> String {
     out
 }
 
+/// Python truthiness of a JSON value.
+pub fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 /// Python's `str()` of a JSON-decoded value, used where ElectrumX formats one into a message.
 pub fn py_str(value: &Value) -> String {
     match value {
@@ -569,6 +581,30 @@ fn py_repr(value: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn python_truthiness() {
+        for v in [
+            json!(null),
+            json!(false),
+            json!(0),
+            json!(0.0),
+            json!(""),
+            json!([]),
+            json!({}),
+        ] {
+            assert!(!truthy(&v), "{v}");
+        }
+        for v in [
+            json!(true),
+            json!(1),
+            json!("x"),
+            json!([0]),
+            json!({"a": 0}),
+        ] {
+            assert!(truthy(&v), "{v}");
+        }
+    }
 
     fn decode(codec: &mut Codec, text: &str) -> Result<Incoming, ProtocolError> {
         codec.decode(text.as_bytes())

@@ -8,11 +8,11 @@ use bitcoin::{Address, ScriptBuf};
 use ferrum_storage::{HashX, Snapshot};
 use serde_json::Value;
 
-use super::args::truthy;
 use crate::blocks::script_hashx;
 use crate::coin::Network;
 use crate::daemon::Daemon;
 use crate::hex::{from_hex, hash_hex};
+use crate::jsonrpc::truthy;
 use crate::jsonrpc::{py_str, thousands, RpcError};
 use crate::query::{confirmed_history, confirmed_unspent, QueryError};
 

@@ -169,18 +169,6 @@ fn parse_python_int(text: &str) -> Option<(bool, Integer)> {
     Some((negative, Integer::from_digits(&digits)))
 }
 
-/// Python truthiness of a JSON value.
-pub fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
 /// ElectrumX's `value in (False, True)` check: booleans, and the numbers equal to 0 or 1.
 /// Returns the truth value.
 pub fn boolean_flag(value: &Option<Value>, name: &str) -> Result<bool, RpcError> {
@@ -482,6 +470,5 @@ mod tests {
         assert_eq!(version_tuple("4.5"), vec![4, 5]);
         assert_eq!(version_tuple("electrum/4.5"), vec![0]);
         assert_eq!(version_tuple("unknown"), vec![0]);
-        assert!(truthy(&json!(1)) && !truthy(&json!("")) && !truthy(&json!(null)));
     }
 }

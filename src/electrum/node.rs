@@ -220,7 +220,7 @@ pub async fn broadcast_package(
         .and_then(Value::as_object)
         .into_iter()
         .flat_map(|results| results.values())
-        .filter(|tx| tx.get("error").is_some_and(super::args::truthy))
+        .filter(|tx| tx.get("error").is_some_and(crate::jsonrpc::truthy))
         .map(|tx| json!({"txid": tx.get("txid").cloned().unwrap_or(Value::Null), "error": tx["error"]}))
         .collect();
     if !errors.is_empty() {

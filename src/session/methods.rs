@@ -11,7 +11,7 @@ use tracing::{error, info};
 use super::version::{negotiate, ProtocolVersion};
 use super::{count_method, Backend, Dispatch, Outcome, SessionContext};
 use crate::config::Config;
-use crate::jsonrpc::{py_str, Params, Request, RpcError, Signature, METHOD_NOT_FOUND};
+use crate::jsonrpc::{py_str, truthy, Params, Request, RpcError, Signature, METHOD_NOT_FOUND};
 
 /// The server's name and version, as `server.version` and `server.features` give it.
 pub fn server_version() -> String {
@@ -70,18 +70,6 @@ const VERSION_PARAMS: Signature = Signature {
 };
 const PING_PARAMS: Signature = Signature::new(&["pong_len", "data"], 0);
 const ADD_PEER_PARAMS: Signature = Signature::new(&["features"], 1);
-
-/// Python truthiness of a JSON value.
-fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
 
 fn count(services: &WalletServices<impl Backend>, ctx: &SessionContext, method: &str) {
     count_method(ctx, method);
@@ -318,29 +306,5 @@ mod tests {
                 "wss://[2001:db9::1]:50004"
             ])
         );
-    }
-
-    #[test]
-    fn python_truthiness() {
-        for v in [
-            json!(null),
-            json!(false),
-            json!(0),
-            json!(0.0),
-            json!(""),
-            json!([]),
-            json!({}),
-        ] {
-            assert!(!truthy(&v), "{v}");
-        }
-        for v in [
-            json!(true),
-            json!(1),
-            json!("x"),
-            json!([0]),
-            json!({"a": 0}),
-        ] {
-            assert!(truthy(&v), "{v}");
-        }
     }
 }
