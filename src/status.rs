@@ -75,7 +75,7 @@ impl StatusHasher {
         self.buffer.clear();
         push_hash_hex(&mut self.buffer, txid);
         self.buffer.push(b':');
-        self.buffer.extend_from_slice(itoa(height, &mut [0u8; 12]));
+        push_i32(&mut self.buffer, height);
         self.buffer.push(b':');
         self.engine.input(&self.buffer);
         self.len += self.buffer.len();
@@ -102,9 +102,9 @@ pub fn status(items: &[HistoryItem]) -> (Option<Hash32>, usize) {
     (hasher.finish(), len)
 }
 
-/// Formats an integer without allocating.
-pub fn itoa(value: i32, buf: &mut [u8; 12]) -> &[u8] {
-    let mut n = value.unsigned_abs();
+/// Appends `n` in decimal, without allocating.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -114,11 +114,15 @@ pub fn itoa(value: i32, buf: &mut [u8; 12]) -> &[u8] {
             break;
         }
     }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `value` in decimal, with a sign if negative.
+pub fn push_i32(out: &mut Vec<u8>, value: i32) {
     if value < 0 {
-        i -= 1;
-        buf[i] = b'-';
+        out.push(b'-');
     }
-    &buf[i..]
+    push_u64(out, u64::from(value.unsigned_abs()));
 }
 
 #[cfg(test)]
@@ -129,7 +133,14 @@ mod tests {
     #[test]
     fn integers() {
         for v in [0, 7, -1, 10, 123456, i32::MAX, i32::MIN] {
-            assert_eq!(itoa(v, &mut [0; 12]), v.to_string().as_bytes());
+            let mut out = Vec::new();
+            push_i32(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+        for v in [0, 9, 10, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_u64(&mut out, v);
+            assert_eq!(out, format!("x{v}").as_bytes());
         }
     }
 

@@ -15,7 +15,7 @@ use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
 use crate::merkle::snapshot_tip;
 use crate::query::{self, ConfirmedTx, MempoolTx, QueryError, Unspent};
 use crate::session::SessionContext;
-use crate::status::{history, itoa};
+use crate::status::{history, push_i32, push_u64};
 
 /// ElectrumX's `limited_history` bound: what fits in a response of `max_send` bytes at
 /// about 99 bytes an entry (no bound without a response limit).
@@ -184,20 +184,6 @@ pub async fn listunspent(
     Ok(Reply::Json(text))
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
 fn into_string(out: Vec<u8>) -> String {
     String::from_utf8(out).expect("JSON written from ASCII pieces")
 }
@@ -213,7 +199,7 @@ pub fn history_json(confirmed: &[ConfirmedTx], unconfirmed: &[MempoolTx]) -> Str
         out.extend_from_slice(b"{\"tx_hash\":\"");
         push_hash_hex(&mut out, &item.txid);
         out.extend_from_slice(b"\",\"height\":");
-        out.extend_from_slice(itoa(item.height, &mut [0; 12]));
+        push_i32(&mut out, item.height);
         if let Some(fee) = item.fee {
             out.extend_from_slice(b",\"fee\":");
             push_u64(&mut out, fee);
