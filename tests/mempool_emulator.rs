@@ -10,9 +10,8 @@ mod mempool_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bitcoin::{Block, OutPoint, ScriptBuf, Transaction};
+use bitcoin::{Block, OutPoint, ScriptBuf, Transaction, Txid};
 use ferrum_tools::chaingen::{ChainGenerator, ChainParams};
-use ferrum_tools::emulator::client::HttpClient;
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
 use mempool_support::*;
 use serde_json::{json, Value};
@@ -50,15 +49,6 @@ fn start_polling(source: ChainSource, interval_ms: &str) -> (Emulator, Ferrum) {
 /// its own holding the whole mempool.
 fn start_plain() -> (Emulator, Ferrum) {
     start(ChainSource::Blocks(chain_blocks()))
-}
-
-/// One `emu_*` call on the emulator's control port.
-fn control(emu: &Emulator, method: &str, params: Value) -> Value {
-    HttpClient::connect(emu.control_addr())
-        .unwrap()
-        .call(method, params.clone())
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{method}({params}): {e:?}"))
 }
 
 /// After a change on the node: every subscribed script whose status changed is notified once
@@ -169,10 +159,7 @@ async fn mempool_changes_are_notified_with_exact_statuses() {
     let after_child = statuses.clone();
 
     // Evicting the child brings the earlier statuses back.
-    assert_eq!(
-        control(&emu, "emu_evict", json!([txid2.to_string()])),
-        json!([txid2.to_string()])
-    );
+    assert_eq!(emu.evict(&txid2), [txid2]);
     let (_, statuses, _) = settle(&mut w, &emu, &scripts, &statuses, "eviction").await;
     assert_eq!(statuses, after_payment);
 
@@ -198,7 +185,7 @@ async fn mempool_changes_are_notified_with_exact_statuses() {
         w.call("blockchain.headers.subscribe", json!([])).await,
         header(&now)
     );
-    control(&emu, "emu_mine", json!([1]));
+    emu.mine(1).unwrap();
     let (now, statuses, headers) = settle(&mut w, &emu, &scripts, &statuses, "mined").await;
     assert_eq!(headers, vec![header(&now)]);
     let height = i64::from(now.chain.tip());
@@ -231,7 +218,7 @@ async fn a_reorg_returns_transactions_to_the_mempool() {
     let (txid_a, height_a) = (tx_a.compute_txid(), i64::from(BLOCKS) + 1);
     broadcast(&mut w, &tx_a).await;
     (_, statuses, _) = settle(&mut w, &emu, &scripts, &statuses, "payment").await;
-    control(&emu, "emu_mine", json!([1]));
+    emu.mine(1).unwrap();
     let (_, mined, headers) = settle(&mut w, &emu, &scripts, &statuses, "mined").await;
     assert_eq!(headers.len(), 1);
     assert_eq!(
@@ -247,7 +234,7 @@ async fn a_reorg_returns_transactions_to_the_mempool() {
 
     // Two blocks of the node's own replace the payment's: it returns to the mempool and its
     // child now has an unconfirmed input. Only the new tip's header is announced.
-    control(&emu, "emu_reorg", json!([1, 2, 5]));
+    emu.reorg(1, 2, 5).unwrap();
     let (now, statuses, headers) = settle(&mut w, &emu, &scripts, &statuses, "reorg").await;
     assert_eq!(now.chain.tip(), BLOCKS + 2);
     assert_eq!(headers, vec![header(&now)]);
@@ -269,7 +256,7 @@ async fn a_reorg_returns_transactions_to_the_mempool() {
     );
 
     // Both mined in one block.
-    control(&emu, "emu_mine", json!([1]));
+    emu.mine(1).unwrap();
     let (now, statuses, headers) = settle(&mut w, &emu, &scripts, &statuses, "mined both").await;
     assert_eq!(headers, vec![header(&now)]);
     let height = i64::from(now.chain.tip());
@@ -329,7 +316,7 @@ async fn unsubscribed_scripts_are_not_notified() {
             .await,
         json!(true)
     );
-    control(&emu, "emu_mine", json!([1]));
+    emu.mine(1).unwrap();
     // Once the server shows the payment confirmed, nobody was told.
     let now = node_state(&emu);
     let deadline = std::time::Instant::now() + WAIT;
@@ -469,12 +456,9 @@ async fn a_generated_mempool_is_mirrored_exactly() {
         w.subscribe(&scripts).await,
         scripts.iter().map(|s| start.status(s)).collect::<Vec<_>>()
     );
-    let added = control(&emu, "emu_addmempool", json!([ADDED]));
-    let want: Vec<String> = predicted
-        .iter()
-        .map(|t| t.compute_txid().to_string())
-        .collect();
-    assert_eq!(added, json!(want), "the twin predicted the mempool");
+    let added = emu.add_mempool_txs(ADDED).unwrap();
+    let want: Vec<Txid> = predicted.iter().map(|t| t.compute_txid()).collect();
+    assert_eq!(added, want, "the twin predicted the mempool");
     let (now, statuses, _) = settle(&mut w, &emu, &scripts, &before, "added").await;
     assert!(
         scripts
@@ -484,11 +468,11 @@ async fn a_generated_mempool_is_mirrored_exactly() {
     );
     assert_eq!(changed(&before, &statuses).len(), scripts.len());
 
-    control(&emu, "emu_mine", json!([1]));
+    emu.mine(1).unwrap();
     let (_, statuses, _) = settle(&mut w, &emu, &scripts, &statuses, "mined").await;
-    control(&emu, "emu_addmempool", json!([20]));
+    emu.add_mempool_txs(20).unwrap();
     let (_, statuses, _) = settle(&mut w, &emu, &scripts, &statuses, "more added").await;
-    control(&emu, "emu_reorg", json!([2, 3, 7]));
+    emu.reorg(2, 3, 7).unwrap();
     settle(&mut w, &emu, &scripts, &statuses, "reorg").await;
     server.stop();
 }
