@@ -222,6 +222,22 @@ impl PendingTip {
             (all, _) => *all = None,
         }
     }
+
+    /// The scripts to re-check for this tip: its own, `more`, and those `held` for it (which
+    /// this empties). None: check everything.
+    fn into_touched(
+        self,
+        held: &mut HashSet<HashX>,
+        more: HashSet<HashX>,
+    ) -> Option<Arc<HashSet<HashX>>> {
+        let all = self.touched.map(|mut t| {
+            t.extend(more);
+            t.extend(held.drain());
+            Arc::new(t)
+        });
+        held.clear();
+        all
+    }
 }
 
 impl Follower {
@@ -278,7 +294,8 @@ impl Follower {
             }
             if !polling {
                 if let Some(tip) = pending.take() {
-                    self.electrum.notify(tip.touched.map(Arc::new), true).await;
+                    let touched = tip.into_touched(&mut held, HashSet::new());
+                    self.electrum.notify(touched, true).await;
                 }
                 continue;
             }
@@ -303,13 +320,8 @@ impl Follower {
                     }
                     match pending.take() {
                         Some(tip) => {
-                            let all = tip.touched.map(|mut t| {
-                                t.extend(touched);
-                                t.extend(held.drain());
-                                Arc::new(t)
-                            });
-                            held.clear();
                             announced = snap_tip;
+                            let all = tip.into_touched(&mut held, touched);
                             self.electrum.notify(all, true).await;
                         }
                         None if snap_tip != announced => held.extend(touched),
@@ -335,12 +347,8 @@ impl Follower {
                         .is_some_and(|p| p.since.elapsed() >= MAX_NOTIFY_DELAY);
                     if !unsynced || late {
                         if let Some(tip) = pending.take() {
-                            let all = tip.touched.map(|mut t| {
-                                t.extend(held.drain());
-                                Arc::new(t)
-                            });
-                            held.clear();
                             announced = tip_of(&self.reader.snapshot());
+                            let all = tip.into_touched(&mut held, HashSet::new());
                             self.electrum.notify(all, true).await;
                         }
                     }
