@@ -86,7 +86,7 @@ async fn index(
 ) -> ferrum_storage::Reader {
     let mut settings = IndexerSettings::new(regtest());
     settings.poll_interval = Duration::from_millis(100);
-    let store = open_store(dir, regtest(), settings.reorg_limit).unwrap();
+    let store = open_store(dir, regtest(), settings.reorg_limit, settings.cache_mb).unwrap();
     let reader = store.reader();
     let (indexer, handle) = Indexer::new(store, daemon, regtest(), settings).unwrap();
     let task = tokio::spawn(indexer.run());

@@ -297,11 +297,15 @@ fn store_sync_and_space(c: &mut Criterion) {
     let mut g = c.benchmark_group("store_200k");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
-    g.bench_function("find_tx", |b| {
+    let mut outpoints = Vec::new();
+    snap.for_each_utxo(|_, u| outpoints.push((u.txnum, u.vout)))
+        .unwrap();
+    g.bench_function("unspent", |b| {
         b.iter(|| {
             i += 1;
-            let txid = snap.txid(mix(i) % txs).unwrap();
-            black_box(snap.find_tx(&txid).unwrap())
+            let (txnum, vout) = outpoints[(mix(i) % outpoints.len() as u64) as usize];
+            let txid = snap.txid(txnum).unwrap();
+            black_box(snap.unspent(&txid, vout).unwrap())
         })
     });
     g.bench_function("tx_height", |b| {

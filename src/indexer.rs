@@ -127,10 +127,21 @@ pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 
 /// Opens (or creates) the index in `dir` for `network`, keeping undo records for
 /// `reorg_limit` blocks. An index of another network is refused with a message saying so.
-pub fn open_store(dir: &Path, network: &Network, reorg_limit: u32) -> Result<Store> {
+/// Merges run after commits, when the cache is empty, so they may use a quarter of
+/// `cache_mb` (at least the store's default): pruning the txid index takes a bit per
+/// transaction, 150 MB at mainnet's 1.2 billion.
+pub fn open_store(
+    dir: &Path,
+    network: &Network,
+    reorg_limit: u32,
+    cache_mb: usize,
+) -> Result<Store> {
+    let default = Options::default();
     let options = Options {
         undo_blocks: reorg_limit,
-        ..Options::default()
+        compaction_memory: default
+            .compaction_memory
+            .max(cache_mb.saturating_mul(1 << 18)),
     };
     let mut store = Store::open(dir, options)?;
     let snap = store.snapshot();
@@ -197,10 +208,8 @@ fn touched_scripts<'a>(
         if created.contains_key(&(*txid, *vout)) {
             continue;
         }
-        if let Some(txnum) = snap.find_tx(txid)? {
-            if let Some((hashx, _)) = snap.utxo(txnum, *vout)? {
-                touched.insert(hashx);
-            }
+        if let Some((hashx, _)) = snap.unspent(txid, *vout)? {
+            touched.insert(hashx);
         }
     }
     Ok(touched)

@@ -107,11 +107,12 @@ async fn run(config: Config) -> Result<(), String> {
     let daemon = Arc::new(Daemon::new(&daemon_settings, network).map_err(|e| e.to_string())?);
 
     let reorg_limit = config.reorg_limit.unwrap_or(network.reorg_limit);
-    let db_dir = config.db_dir.clone();
-    let store = tokio::task::spawn_blocking(move || open_store(&db_dir, network, reorg_limit))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let (db_dir, cache_mb) = (config.db_dir.clone(), config.cache_mb as usize);
+    let store =
+        tokio::task::spawn_blocking(move || open_store(&db_dir, network, reorg_limit, cache_mb))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     let reader = store.reader();
 
     let mut settings = IndexerSettings::new(network);

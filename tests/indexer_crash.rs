@@ -58,7 +58,7 @@ fn kill_9_during_sync() {
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let store = ferrum::indexer::open_store(killed.path(), regtest(), 10).unwrap();
+        let store = ferrum::indexer::open_store(killed.path(), regtest(), 10, 100).unwrap();
         heights.push(store.height());
     }
     println!("heights after each kill: {heights:?}");

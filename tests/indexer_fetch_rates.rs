@@ -116,7 +116,13 @@ async fn full_sync(node: &str, settings: DaemonSettings) {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Arc::new(Daemon::new(&settings, regtest()).unwrap());
     let settings = IndexerSettings::new(regtest());
-    let store = open_store(dir.path(), regtest(), settings.reorg_limit).unwrap();
+    let store = open_store(
+        dir.path(),
+        regtest(),
+        settings.reorg_limit,
+        settings.cache_mb,
+    )
+    .unwrap();
     let reader = store.reader();
     let (indexer, handle) = Indexer::new(store, daemon, regtest(), settings).unwrap();
     let started = Instant::now();

@@ -81,9 +81,9 @@ fn json_rpc_hex_route_when_rest_is_off() {
 #[test]
 fn an_index_of_another_network_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open_store(dir.path(), regtest(), 10).unwrap());
+    drop(open_store(dir.path(), regtest(), 10, 100).unwrap());
     let testnet = ferrum::coin::Network::lookup("Bitcoin", Some("testnet")).unwrap();
-    match open_store(dir.path(), testnet, 10) {
+    match open_store(dir.path(), testnet, 10, 100) {
         Err(IndexError::WrongDatabase(m)) => assert_eq!(
             m,
             format!(

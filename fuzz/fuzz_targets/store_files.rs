@@ -111,7 +111,7 @@ fn read_everything(dir: &Path) -> ferrum_storage::Result<()> {
         snap.txid(n)?;
         snap.tx_height(n)?;
         snap.utxo(n, 0)?;
-        snap.find_tx(&txid(n))?;
+        snap.unspent(&txid(n), 0)?;
     }
     for k in 0..6 {
         snap.history(&key(k))?;

@@ -99,10 +99,8 @@ pub(super) fn resolve(
                 };
                 parent.and_then(|p| p.outputs.get(vout as usize).copied().flatten())
             } else {
-                match snap.find_tx(&ptxid)? {
-                    Some(txnum) => snap.utxo(txnum, vout)?,
-                    None => None,
-                }
+                snap.unspent(&ptxid, vout)?
+                    .map(|(hashx, utxo)| (hashx, utxo.value))
             };
             match found {
                 Some(input) => inputs.push(input),

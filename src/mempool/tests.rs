@@ -412,7 +412,7 @@ async fn follows_the_emulated_node() {
     settings.give_up_after = Some(Duration::from_secs(20));
     let daemon = Arc::new(Daemon::new(&settings, regtest()).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path(), regtest(), 10).unwrap();
+    let store = open_store(dir.path(), regtest(), 10, 100).unwrap();
     let reader = store.reader();
     let mut indexer_settings = IndexerSettings::new(regtest());
     indexer_settings.poll_interval = Duration::from_millis(50);

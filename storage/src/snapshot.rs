@@ -174,9 +174,20 @@ impl Snapshot {
         Ok(lo as u32)
     }
 
-    /// Tx number of `txid` (the latest, should a txid repeat).
-    pub fn find_tx(&self, txid: &Hash32) -> Result<Option<u64>> {
+    /// Tx number of `txid` (the latest, should a txid repeat), if the tx has unspent outputs;
+    /// a tx whose outputs are all spent may or may not be found.
+    pub(crate) fn find_tx(&self, txid: &Hash32) -> Result<Option<u64>> {
         find_committed(&self.0.txindex, &self.0.txhashes, self.0.tx_count, txid)
+    }
+
+    /// The unspent output `txid:vout` with its script key, if there is one.
+    pub fn unspent(&self, txid: &Hash32, vout: u32) -> Result<Option<(HashX, Utxo)>> {
+        let Some(txnum) = self.find_tx(txid)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .utxo(txnum, vout)?
+            .map(|(hashx, value)| (hashx, Utxo { txnum, vout, value })))
     }
 
     pub fn history(&self, hashx: &HashX) -> Result<Vec<u64>> {

@@ -14,9 +14,9 @@ use crate::history::HistorySet;
 use crate::manifest::{Manifest, MANIFEST, MANIFEST_TMP};
 use crate::options::Options;
 use crate::snapshot::{Reader, Snapshot, SnapshotParts};
-use crate::txindex::TxIndexWriter;
+use crate::txindex::{LiveTxs, TxIndexWriter};
 use crate::undo::{BlockUndo, UndoLog};
-use crate::utxo::{Found, UtxoSet};
+use crate::utxo::{Found, UtxoSet, UtxoView};
 use crate::{Hash32, HashX};
 
 /// Bytes allocated for `len` pending bytes of `width`-byte array records: the array appends
@@ -313,8 +313,9 @@ impl Store {
         for (i, tx) in block.txs.iter().enumerate() {
             let txnum = first + i as u64;
             touched.clear();
-            for _ in &tx.spends {
+            for (prev_txid, _) in &tx.spends {
                 let (hashx, prev, vout, _) = undo.spent[next_spend];
+                self.txindex.spent(prev_txid, prev);
                 let gone = match found[next_spend] {
                     Some(f) => self.utxo.spend_found(prev, vout, f)?,
                     None => self.utxo.spend(prev, vout)?,
@@ -327,11 +328,13 @@ impl Store {
                 }
                 touched.push(hashx);
             }
+            let mut outputs = 0;
             for (vout, out) in tx.outputs.iter().enumerate() {
                 if let Some((hashx, value)) = *out {
                     self.utxo.add(hashx, txnum, vout as u32, value);
                     undo.created.push((txnum, vout as u32));
                     touched.push(hashx);
+                    outputs += 1;
                 }
             }
             touched.sort_unstable();
@@ -340,7 +343,7 @@ impl Store {
                 self.history.append(*hashx, txnum);
             }
             self.txhashes.push(&tx.txid);
-            self.txindex.add(tx.txid, txnum);
+            self.txindex.add(tx.txid, txnum, outputs);
         }
         self.tx_count = first + block.txs.len() as u64;
         self.headers.push(&block.header);
@@ -464,6 +467,7 @@ impl Store {
     /// Rolls the buffers back to the first `keep` blocks using the undo records.
     fn undo_blocks(&mut self, keep: u64) -> Result<()> {
         let mut new_tx_count = self.tx_count;
+        let mut unspent_again = Vec::new();
         for height in (keep..self.headers.len()).rev() {
             let undo = self.undo.read(height as u32)?;
             for &(txnum, vout) in &undo.created {
@@ -473,6 +477,7 @@ impl Store {
                 // Outputs created by this same block are gone with it.
                 if txnum < undo.first_txnum {
                     self.utxo.add(hashx, txnum, vout, value);
+                    unspent_again.push(txnum);
                 }
             }
             new_tx_count = undo.first_txnum;
@@ -491,6 +496,12 @@ impl Store {
         }
         self.history.truncate(new_tx_count);
         self.txindex.truncate(new_tx_count);
+        // Their txs may have left the txid index since they were spent.
+        for txnum in unspent_again {
+            if txnum < new_tx_count {
+                self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
+            }
+        }
         self.undo.truncate(keep as u32);
         self.headers.truncate(keep)?;
         self.counts.truncate(keep)?;
@@ -515,7 +526,8 @@ impl Store {
     }
 
     fn merge(&mut self, all: bool) -> Result<bool> {
-        self.check_usable()?;
+        // Pruning the txid index reads the committed UTXO set: nothing may be buffered.
+        self.commit()?;
         let did = self.guarded(|s| {
             let memory = s.opts.compaction_memory;
             let mut next = s.next_id;
@@ -534,7 +546,9 @@ impl Store {
                     s.history.compact(&mut alloc, memory)?,
                 )
             };
-            let c = s.txindex.compact(&mut alloc, memory)?;
+            let utxos = s.utxo.view();
+            let mut live = |base, end| live_txs(&utxos, base, end, memory);
+            let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
             Ok(a || b || c || d)
@@ -557,10 +571,22 @@ impl Store {
     }
 }
 
+/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, or `None`
+/// when the set (a bit per tx) would not fit in `memory`.
+fn live_txs(utxos: &UtxoView, base: u64, end: u64, memory: usize) -> Result<Option<LiveTxs>> {
+    if LiveTxs::bytes(base, end) > memory as u64 {
+        return Ok(None);
+    }
+    let mut live = LiveTxs::new(base, end);
+    utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
+    Ok(Some(live))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::block::TxData;
+    use crate::utxo::Utxo;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn txid(n: u64) -> Hash32 {
@@ -620,7 +646,15 @@ mod tests {
                     assert_eq!(snap.block_txs(h).unwrap().end, snap.tx_count());
                     assert_eq!(snap.tx_count(), 3 * (u64::from(h) + 1));
                     for n in (0..snap.tx_count()).step_by(5) {
-                        assert_eq!(snap.find_tx(&txid(n)).unwrap(), Some(n));
+                        // The next block's last tx spends each block's first.
+                        let spent = n % 3 == 0 && n + 3 < snap.tx_count();
+                        let utxo = Utxo {
+                            txnum: n,
+                            vout: 0,
+                            value: n,
+                        };
+                        let want = (!spent).then_some(([0; 11], utxo));
+                        assert_eq!(snap.unspent(&txid(n), 0).unwrap(), want);
                     }
                     let history = snap.history(&[0; 11]).unwrap();
                     assert_eq!(history, (0..snap.tx_count()).collect::<Vec<_>>());
@@ -675,7 +709,14 @@ mod tests {
         let store = Store::open(dir.path(), opts()).unwrap();
         let snap = store.snapshot();
         assert_eq!(snap.tx_count(), 9);
-        assert_eq!(snap.find_tx(&txid(9)).unwrap(), None);
+        assert_eq!(snap.unspent(&txid(9), 0).unwrap(), None);
+        // Tx 6, spent by a rolled-back block in the commit that made it, is found again.
+        let utxo = Utxo {
+            txnum: 6,
+            vout: 0,
+            value: 6,
+        };
+        assert_eq!(snap.unspent(&txid(6), 0).unwrap(), Some(([0; 11], utxo)));
         assert_eq!(snap.utxo(6, 0).unwrap(), Some(([0; 11], 6)));
     }
 

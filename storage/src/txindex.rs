@@ -8,6 +8,12 @@
 //! entries (u32), checked whenever the bucket is read. A run written by one commit covers the
 //! tx numbers of that commit; the manifest gives each run a `cap`, and entries at or above it
 //! are ignored (a rollback lowers caps instead of rewriting files; a merge drops them).
+//!
+//! Only transactions with unspent outputs need to be found (the index serves spends), so
+//! runs leave the others out: a flush writes only the txs whose outputs are not all spent by
+//! then, and a merge that includes the oldest run drops txs without an unspent output left
+//! (`LiveTxs`). An entry for a spent tx may linger in a newer run until such a merge; that
+//! costs space, never correctness, since the UTXO set has the last word.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -226,7 +232,8 @@ impl<'a> RunIter<'a> {
 }
 
 /// Writes a run holding `entries` (sorted by prefix, then tx number; tx numbers in
-/// `base..end`), at most `count_hint` of them. The file is fsynced but not yet committed.
+/// `base..end`), about `count_hint` of them (it sizes the bucket table). The file is fsynced
+/// but not yet committed.
 fn write_run(
     path: &Path,
     count_hint: u64,
@@ -235,11 +242,6 @@ fn write_run(
     memory: usize,
     entries: &mut dyn FnMut() -> Result<Option<(u32, u64)>>,
 ) -> Result<()> {
-    if count_hint > u64::from(u32::MAX) {
-        return Err(Error::Invalid(format!(
-            "index run of {count_hint} entries is too large"
-        )));
-    }
     let mut bits = 0;
     while bits < MAX_BITS
         && (BUCKET_TARGET << (bits + 1)) <= count_hint
@@ -263,6 +265,11 @@ fn write_run(
     let mut entry = [0u8; 12];
     while let Some((prefix, txnum)) = entries()? {
         debug_assert!((base..end).contains(&txnum));
+        if count == u64::from(u32::MAX) {
+            return Err(Error::Invalid(format!(
+                "index run of more than {count} entries is too large"
+            )));
+        }
         let bucket = if bits == 0 {
             0
         } else {
@@ -286,7 +293,6 @@ fn write_run(
         out.write_all(&entry[..pb + tb]).map_err(io)?;
         count += 1;
     }
-    assert!(count <= count_hint, "index run larger than announced");
     table[current].1 = crc.finalize();
     for slot in &mut table[current + 1..] {
         slot.0 = count as u32;
@@ -334,11 +340,61 @@ struct RunRef {
     run: Arc<Run>,
 }
 
+/// An uncommitted tx: its number, and how many of its outputs are unspent (a flush leaves
+/// the tx out when none is).
+struct Pending {
+    txnum: u64,
+    live: u32,
+}
+
+/// The tx numbers in `base..end` that have unspent outputs, one bit each: what a pruning merge
+/// keeps. Numbers outside the range count as live (kept), since nothing is known of them.
+pub struct LiveTxs {
+    base: u64,
+    end: u64,
+    bits: Vec<u64>,
+}
+
+impl LiveTxs {
+    /// The memory a set over `base..end` takes, in bytes.
+    pub fn bytes(base: u64, end: u64) -> u64 {
+        end.saturating_sub(base).div_ceil(64) * 8
+    }
+
+    pub fn new(base: u64, end: u64) -> LiveTxs {
+        let words = Self::bytes(base, end) / 8;
+        LiveTxs {
+            base,
+            end,
+            bits: vec![0; words as usize],
+        }
+    }
+
+    pub fn insert(&mut self, txnum: u64) {
+        if (self.base..self.end).contains(&txnum) {
+            let i = txnum - self.base;
+            self.bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+    }
+
+    fn contains(&self, txnum: u64) -> bool {
+        if !(self.base..self.end).contains(&txnum) {
+            return true;
+        }
+        let i = txnum - self.base;
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    fn len(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
 /// The writer side: committed runs plus the txids of uncommitted blocks.
 pub struct TxIndexWriter {
     dir: PathBuf,
     runs: Vec<RunRef>,
-    pending: HashMap<Hash32, u64>,
+    pending: HashMap<Hash32, Pending>,
     dropped: Vec<Arc<Run>>,
 }
 
@@ -380,17 +436,45 @@ impl TxIndexWriter {
         }
     }
 
-    pub fn add(&mut self, txid: Hash32, txnum: u64) {
-        self.pending.insert(txid, txnum);
+    /// A new tx with `outputs` unspent outputs.
+    pub fn add(&mut self, txid: Hash32, txnum: u64, outputs: u32) {
+        self.pending.insert(
+            txid,
+            Pending {
+                txnum,
+                live: outputs,
+            },
+        );
+    }
+
+    /// An output of `txid` (tx `txnum`) was spent: one fewer unspent if the tx is uncommitted.
+    pub fn spent(&mut self, txid: &Hash32, txnum: u64) {
+        if let Some(p) = self.pending.get_mut(txid) {
+            if p.txnum == txnum {
+                p.live = p.live.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A rollback made an output of committed tx `txnum` unspent again: the tx must be
+    /// findable even if a merge has dropped it.
+    pub fn reinstate(&mut self, txid: Hash32, txnum: u64) {
+        let p = self
+            .pending
+            .entry(txid)
+            .or_insert(Pending { txnum, live: 0 });
+        if p.txnum == txnum {
+            p.live += 1;
+        }
     }
 
     /// The tx number of an uncommitted txid (the latest, should a txid repeat).
     pub fn find_pending(&self, txid: &Hash32) -> Option<u64> {
-        self.pending.get(txid).copied()
+        self.pending.get(txid).map(|p| p.txnum)
     }
 
     pub fn pending_bytes(&self) -> usize {
-        crate::utxo::table_bytes(self.pending.capacity(), size_of::<(Hash32, u64)>())
+        crate::utxo::table_bytes(self.pending.capacity(), size_of::<(Hash32, Pending)>())
     }
 
     /// What the uncommitted txids' table will allocate when it next grows, if that is near
@@ -398,20 +482,22 @@ impl TxIndexWriter {
     pub fn pending_growth(&self) -> usize {
         let (len, capacity) = (self.pending.len(), self.pending.capacity());
         let buckets = crate::utxo::buckets_for(capacity);
-        crate::utxo::table_growth(len, capacity, buckets, size_of::<(Hash32, u64)>())
+        crate::utxo::table_growth(len, capacity, buckets, size_of::<(Hash32, Pending)>())
     }
 
-    /// Writes the uncommitted txids as a new run (fsynced). Returns whether a file was made.
+    /// Writes the uncommitted txids that still have unspent outputs as a new run (fsynced).
+    /// Returns whether a file was made.
     pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
-        if self.pending.is_empty() {
-            return Ok(false);
-        }
         let mut entries: Vec<(u32, u64)> = self
             .pending
             .drain()
-            .map(|(txid, txnum)| (prefix(&txid), txnum))
+            .filter(|(_, p)| p.live > 0)
+            .map(|(txid, p)| (prefix(&txid), p.txnum))
             .collect();
         self.pending.shrink_to_fit();
+        if entries.is_empty() {
+            return Ok(false);
+        }
         entries.sort_unstable();
         let base = entries.iter().map(|e| e.1).min().expect("not empty");
         let end = entries.iter().map(|e| e.1).max().expect("not empty") + 1;
@@ -448,23 +534,45 @@ impl TxIndexWriter {
         }
     }
 
-    /// Merges the newest runs while the older neighbour is at most twice their combined size
-    /// (so run sizes grow geometrically and lookups touch O(log n) runs). Streams entries;
-    /// memory is the bucket table, bounded by `memory`.
-    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, memory: usize) -> Result<bool> {
-        if self.runs.len() < 2 {
-            return Ok(false);
+    /// Which runs to merge, as the index of the oldest one: all of them (`all`, or when the
+    /// newer runs reach a quarter of the oldest's entries, so that spent txs do not pile up
+    /// beside it), else the newest while the older neighbour is at most twice their combined
+    /// size (so run sizes grow geometrically and lookups touch O(log n) runs).
+    fn plan(&self, all: bool) -> Option<usize> {
+        let n = self.runs.len();
+        if n < 2 {
+            return None;
         }
-        let mut start = self.runs.len() - 1;
+        let mut start = n - 1;
         let mut total = self.runs[start].run.count;
         while start > 0 && self.runs[start - 1].run.count <= total * 2 {
             start -= 1;
             total += self.runs[start].run.count;
         }
-        if start == self.runs.len() - 1 {
-            return Ok(false);
+        let newer: u64 = self.runs[1..].iter().map(|r| r.run.count).sum();
+        if all || newer * 4 >= self.runs[0].run.count {
+            Some(0)
+        } else {
+            (start < n - 1).then_some(start)
         }
+    }
+
+    /// Merges runs per `plan`, streaming entries; memory is the bucket table, bounded by
+    /// `memory`. A merge that includes the oldest run keeps only the txs `live` reports
+    /// unspent outputs for; `live(base, end)` is asked for them and may answer `None` (keep
+    /// everything) when the set would not fit.
+    pub fn compact(
+        &mut self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        memory: usize,
+        all: bool,
+        live: &mut dyn FnMut(u64, u64) -> Result<Option<LiveTxs>>,
+    ) -> Result<bool> {
+        let Some(start) = self.plan(all) else {
+            return Ok(false);
+        };
         let inputs = &self.runs[start..];
+        let total: u64 = inputs.iter().map(|r| r.run.count).sum();
         let base = inputs.iter().map(|r| r.run.base).min().expect("inputs");
         let end = inputs
             .iter()
@@ -472,6 +580,8 @@ impl TxIndexWriter {
             .max()
             .expect("inputs")
             .max(base);
+        let keep = if start == 0 { live(base, end)? } else { None };
+        let estimate = keep.as_ref().map_or(total, |k| k.len().min(total));
         let mut iters: Vec<(RunIter, u64)> = inputs
             .iter()
             .map(|r| (RunIter::new(&r.run), r.cap))
@@ -484,7 +594,8 @@ impl TxIndexWriter {
         }
         let id = alloc_id();
         let path = self.dir.join(file_name(id));
-        write_run(&path, total, base, end, memory, &mut || {
+        let mut last = None;
+        write_run(&path, estimate, base, end, memory, &mut || loop {
             let Some(Reverse((e, n))) = heap.pop() else {
                 return Ok(None);
             };
@@ -492,7 +603,11 @@ impl TxIndexWriter {
             if let Some(next) = next_below(it, *cap)? {
                 heap.push(Reverse((next, n)));
             }
-            Ok(Some(e))
+            // A tx reinstated by a rollback can have an entry in two runs.
+            let fresh = last.replace(e) != Some(e);
+            if fresh && keep.as_ref().is_none_or(|k| k.contains(e.1)) {
+                return Ok(Some(e));
+            }
         })?;
         let run = Arc::new(Run::open(&path)?);
         let old = self.runs.drain(start..);
@@ -549,7 +664,7 @@ mod tests {
         let mut n = 0;
         for batch in [5000u64, 10, 1, 300, 400] {
             for _ in 0..batch {
-                w.add(txid(n), n);
+                w.add(txid(n), n, 1);
                 n += 1;
             }
             w.flush(&mut alloc).unwrap();
@@ -572,9 +687,14 @@ mod tests {
             "the run starting past the cut is dropped"
         );
         assert!(lookup(&w.view(), 5250).is_empty());
-        assert!(w.compact(&mut alloc, 1 << 20).unwrap());
+        let mut no_pruning = |_, _| Ok(None);
+        assert!(w
+            .compact(&mut alloc, 1 << 20, false, &mut no_pruning)
+            .unwrap());
         assert_eq!(w.state().len(), 2);
-        assert!(!w.compact(&mut alloc, 1 << 20).unwrap());
+        assert!(!w
+            .compact(&mut alloc, 1 << 20, false, &mut no_pruning)
+            .unwrap());
         w.committed();
         check(&w.view(), 5200);
         assert!(lookup(&w.view(), 5250).is_empty());
@@ -586,11 +706,59 @@ mod tests {
     }
 
     #[test]
+    fn spent_txs_are_left_out_by_flushes_and_pruning_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        let mut id = 0;
+        let mut alloc = || {
+            id += 1;
+            id
+        };
+        // 0..100: tx n has n % 3 outputs (0: nothing to spend); odd txs spend one of theirs.
+        for n in 0..100 {
+            w.add(txid(n), n, (n % 3) as u32);
+            if n % 2 == 1 {
+                w.spent(&txid(n), n);
+            }
+        }
+        w.spent(&txid(4), 5); // another tx number: not this tx
+        assert!(w.flush(&mut alloc).unwrap());
+        let kept = |n: u64| n % 3 == 2 || (n % 3 == 1 && n.is_multiple_of(2));
+        for n in 0..100 {
+            assert_eq!(lookup(&w.view(), n).contains(&n), kept(n), "tx {n}");
+        }
+        // A rollback makes an output of spent tx 3 unspent again.
+        w.reinstate(txid(3), 3);
+        for n in 100..140 {
+            w.add(txid(n), n, 1);
+        }
+        assert!(w.flush(&mut alloc).unwrap());
+        assert!(lookup(&w.view(), 3).contains(&3));
+        // The newer run is over a quarter of the oldest: all merge, keeping what `live` says.
+        let mut asked = None;
+        let mut live = |base, end| {
+            asked = Some((base, end));
+            let mut l = LiveTxs::new(base, end);
+            for n in [2, 3, 8, 100, 139] {
+                l.insert(n);
+            }
+            Ok(Some(l))
+        };
+        assert!(w.compact(&mut alloc, 1 << 20, false, &mut live).unwrap());
+        assert_eq!(asked, Some((2, 140)));
+        assert_eq!(w.state().len(), 1);
+        let found: Vec<u64> = (0..140)
+            .filter(|&n| lookup(&w.view(), n).contains(&n))
+            .collect();
+        assert_eq!(found, vec![2, 3, 8, 100, 139]);
+    }
+
+    #[test]
     fn corrupt_bucket_and_footer_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
         for n in 0..1000 {
-            w.add(txid(n), n);
+            w.add(txid(n), n, 1);
         }
         w.flush(&mut || 1).unwrap();
         let path = dir.path().join(file_name(1));

@@ -205,7 +205,7 @@ pub fn start_indexer(dir: &Path, daemon: Arc<Daemon>, settings: IndexerSettings)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let store = open_store(dir, regtest(), settings.reorg_limit).unwrap();
+    let store = open_store(dir, regtest(), settings.reorg_limit, settings.cache_mb).unwrap();
     let reader = store.reader();
     let (indexer, handle) = Indexer::new(store, daemon, regtest(), settings).unwrap();
     let task = tokio::spawn(indexer.run());
