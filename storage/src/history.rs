@@ -2,6 +2,8 @@
 //! key to ascending tx numbers, plus an in-memory buffer. Rollback records a cut per segment.
 //! Format and policy: docs/STORAGE.md ("UTXO runs and history segments").
 
+mod bits;
+mod block;
 mod segment;
 mod segment_writer;
 

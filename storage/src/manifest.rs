@@ -17,9 +17,9 @@ use crate::varint;
 pub const MANIFEST: &str = "MANIFEST";
 pub const MANIFEST_TMP: &str = "MANIFEST.tmp";
 const MAGIC: &[u8; 8] = b"FERRUMST";
-/// Bumped whenever a file format changes; 2: undo records grouped by key, per-tx output
-/// counts, zstd (version 1 stores must be resynced).
-const VERSION: u64 = 2;
+/// Bumped whenever a file format changes; 3: bit-packed history blocks; 2: undo records
+/// grouped by key, per-tx output counts, zstd (older stores must be resynced).
+const VERSION: u64 = 3;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn another_format_version_says_to_resync() {
-        for (version, age) in [(1, "an older"), (3, "a newer")] {
+        for (version, age) in [(2, "an older"), (4, "a newer")] {
             let mut p = Vec::new();
             varint::put(&mut p, version);
             let mut bytes = MAGIC.to_vec();
@@ -281,7 +281,7 @@ mod tests {
                 err.to_string(),
                 format!(
                     "the store in /srv/db has format version {version}, written by {age} \
-                     Ferrum; this build reads version 2: delete the directory and resync"
+                     Ferrum; this build reads version 3: delete the directory and resync"
                 )
             );
         }

@@ -1,5 +1,5 @@
-//! Reading one immutable history segment file: zstd-compressed blocks of (script key ->
-//! ascending tx numbers, delta + varint coded), a sparse index of each block's first key, and
+//! Reading one immutable history segment file: bit-packed blocks of (script key -> ascending
+//! tx numbers) (`block.rs`), a sparse index of each block's first key, and
 //! a checksummed footer; plus cursors and the k-way merge. The layout is specified in
 //! docs/STORAGE.md ("UTXO runs and history segments"); `segment_writer.rs` writes it.
 
@@ -8,17 +8,13 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
+use crate::history::block::{decode_block, Block};
 use crate::utxo::filter::{hashx_parts, KeyFilter, MAX_FILTERED};
 use crate::utxo::sorted_file::{decode_footer, footer_len, le_u64, partition, read_block};
-use crate::varint;
 use crate::{HashX, HASHX_LEN};
 
 pub(super) const MAGIC: &[u8; 8] = b"FRMHIST1";
 const FOOTER_FIELDS: usize = 4; // entries, min txnum, max txnum, index offset
-
-/// Target raw body size of a block: big enough for zstd to find the deltas' patterns, small
-/// enough that looking up a short history decompresses little.
-pub(super) const BLOCK: usize = 8 << 10;
 
 const ENTRY: usize = HASHX_LEN + 8; // first hashx of the block ++ block offset LE
 
@@ -26,60 +22,6 @@ const ENTRY: usize = HASHX_LEN + 8; // first hashx of the block ++ block offset 
 thread_local! {
     /// Blocks this thread has decoded: tests check that reads skip what they should.
     pub(super) static BLOCKS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// A block decoded into group pieces: (script key, range in `txnums`).
-#[derive(Default)]
-struct Block {
-    groups: Vec<(HashX, usize, usize)>,
-    txnums: Vec<u64>,
-}
-
-/// Decodes a block body, checking keys ascend and each group's numbers strictly ascend.
-fn decode_block(body: &[u8], path: &Path, offset: usize, out: &mut Block) -> Result<()> {
-    let corrupt = |reason: &str| Error::corrupt(path, offset as u64, reason);
-    out.groups.clear();
-    out.txnums.clear();
-    let mut pos = 0;
-    while pos < body.len() {
-        let tag = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad group header"))?;
-        let (count, shared) = (tag >> 4, (tag & 15) as usize);
-        let prev = out.groups.last().map(|g| g.0);
-        if count == 0 || shared >= HASHX_LEN || (prev.is_none() && shared > 0) {
-            return Err(corrupt("bad group header"));
-        }
-        // Each number takes at least one byte: a count beyond the bytes left is corrupt, and
-        // checking it first bounds the work a bad count can cause.
-        if count > (body.len() - pos) as u64 {
-            return Err(corrupt("group count out of range"));
-        }
-        let mut hashx = prev.unwrap_or_default();
-        let suffix = body
-            .get(pos..pos + HASHX_LEN - shared)
-            .ok_or_else(|| corrupt("truncated script key"))?;
-        hashx[shared..].copy_from_slice(suffix);
-        pos += HASHX_LEN - shared;
-        if prev.is_some_and(|p| p >= hashx) {
-            return Err(corrupt("script keys out of order"));
-        }
-        let start = out.txnums.len();
-        let mut txnum = 0u64;
-        for i in 0..count {
-            let n = varint::get(body, &mut pos).ok_or_else(|| corrupt("bad tx number"))?;
-            txnum = if i == 0 {
-                n
-            } else if n == 0 {
-                return Err(corrupt("tx numbers out of order"));
-            } else {
-                txnum
-                    .checked_add(n)
-                    .ok_or_else(|| corrupt("tx number overflow"))?
-            };
-            out.txnums.push(txnum);
-        }
-        out.groups.push((hashx, start, out.txnums.len()));
-    }
-    Ok(())
 }
 
 /// An open segment, its footer and index validated.
@@ -141,7 +83,7 @@ impl Segment {
             let mut filter = KeyFilter::with_capacity(entries);
             let mut block = Block::default();
             for i in 0..n {
-                seg.block(i, &mut block)?;
+                seg.block(i, None, &mut block)?;
                 for (h, _, _) in &block.groups {
                     let (a, b) = hashx_parts(h);
                     filter.insert(a, b);
@@ -187,7 +129,8 @@ impl Segment {
         le_u64(self.file.bytes(), self.idx + i * ENTRY + HASHX_LEN) as usize
     }
 
-    fn block(&self, i: usize, out: &mut Block) -> Result<()> {
+    /// Decodes block `i` (up to the first key above `until`) and checks its first key.
+    fn block(&self, i: usize, until: Option<&HashX>, out: &mut Block) -> Result<()> {
         #[cfg(test)]
         BLOCKS_READ.with(|n| n.set(n.get() + 1));
         let off = self.offset(i);
@@ -197,7 +140,7 @@ impl Segment {
             self.blocks_end
         };
         let body = read_block(self.file.bytes(), off, end, self.path())?;
-        decode_block(&body, self.path(), off, out)?;
+        decode_block(&body, self.path(), off, until, out)?;
         match out.groups.first() {
             Some(g) if g.0[..] == *self.first(i) => Ok(()),
             _ => Err(Error::corrupt(
@@ -235,7 +178,7 @@ impl Segment {
             let (mut lo, mut hi) = (opening, end);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                self.block(mid, &mut block)?;
+                self.block(mid, Some(hashx), &mut block)?;
                 if block.txnums[block.groups[0].1] < from {
                     lo = mid + 1;
                 } else {
@@ -251,7 +194,7 @@ impl Segment {
             if self.first(i) > &hashx[..] {
                 break;
             }
-            self.block(i, &mut block)?;
+            self.block(i, Some(hashx), &mut block)?;
             for &(h, a, b) in &block.groups {
                 if h == *hashx {
                     let nums = &block.txnums[a..b];
@@ -311,7 +254,7 @@ impl SegmentCursor {
             if self.next_block == self.seg.nblocks {
                 return Ok(None);
             }
-            self.seg.block(self.next_block, &mut self.block)?;
+            self.seg.block(self.next_block, None, &mut self.block)?;
             let (h, start, _) = self.block.groups[0];
             if self
                 .last

@@ -4,15 +4,15 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::history::segment::{BLOCK, MAGIC};
-use crate::utxo::sorted_file::{encode_footer, FileWriter, GroupedBlock};
+use crate::history::block::BlockBuilder;
+use crate::history::segment::MAGIC;
+use crate::utxo::sorted_file::{encode_footer, FileWriter};
 use crate::HashX;
 
 /// Writes a new segment from entries pushed in strictly ascending (hashx, txnum) order.
 pub(crate) struct SegmentWriter {
     w: FileWriter,
-    block: GroupedBlock,
-    block_first: Option<HashX>,
+    block: BlockBuilder,
     index: Vec<u8>,
     entries: u64,
     min: u64,
@@ -23,8 +23,7 @@ impl SegmentWriter {
     pub fn create(path: &Path) -> Result<SegmentWriter> {
         Ok(SegmentWriter {
             w: FileWriter::create(path)?,
-            block: GroupedBlock::new(BLOCK),
-            block_first: None,
+            block: BlockBuilder::default(),
             index: Vec::new(),
             entries: 0,
             min: u64::MAX,
@@ -33,22 +32,19 @@ impl SegmentWriter {
     }
 
     pub fn push(&mut self, hashx: &HashX, txnum: u64) -> Result<()> {
-        if self.block_first.is_none() {
-            self.block_first = Some(*hashx);
-        }
-        self.block.entry(hashx, txnum);
+        self.block.push(hashx, txnum);
         self.entries += 1;
         self.min = self.min.min(txnum);
         self.max = self.max.max(txnum);
-        if self.block.is_full(BLOCK) {
+        if self.block.is_full() {
             self.emit_block()?;
         }
         Ok(())
     }
 
     fn emit_block(&mut self) -> Result<()> {
-        let first = self.block_first.take().unwrap();
-        let off = self.w.write_frame(&self.block.take(true))?;
+        let first: HashX = *self.block.first().unwrap();
+        let off = self.w.write_frame(&self.block.take())?;
         self.index.extend_from_slice(&first);
         self.index.extend_from_slice(&off.to_le_bytes());
         Ok(())
