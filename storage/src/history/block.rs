@@ -11,8 +11,8 @@ use crate::utxo::sorted_file::encode_block;
 use crate::varint;
 use crate::{HashX, HASHX_LEN};
 
-/// Bit widths of the block parameters (key gap and count Rice parameters, first-number
-/// width, default delta parameter) and of a group's own delta parameter.
+/// Bit widths of the block parameters (Rice parameters of key gaps and of counts above 2,
+/// first-number width, default delta parameter) and of a group's own delta parameter.
 const KEY_K_BITS: u32 = 7;
 const COUNT_K_BITS: u32 = 2;
 const WIDTH_BITS: u32 = 7;
@@ -67,6 +67,32 @@ fn best_rice(values: impl Iterator<Item = u128> + Clone, max: u32) -> (u32, u64)
         .unwrap_or((0, cost(0)))
 }
 
+/// Writes a group's count: `1` for 2 (paid, then spent: the commonest script), `01` for 1,
+/// else `00` and the count minus 3 Rice-coded.
+fn put_count(w: &mut BitWriter, count: u64, count_k: u32) {
+    match count {
+        2 => w.put(1, 1),
+        1 => w.put(0b10, 2),
+        _ => {
+            w.put(0, 2);
+            w.rice(u128::from(count - 3), count_k);
+        }
+    }
+}
+
+/// Reads what `put_count` wrote.
+fn get_count(r: &mut BitReader, count_k: u32) -> Option<u64> {
+    if r.get(1)? == 1 {
+        return Some(2);
+    }
+    if r.get(1)? == 1 {
+        return Some(1);
+    }
+    let c = r.rice(count_k, 64)? as u64;
+    // A count that does not fit the bits left (checked by the caller) cannot overflow here.
+    c.checked_add(3)
+}
+
 /// A block being filled with (hashx, txnum) entries in strictly ascending order.
 #[derive(Default)]
 pub(super) struct BlockBuilder {
@@ -119,7 +145,8 @@ impl BlockBuilder {
             .windows(2)
             .map(|w| key_int(&w[1].0) - key_int(&w[0].0) - 1);
         let (key_k, _) = best_rice(gaps.clone(), KEY_BITS);
-        let (count_k, _) = best_rice(nums.iter().map(|g| g.len() as u128 - 1), COUNT_K_MAX);
+        let long = nums.iter().filter(|g| g.len() > 2);
+        let (count_k, _) = best_rice(long.map(|g| g.len() as u128 - 3), COUNT_K_MAX);
         // Deltas minus one of each group of two or more numbers, with the parameter that
         // codes them best.
         let deltas: Vec<(Vec<u128>, u32, u64)> = nums
@@ -163,7 +190,7 @@ impl BlockBuilder {
             if i > 0 {
                 w.rice(gaps.next().unwrap(), key_k);
             }
-            w.rice(g.len() as u128 - 1, count_k);
+            put_count(&mut w, g.len() as u64, count_k);
             w.put(g[0] - base, width);
             if g.len() == 1 {
                 continue;
@@ -231,12 +258,9 @@ pub(super) fn decode_block(
                 .ok_or_else(|| corrupt("bad script key"))?;
         }
         // Each number after the first takes at least one bit.
-        let count = r
-            .rice(count_k, 64)
-            .map(|c| c as u64)
-            .filter(|&c| c <= r.left() as u64)
-            .ok_or_else(|| corrupt("group count out of range"))?
-            + 1;
+        let count = get_count(&mut r, count_k)
+            .filter(|&c| c - 1 <= r.left() as u64)
+            .ok_or_else(|| corrupt("group count out of range"))?;
         let bad_number = || corrupt("bad tx number");
         let overflow = || corrupt("tx number overflow");
         let txnum = base
@@ -307,6 +331,7 @@ mod tests {
             (key(0, 0), vec![5]),
             (key(0, 1), vec![0, 1, 2, 3, 1000, 1 << 40]),
             (key(0x80, 3), vec![7, 9]),
+            (key(0x80, 4), vec![7, 8, 9]),
             ([0xff; HASHX_LEN], vec![u64::MAX - 2, u64::MAX]),
         ];
         let mut b = BlockBuilder::default();
@@ -346,25 +371,25 @@ mod tests {
 
         // Group 0 (one number) is fine; group 1's key gap runs past 88 bits.
         let group0 = |w: &mut BitWriter| {
-            w.rice(0, 0);
+            put_count(w, 1, 0);
             w.put(3, 2);
         };
         let gap = body(2, 0, |w| {
             params(w, 80, 0, 2, 0);
             group0(w);
             w.rice((1 << 88) - 1, 80);
-            w.rice(0, 0);
+            put_count(w, 1, 0);
             w.put(0, 2);
         });
         assert_eq!(err(&gap), format!("{at}bad script key"));
         let count = body(1, 0, |w| {
             params(w, 0, 0, 0, 0);
-            w.rice(20, 0);
+            put_count(w, 23, 0);
         });
         assert_eq!(err(&count), format!("{at}group count out of range"));
         let first = body(1, 0, |w| {
             params(w, 0, 0, 30, 0);
-            w.rice(0, 0);
+            put_count(w, 1, 0);
         });
         assert_eq!(err(&first), format!("{at}bad tx number"));
         let base = body(1, u64::MAX, |w| {
@@ -374,14 +399,14 @@ mod tests {
         assert_eq!(err(&base), format!("{at}tx number overflow"));
         let k = body(1, 0, |w| {
             params(w, 0, 0, 2, 0);
-            w.rice(1, 0);
+            put_count(w, 2, 0);
             w.put(0, 2);
             w.put(1, 1); // an own parameter, missing
         });
         assert_eq!(err(&k), format!("{at}bad tx number"));
         let delta = body(1, u64::MAX - 3, |w| {
             params(w, 0, 0, 2, 4);
-            w.rice(1, 0);
+            put_count(w, 2, 0);
             w.put(0, 2);
             w.put(0, 1);
             w.rice(3, 4);
