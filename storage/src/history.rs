@@ -285,12 +285,16 @@ impl HistoryView {
     /// are not read, nor the blocks of a long history that end before `from`.
     pub fn get_since(&self, hashx: &HashX, from: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
+        let mut ascending = true;
         for s in self.segs.iter() {
+            let at = out.len();
             s.seg.get_since(hashx, s.cut, from, &mut out)?;
+            ascending &= at == 0 || out.len() == at || out[at - 1] < out[at];
         }
-        // Segments normally hold increasing numbers; after a rollback (or a caller that
-        // appended out of order across flushes) restore the order.
-        if !out.windows(2).all(|w| w[0] < w[1]) {
+        // Each segment's numbers ascend (`Segment::get_since` checks), and segments normally
+        // hold increasing numbers; after a rollback (or a caller that appended out of order
+        // across flushes) restore the order.
+        if !ascending {
             out.sort_unstable();
             out.dedup();
         }

@@ -151,7 +151,8 @@ impl Segment {
         }
     }
 
-    /// Appends the tx numbers of `hashx` below `cut` and >= `from` to `out`, ascending. The
+    /// Appends the tx numbers of `hashx` below `cut` and >= `from` to `out`, strictly
+    /// ascending (corruption otherwise). The
     /// entries of one key are contiguous, so this reads consecutive blocks. A long history
     /// spans blocks that open with its key; a binary search over their first numbers (one
     /// block decoded per probe) skips those that end before `from`.
@@ -190,6 +191,7 @@ impl Segment {
                 start = lo - 1;
             }
         }
+        let seg_start = out.len();
         for i in start..self.nblocks {
             if self.first(i) > &hashx[..] {
                 break;
@@ -200,7 +202,16 @@ impl Segment {
                     let nums = &block.txnums[a..b];
                     let from_at = nums.partition_point(|&t| t < from);
                     let keep = cut.map_or(nums.len(), |c| nums.partition_point(|&t| t < c));
-                    out.extend_from_slice(&nums[from_at..keep.max(from_at)]);
+                    let nums = &nums[from_at..keep.max(from_at)];
+                    // Numbers ascend within a block; check they do across blocks too, so
+                    // that the caller need not check every one.
+                    if let (Some(first), Some(last)) = (nums.first(), out[seg_start..].last()) {
+                        if first <= last {
+                            let off = self.offset(i) as u64;
+                            return Err(Error::corrupt(self.path(), off, "blocks out of order"));
+                        }
+                    }
+                    out.extend_from_slice(nums);
                 } else if h > *hashx {
                     return Ok(());
                 }

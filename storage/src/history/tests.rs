@@ -393,6 +393,39 @@ fn bad_contents_under_valid_checksums_are_errors_not_panics() {
 }
 
 #[test]
+fn numbers_going_back_across_blocks_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    for t in 0..40_000u64 {
+        set.append(hx(5), 100_000 + t * 3);
+    }
+    set.flush(&mut alloc).unwrap();
+    let state = set.state();
+    drop(set);
+    let path = dir.path().join("hist-1.seg");
+    let mut data = fs::read(&path).unwrap();
+    let (frames, _) = frame_starts(&data, &path);
+    assert!(frames.len() > 3, "{} frames", frames.len());
+    // The second block: codec, first key, one group, then its base (3 varint bytes), here
+    // made 0 without changing its length.
+    let base = frames[1] + 4 + 1 + 11 + 1;
+    assert_eq!(data[base + 2] & 0x80, 0, "a 3-byte base");
+    data[base..base + 3].copy_from_slice(&[0x80, 0x80, 0]);
+    crate::utxo::reseal_checksums(&mut data);
+    fs::write(&path, &data).unwrap();
+    let set = HistorySet::open(dir.path(), &state).unwrap();
+    let want = format!(
+        "corrupt store file {} at offset {}: blocks out of order",
+        path.display(),
+        frames[1]
+    );
+    assert_eq!(set.view().get(&hx(5)).unwrap_err().to_string(), want);
+    let err = set.view().for_each(&mut |_, _| {}).unwrap_err();
+    assert_eq!(err.to_string(), want);
+}
+
+#[test]
 fn arbitrary_bytes_as_a_segment_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hist-1.seg");
