@@ -54,8 +54,8 @@ impl BitWriter {
         }
     }
 
-    /// Rice code of `v` with parameter `k` (below 128): `v >> k` in unary (that many zeros, then a one),
-    /// then the low `k` bits; a quotient of `ESC` or more is escaped.
+    /// Rice code of `v` with parameter `k` (below 128): `v >> k` in unary (that many zeros,
+    /// then a one), then the low `k` bits; a quotient of `ESC` or more is escaped.
     pub fn rice(&mut self, v: u128, k: u32) {
         let q = v >> k;
         if q < u128::from(ESC) {
