@@ -354,10 +354,22 @@ impl UndoLog {
     /// hold a file per block; the tiers rewrite each record O(log span) times, and the span
     /// bound keeps a merged file from outliving the horizon by more than 1/16 of it. Returns
     /// whether any merge happened.
+    ///
+    /// First, the oldest file is trimmed to the horizon once at least a quarter of it (and
+    /// of the span bound) has fallen below: a file lives until its last block leaves the
+    /// horizon, and one written by an initial sync can span far more than the horizon.
     pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
         let cap = (self.keep / 16).max(16);
         let span = |r: &UndoRef| r.last - r.first + 1;
         let mut worked = false;
+        if let (Some(oldest), Some(newest)) = (self.files.first(), self.files.last()) {
+            let low = (newest.r.last + 1).saturating_sub(self.keep);
+            let dead = low.saturating_sub(oldest.r.first);
+            if dead >= cap && dead >= span(&oldest.r) / 4 && low <= oldest.r.last {
+                self.merge(0..1, low, alloc_id)?;
+                worked = true;
+            }
+        }
         loop {
             let Some(newest) = self.files.last() else {
                 return Ok(worked);
@@ -376,22 +388,29 @@ impl UndoLog {
             if self.files.len() - start < MERGE_FILES {
                 return Ok(worked);
             }
-            self.merge(start..self.files.len(), alloc_id)?;
+            self.merge(start..self.files.len(), 0, alloc_id)?;
             worked = true;
         }
     }
 
-    /// Rewrites the live records of `files[range]` as one file.
-    fn merge(&mut self, range: Range<usize>, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
+    /// Rewrites the live records of `files[range]` from height `from` on as one file.
+    fn merge(
+        &mut self,
+        range: Range<usize>,
+        from: u32,
+        alloc_id: &mut dyn FnMut() -> u64,
+    ) -> Result<()> {
         let mut bodies: Vec<(u32, Vec<u8>)> = Vec::new();
         for f in &self.files[range.clone()] {
-            for_each_chunk(f, 0, &mut |first, records, _| {
+            for_each_chunk(f, from, &mut |first, records, _| {
                 for (i, body) in records.iter().enumerate() {
                     let height = first + i as u32;
                     if height > f.r.last {
                         return Ok(false);
                     }
-                    bodies.push((height, body.to_vec()));
+                    if height >= from {
+                        bodies.push((height, body.to_vec()));
+                    }
                 }
                 Ok(first + (records.len() as u32) <= f.r.last)
             })?;
@@ -779,6 +798,45 @@ mod tests {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
         assert!(log.read(9).is_err());
+    }
+
+    #[test]
+    fn the_oldest_file_is_trimmed_to_the_horizon_once_a_quarter_is_below() {
+        let dir = tempfile::tempdir().unwrap();
+        // A horizon of 64 blocks: merges span at most 16.
+        let mut log = UndoLog::open(dir.path(), 64, &[]).unwrap();
+        let mut id = 0;
+        let mut alloc = || {
+            id += 1;
+            id
+        };
+        let mut commit = |log: &mut UndoLog, blocks: Range<u32>| {
+            for h in blocks.clone() {
+                log.push(&undo(h));
+            }
+            log.flush(&mut alloc, Some(blocks.end - 1)).unwrap();
+            let worked = log.compact(&mut alloc).unwrap();
+            log.committed();
+            worked
+        };
+        // Two 40-block commits: the horizon starts at 16, the first file at 0.
+        assert!(!commit(&mut log, 0..40));
+        assert!(
+            !commit(&mut log, 40..78),
+            "15 blocks below: under the bound"
+        );
+        assert_eq!(log.first_height(), Some(0));
+        assert!(commit(&mut log, 78..80));
+        assert_eq!(log.first_height(), Some(16));
+        assert_eq!(log.file_names().len(), 3);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        let refs = log.refs();
+        drop(log);
+        let log = UndoLog::open(dir.path(), 64, &refs).unwrap();
+        assert!(log.read(15).is_err());
+        for h in 16..80 {
+            assert_eq!(log.read(h).unwrap(), undo(h));
+        }
     }
 
     #[test]
