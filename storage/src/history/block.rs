@@ -49,7 +49,7 @@ fn bit_len(v: u128) -> u32 {
 }
 
 /// The Rice parameter (at most `max`) that codes `values` in the fewest bits, and that
-/// count. The best one is within a few of the bit length of the mean.
+/// count. The best one is at most two below the bit length of the mean.
 fn best_rice(values: impl Iterator<Item = u128> + Clone, max: u32) -> (u32, u64) {
     let (sum, n) = values
         .clone()
@@ -61,7 +61,7 @@ fn best_rice(values: impl Iterator<Item = u128> + Clone, max: u32) -> (u32, u64)
             .map(|v| u64::from(BitWriter::rice_len(v, k)))
             .sum()
     };
-    (guess.saturating_sub(2).min(max)..=(guess + 1).min(max))
+    (guess.saturating_sub(2).min(max)..=guess.min(max))
         .map(|k| (k, cost(k)))
         .min_by_key(|&(k, c)| (c, k))
         .unwrap_or((0, cost(0)))
@@ -163,10 +163,15 @@ impl BlockBuilder {
                 .map(|&v| u64::from(BitWriter::rice_len(v, k)))
                 .sum()
         };
-        // The block's default parameter: a group uses it (one bit) or names its own.
+        // The block's default parameter: a group uses it (one bit) or names its own. A long
+        // group almost always names its own, so only short ones are costed both ways.
         let group_cost = |(d, k, cost): &(Vec<u128>, u32, u64), k0: u32| {
-            let own = (k != &k0).then_some(cost + u64::from(K_BITS));
-            own.into_iter().chain([rice_cost(d, k0)]).min().unwrap()
+            let own = cost + u64::from(K_BITS);
+            match d.len() {
+                _ if *k == k0 => *cost,
+                1..=8 => own.min(rice_cost(d, k0)),
+                _ => own,
+            }
         };
         let mut ks: Vec<u32> = deltas.iter().map(|g| g.1).collect();
         ks.sort_unstable();
@@ -196,7 +201,7 @@ impl BlockBuilder {
                 continue;
             }
             let (d, k, cost) = deltas.next().unwrap();
-            let k = if rice_cost(d, k0) <= cost + u64::from(K_BITS) {
+            let k = if *k == k0 || rice_cost(d, k0) <= cost + u64::from(K_BITS) {
                 w.put(0, 1);
                 k0
             } else {
