@@ -3,6 +3,7 @@
 //! a checksummed footer; plus cursors and the k-way merge. The layout is specified in
 //! docs/STORAGE.md ("UTXO runs and history segments"); `segment_writer.rs` writes it.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -139,8 +140,16 @@ impl Segment {
         } else {
             self.blocks_end
         };
-        let body = read_block(self.file.bytes(), off, end, self.path())?;
-        decode_block(&body, self.path(), off, until, out)?;
+        // Blocks are written raw. A compressed one could expand to 1 MiB, and a bit stream
+        // that size to 8M numbers: refuse it rather than allocate for it.
+        let Cow::Borrowed(body) = read_block(self.file.bytes(), off, end, self.path())? else {
+            return Err(Error::corrupt(
+                self.path(),
+                off as u64,
+                "compressed history block",
+            ));
+        };
+        decode_block(body, self.path(), off, until, out)?;
         match out.groups.first() {
             Some(g) if g.0[..] == *self.first(i) => Ok(()),
             _ => Err(Error::corrupt(

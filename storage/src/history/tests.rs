@@ -426,6 +426,43 @@ fn numbers_going_back_across_blocks_are_corrupt() {
 }
 
 #[test]
+fn compressed_blocks_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+    set.append(hx(1), 5);
+    set.flush(&mut alloc).unwrap();
+    let state = set.state();
+    drop(set);
+    let path = dir.path().join("hist-1.seg");
+    let good = fs::read(&path).unwrap();
+    let (frames, footer) = frame_starts(&good, &path);
+    // The one block's body, now zstd-compressed (codec 1), then the index and footer anew.
+    let (payload, _) = decode_frame(&good, frames[0], &path).unwrap();
+    let mut zstd_payload = vec![1];
+    crate::varint::put(&mut zstd_payload, payload.len() as u64 - 1);
+    zstd_payload.extend(zstd::bulk::compress(&payload[1..], 3).unwrap());
+    let mut bad = Vec::new();
+    crate::frame::encode_frame(&mut bad, &zstd_payload);
+    let idx = bad.len() as u64;
+    let mut index = hx(1).to_vec();
+    index.extend_from_slice(&0u64.to_le_bytes());
+    crate::frame::encode_frame(&mut bad, &index);
+    let fields = [1, 5, 5, idx];
+    crate::utxo::sorted_file::encode_footer(&mut bad, segment::MAGIC, &fields);
+    assert_eq!(bad[bad.len() - footer_len(4)..][..8], good[footer..][..8]);
+    fs::write(&path, &bad).unwrap();
+    let err = HistorySet::open(dir.path(), &state).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "corrupt store file {} at offset 0: compressed history block",
+            path.display()
+        )
+    );
+}
+
+#[test]
 fn arbitrary_bytes_as_a_segment_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hist-1.seg");
