@@ -1,6 +1,7 @@
-"""Helpers for tools/compare-sync.sh: size up a Ferrum chain file, submit it to bitcoind, ask
-the node's height and tx count, wait until an Electrum server on a port serves a given tip
-height, and report a server's time, memory and index size by component."""
+"""Helpers for tools/compare-sync.sh and tools/follow-tip.sh: size up a Ferrum chain file,
+submit it to bitcoind, ask the node's height and tx count, have the node emulator mine, wait
+until an Electrum server on a port serves a given tip height, and report a server's time,
+memory and index size by component."""
 import base64, glob, http.client, json, os, socket, struct, sys, time
 
 
@@ -13,6 +14,16 @@ def rpc(port, cookie, method, *params):
     if reply.get("error"):
         raise SystemExit(f"{method}: {reply['error']}")
     return reply["result"]
+
+
+def mine(control_port, blocks):
+    """Has the node emulator (its control port) serve `blocks` more blocks of its chain."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(control_port), timeout=60)
+    body = json.dumps({"jsonrpc": "1.0", "id": 1, "method": "emu_mine", "params": [int(blocks)]})
+    conn.request("POST", "/", body)
+    reply = json.loads(conn.getresponse().read())
+    if reply.get("error"):
+        raise SystemExit(f"emu_mine: {reply['error']}")
 
 
 def frames(path):
@@ -215,5 +226,7 @@ if __name__ == "__main__":
         print(rpc(args[0], args[1], "getblockcount"))
     elif cmd == "txcount":
         print(rpc(args[0], args[1], "getchaintxstats")["txcount"])
+    elif cmd == "mine":
+        mine(*args)
     elif cmd == "wait":
         sys.exit(wait(*args))
