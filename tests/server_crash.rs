@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -313,12 +313,7 @@ fn kill_9_server_mid_sync_and_at_tip() {
         blocks: SYNC_HEIGHT,
     });
     config.initial_height = Some(SYNC_HEIGHT);
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+    let free_port = || SocketAddr::from(([127, 0, 0, 1], ferrum_tools::ports::free_port()));
     let mut setup = Setup {
         emu: Emulator::start(config).unwrap(),
         rpc: free_port(),

@@ -19,13 +19,7 @@ use serde_json::{json, Value};
 /// How long the server may take to index the chain and open its wallet ports.
 const START_WAIT: Duration = Duration::from_secs(60);
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ferrum_tools::ports::free_port;
 
 /// The emulator's whole active chain, genesis first, read over its RPC and REST interfaces.
 pub fn node_chain(emu: &Emulator) -> Vec<Block> {

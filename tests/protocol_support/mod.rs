@@ -146,13 +146,7 @@ impl Backend for TestBackend {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ferrum_tools::ports::free_port;
 
 pub struct TestServer {
     pub server: Arc<Server<TestBackend>>,

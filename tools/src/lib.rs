@@ -3,5 +3,6 @@
 pub mod chainfile;
 pub mod chaingen;
 pub mod emulator;
+pub mod ports;
 pub mod regtest;
 pub mod rpcbench;
