@@ -18,4 +18,6 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod status;
+#[cfg(test)]
+mod test_store;
 pub mod transport;

@@ -125,6 +125,20 @@ pub struct SessionLimits {
     pub session_timeout: Duration,
 }
 
+impl SessionLimits {
+    /// No cost limit (10 requests at once), no size limits, no request timeout, 10 minutes of
+    /// idleness allowed: for in-process clients such as tests and benchmarks.
+    pub fn unlimited() -> SessionLimits {
+        SessionLimits {
+            cost: CostParams::unlimited(10),
+            max_send: 0,
+            max_recv: 0,
+            request_timeout: None,
+            session_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Counters shown by the local RPC `sessions` command.
 #[derive(Clone, Debug, Default)]
 pub struct SessionStats {

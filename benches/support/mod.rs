@@ -2,12 +2,10 @@
 //! mempool (caches empty: one per call), and a wallet session on it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferrum::electrum::{Electrum, Node};
 use ferrum::query::EmptyMempool;
 use ferrum::services::Protocol;
-use ferrum::session::cost::CostParams;
 use ferrum::session::{SessionContext, SessionLimits};
 use ferrum_storage::Store;
 use futures_util::future::BoxFuture;
@@ -45,13 +43,7 @@ pub fn electrum(store: &Store) -> Electrum {
 /// A TCP session context with no cost or size limits, and its outgoing queue (kept open for
 /// as long as the session is used).
 pub fn session() -> (Arc<SessionContext>, Receiver<Vec<u8>>) {
-    let limits = SessionLimits {
-        cost: CostParams::unlimited(10),
-        max_send: 0,
-        max_recv: 0,
-        request_timeout: None,
-        session_timeout: Duration::from_secs(600),
-    };
+    let limits = SessionLimits::unlimited();
     SessionContext::new(
         1,
         Protocol::Tcp,

@@ -5,10 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bitcoin::hashes::{sha256, sha256d, Hash};
-use ferrum_storage::{BlockData, Hash32, HashX, Options, Store, TxData};
+use ferrum_storage::{BlockData, Hash32, HashX, Store, TxData};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -18,8 +17,8 @@ use crate::hex::{hash_hex, parse_hash, to_hex};
 use crate::merkle::{header_hash, root_from_branch};
 use crate::query::{self, MempoolOutput, MempoolTx};
 use crate::services::Protocol;
-use crate::session::cost::CostParams;
 use crate::session::SessionLimits;
+use crate::test_store::committed_store;
 
 fn key(b: u8) -> HashX {
     [b; 11]
@@ -179,12 +178,7 @@ struct Fixture {
 }
 
 fn fixture(mempool: Arc<dyn MempoolView>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    for block in chain_blocks() {
-        store.apply_block(&block).unwrap();
-    }
-    store.commit().unwrap();
+    let (dir, store) = committed_store(chain_blocks());
     let node = FakeNode::new(|method, params| match method {
         "getrawtransaction" if params[0] == "00".repeat(32) => {
             Err(rpc_error(-5, "No such mempool or blockchain transaction"))
@@ -215,11 +209,8 @@ struct Client {
 
 fn client(f: &Fixture, version: &[i64], max_send: usize) -> Client {
     let limits = SessionLimits {
-        cost: CostParams::unlimited(10),
         max_send,
-        max_recv: 0,
-        request_timeout: None,
-        session_timeout: Duration::from_secs(600),
+        ..SessionLimits::unlimited()
     };
     let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let (ctx, rx) = SessionContext::new(1, Protocol::Tcp, peer, limits, false);

@@ -11,11 +11,12 @@ use bitcoin::{
     absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
     Witness,
 };
-use ferrum_storage::{BlockData, Hash32, HashX, Options, Store, TxData};
+use ferrum_storage::{BlockData, Hash32, HashX, TxData};
 
 use super::source::{NodeMempool, Source};
 use super::*;
 use crate::blocks::script_hashx;
+use crate::test_store::committed_store;
 
 fn script(n: u8) -> ScriptBuf {
     ScriptBuf::from_bytes(vec![0x01, n])
@@ -148,11 +149,8 @@ fn c0() -> Transaction {
 
 #[tokio::test]
 async fn add_confirm_reorg_back_evict_and_replace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
     let c0 = c0();
-    store.apply_block(&block(0, &[&c0])).unwrap();
-    store.commit().unwrap();
+    let (_dir, mut store) = committed_store([block(0, &[&c0])]);
     let snap0 = store.snapshot();
     let node = FakeNode::default();
     let mempool = Mempool::new();
@@ -255,11 +253,8 @@ async fn add_confirm_reorg_back_evict_and_replace() {
 
 #[tokio::test]
 async fn unresolvable_inputs_are_retried_next_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
     let c0 = c0();
-    store.apply_block(&block(0, &[&c0])).unwrap();
-    store.commit().unwrap();
+    let (_dir, mut store) = committed_store([block(0, &[&c0])]);
     let snap0 = store.snapshot();
     let node = FakeNode::default();
     let mempool = Mempool::new();
@@ -306,11 +301,8 @@ async fn unresolvable_inputs_are_retried_next_round() {
 
 #[tokio::test]
 async fn a_round_at_another_tip_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
     let c0 = c0();
-    store.apply_block(&block(0, &[&c0])).unwrap();
-    store.commit().unwrap();
+    let (_dir, store) = committed_store([block(0, &[&c0])]);
     let snap = store.snapshot();
     let node = FakeNode::default();
     let mempool = Mempool::new();
@@ -341,13 +333,10 @@ async fn a_round_at_another_tip_changes_nothing() {
 
 #[tokio::test]
 async fn the_fee_histogram_is_built_on_the_first_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
     // 1000 confirmed coins of 10,000 sat; mempool tx i spends coin i and pays B 9,000 (even i)
     // or 9,500 (odd i): fees of 1,000 and 500.
     let coinbase = tx(&[([0; 32], u32::MAX)], &[(A, 10_000); 1000]);
-    store.apply_block(&block(0, &[&coinbase])).unwrap();
-    store.commit().unwrap();
+    let (_dir, store) = committed_store([block(0, &[&coinbase])]);
     let snap = store.snapshot();
     let spends: Vec<Transaction> = (0..1000u32)
         .map(|i| {

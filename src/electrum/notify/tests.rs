@@ -5,9 +5,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use ferrum_storage::{BlockData, Hash32, Options, Store, TxData};
+use ferrum_storage::{BlockData, Hash32, Store, TxData};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -18,9 +17,9 @@ use crate::hex::{hash_hex, to_hex};
 use crate::jsonrpc::Params;
 use crate::query::{self, EmptyMempool, MempoolOutput, MempoolTx, MempoolView};
 use crate::services::Protocol;
-use crate::session::cost::CostParams;
 use crate::session::{Backend, ProtocolVersion, SessionContext, SessionLimits};
 use crate::status::{history, status};
+use crate::test_store::committed_store;
 
 const A: u8 = 0xa1;
 const B: u8 = 0xb2;
@@ -111,12 +110,7 @@ impl MempoolView for Flipping {
 }
 
 fn fixture_with(mempool: Arc<dyn MempoolView>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    for h in 0..10 {
-        store.apply_block(&block(0, h, &[A, B])).unwrap();
-    }
-    store.commit().unwrap();
+    let (dir, store) = committed_store((0..10).map(|h| block(0, h, &[A, B])));
     let node = FakeNode::new(|method, _| Err(rpc_error(-32601, method)));
     let regtest = crate::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
     let electrum = Electrum::with_node(store.reader(), regtest, node, mempool);
@@ -135,13 +129,7 @@ struct Client {
 
 impl Client {
     fn new(f: &Fixture, id: u64) -> Client {
-        let limits = SessionLimits {
-            cost: CostParams::unlimited(10),
-            max_send: 0,
-            max_recv: 0,
-            request_timeout: None,
-            session_timeout: Duration::from_secs(600),
-        };
+        let limits = SessionLimits::unlimited();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let (ctx, rx) = SessionContext::new(id, Protocol::Tcp, peer, limits, false);
         ctx.set_protocol_version(ProtocolVersion::new(&[1, 6]));

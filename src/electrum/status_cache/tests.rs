@@ -2,11 +2,12 @@
 //! untouched scripts, mempool changes, reorgs (shorter, longer, same height), older
 //! snapshots; what a long history costs; subscriptions and the bound.
 
-use ferrum_storage::{BlockData, Hash32, Options, Store, TxData};
+use ferrum_storage::{BlockData, Hash32, TxData};
 
 use super::*;
 use crate::query::{self, MempoolTx};
 use crate::status::{history, status};
+use crate::test_store::committed_store;
 
 fn key(b: u8) -> HashX {
     [b; 11]
@@ -92,12 +93,7 @@ const C: u8 = 3;
 
 #[test]
 fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    for h in 0..5 {
-        store.apply_block(&block(0, h, &[A, B, A])).unwrap();
-    }
-    store.commit().unwrap();
+    let (_dir, mut store) = committed_store((0..5).map(|h| block(0, h, &[A, B, A])));
     let cache = StatusCache::default();
     let snap = store.snapshot();
     for k in [A, B, C] {
@@ -178,10 +174,7 @@ fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
 /// A deterministic walk of blocks, reorgs, compactions and mempool changes, each step checked.
 #[test]
 fn a_random_walk_matches_statuses_from_scratch() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    store.apply_block(&block(0, 0, &[A])).unwrap();
-    store.commit().unwrap();
+    let (_dir, mut store) = committed_store([block(0, 0, &[A])]);
     let cache = StatusCache::default();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move |n: u64| {
@@ -238,12 +231,7 @@ fn a_random_walk_matches_statuses_from_scratch() {
 #[test]
 fn a_new_transaction_on_a_long_history_hashes_only_it() {
     const ENTRIES: u32 = 100_000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    for h in 0..ENTRIES / 1000 {
-        store.apply_block(&block(0, h, &[A; 1000])).unwrap();
-    }
-    store.commit().unwrap();
+    let (_dir, mut store) = committed_store((0..ENTRIES / 1000).map(|h| block(0, h, &[A; 1000])));
     let cache = StatusCache::default();
     let snap = store.snapshot();
     assert!(matches!(
@@ -270,10 +258,7 @@ fn a_new_transaction_on_a_long_history_hashes_only_it() {
 
 #[test]
 fn errors_are_not_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    store.apply_block(&block(0, 0, &[A])).unwrap();
-    store.commit().unwrap();
+    let (_dir, store) = committed_store([block(0, 0, &[A])]);
     let cache = StatusCache::default();
     let snap = store.snapshot();
     let refused = cache.confirmed(&snap, tip_of(&snap), &key(A), || {
@@ -285,8 +270,7 @@ fn errors_are_not_cached() {
         Source::Read { .. }
     ));
     // An empty store has no tip: nothing to key an entry by.
-    let empty_dir = tempfile::tempdir().unwrap();
-    let empty = Store::open(empty_dir.path(), Options::default()).unwrap();
+    let (_empty_dir, empty) = committed_store([]);
     let (status, count, _) = cached(&cache, &empty.snapshot(), &key(A), &[]);
     assert_eq!((status, count), (None, 0));
     assert_eq!(cache.stats(), (3, 0, 1));
@@ -294,10 +278,7 @@ fn errors_are_not_cached() {
 
 #[test]
 fn entries_go_with_the_last_subscriber() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), Options::default()).unwrap();
-    store.apply_block(&block(0, 0, &[A, B])).unwrap();
-    store.commit().unwrap();
+    let (_dir, store) = committed_store([block(0, 0, &[A, B])]);
     let cache = StatusCache::default();
     let snap = store.snapshot();
     for k in [A, B] {
