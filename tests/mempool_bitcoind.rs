@@ -8,6 +8,7 @@
 
 mod mempool_support;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
@@ -98,6 +99,26 @@ fn header(e: &Expected) -> Value {
     json!({"hex": e.chain.header_hex(tip), "height": tip})
 }
 
+/// After the node mined a block: its state and statuses, once the server has notified exactly
+/// the scripts whose status changed since `before`, with the new header, and answers as the
+/// node's state says.
+async fn expect_block(
+    node: &RegtestNode,
+    w: &mut Wallet,
+    scripts: &[&ScriptBuf],
+    before: &BTreeMap<String, Value>,
+    what: &str,
+) -> (Expected, BTreeMap<String, Value>) {
+    let now = node_state(node);
+    let after = now.statuses(scripts);
+    let notified = w
+        .expect_statuses(&changed(before, &after), QUIET, what)
+        .await;
+    assert_eq!(notified.headers, vec![header(&now)], "{what}");
+    assert_answers(w, &now, scripts, what).await;
+    (now, after)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_mine_and_reorg_against_bitcoind() {
     let node = RegtestNode::start().unwrap();
@@ -173,14 +194,8 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         "generatetoaddress",
         json!([1, miner.address.to_string()]),
     );
-    let now = node_state(&node);
-    let after = now.statuses(&scripts);
+    let (_, after) = expect_block(&node, &mut w, &scripts, &statuses, "mined").await;
     assert_eq!(after[&script_hash(&b)], status_of(&[(txid, 102)]));
-    let notified = w
-        .expect_statuses(&changed(&statuses, &after), QUIET, "mined")
-        .await;
-    assert_eq!(notified.headers, vec![header(&now)]);
-    assert_answers(&mut w, &now, &scripts, "mined").await;
 
     // Reorg: block 102 invalidated, two blocks without the transaction mined instead; it is
     // back in the node's mempool. The server may follow the node through its intermediate
@@ -237,18 +252,12 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         "generateblock",
         json!([miner.address.to_string(), [txid.to_string()]]),
     );
-    let now = node_state(&node);
-    let after = now.statuses(&scripts);
+    let (_, after) = expect_block(&node, &mut w, &scripts, &statuses, "parent mined").await;
     assert_eq!(after[&script_hash(&c)], status_of(&[(child_id, 0)]));
     assert_eq!(
         after[&script_hash(&b)],
         status_of(&[(txid, 104), (child_id, 0)])
     );
-    let notified = w
-        .expect_statuses(&changed(&statuses, &after), QUIET, "parent mined")
-        .await;
-    assert_eq!(notified.headers, vec![header(&now)]);
-    assert_answers(&mut w, &now, &scripts, "parent mined").await;
 
     // And the child.
     let statuses = after;
@@ -257,14 +266,8 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         "generatetoaddress",
         json!([1, miner.address.to_string()]),
     );
-    let now = node_state(&node);
-    let after = now.statuses(&scripts);
+    let (now, after) = expect_block(&node, &mut w, &scripts, &statuses, "child mined").await;
     assert_eq!(after[&script_hash(&c)], status_of(&[(child_id, 105)]));
-    let notified = w
-        .expect_statuses(&changed(&statuses, &after), QUIET, "child mined")
-        .await;
-    assert_eq!(notified.headers, vec![header(&now)]);
-    assert_answers(&mut w, &now, &scripts, "child mined").await;
 
     // A double spend confirmed by a block evicts the mempool transaction it conflicts with:
     // Alice pays Dave from her second coinbase, then a block holds her payment of the same
@@ -308,18 +311,12 @@ async fn broadcast_mine_and_reorg_against_bitcoind() {
         "generateblock",
         json!([miner.address.to_string(), [raw_hex(&to_erin)]]),
     );
-    let now = node_state(&node);
+    let (now, after) = expect_block(&node, &mut w, &scripts, &statuses, "double spend mined").await;
     assert!(now.mempool_txids().is_empty());
-    let after = now.statuses(&scripts);
     assert_eq!(after[&script_hash(&d)], Value::Null);
     assert_eq!(
         after[&script_hash(&e)],
         status_of(&[(to_erin.compute_txid(), 106)])
     );
-    let notified = w
-        .expect_statuses(&changed(&statuses, &after), QUIET, "double spend mined")
-        .await;
-    assert_eq!(notified.headers, vec![header(&now)]);
-    assert_answers(&mut w, &now, &scripts, "double spend mined").await;
     server.stop();
 }
