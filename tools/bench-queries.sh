@@ -19,7 +19,7 @@ CHAIN=${CHAIN:-$CACHE/chains/large-200000-1.frm}
 SERVERS="${SERVERS:-ferrum} ${COMPARE:-}"
 ELECTRUMX=${ELECTRUMX:-/opt/ex/bin/electrumx_server}
 ELECTRS=${ELECTRS:-/opt/electrs/bin/electrs}
-bin=${CARGO_TARGET_DIR:-target}/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 bench_args=("$@")
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-bench-queries.XXXXXX")
 pids=()
@@ -33,17 +33,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+source tools/emulator.sh
 cargo build --release -q -p ferrum --bin ferrum \
   -p ferrum-tools --bin ferrum-emulator --bin ferrum-rpcbench --bin ferrum-chaingen
-if [ ! -f "$CHAIN" ]; then
-  mkdir -p "$(dirname "$CHAIN")"
-  "$bin/ferrum-chaingen" --seed 1 --txs 200000 --preset large --out "$CHAIN.tmp"
-  mv "$CHAIN.tmp" "$CHAIN"
-fi
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+ensure_chain "$CHAIN" 200000 1
 
 # serve NAME COMMAND...: starts a server on $port in its own session, waits until it
 # serves height $tip, benches it, stops it.
@@ -58,7 +51,7 @@ serve() {
     return 1
   fi
   echo "$name serves height $tip after $((SECONDS - start)) s" >&2
-  "$bin/ferrum-rpcbench" --chain "$CHAIN" --server "127.0.0.1:$port" --label "$name" \
+  "$BIN/ferrum-rpcbench" --chain "$CHAIN" --server "127.0.0.1:$port" --label "$name" \
     --server-pid "$pid" "${bench_args[@]}"
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -66,20 +59,13 @@ serve() {
 
 port=$(free_port)
 case " $SERVERS " in *" ferrum "*)
-  setsid "$bin/ferrum-emulator" --chain "$CHAIN" >"$work/emulator.out" 2>"$work/emulator.log" &
-  pids+=("$!")
-  until grep -q '^rpc=' "$work/emulator.out" 2>/dev/null; do
-    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/emulator.log" >&2; exit 1; }
-    sleep 0.2
-  done
-  emu=$(head -1 "$work/emulator.out")
-  rpc=$(sed 's/.*rpc=\([0-9]*\).*/\1/' <<<"$emu")
-  cookie=$(sed 's/.*cookie=\([^ ]*\).*/\1/' <<<"$emu")
+  start_emulator "$work" --chain "$CHAIN"
+  pids+=("$emu_pid")
   tip=$(python3 tools/compare_support.py height "$rpc" "$cookie")
   echo "emulator serves $CHAIN up to height $tip" >&2
   serve ferrum env DB_DIRECTORY="$work/ferrum-db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" \
     DAEMON_COOKIE_FILE="$cookie" SERVICES="tcp://127.0.0.1:$port" PEER_DISCOVERY=off \
-    MAX_SEND=200000000 COST_SOFT_LIMIT=0 COST_HARD_LIMIT=0 "$bin/ferrum" ;;
+    MAX_SEND=200000000 COST_SOFT_LIMIT=0 COST_HARD_LIMIT=0 "$BIN/ferrum" ;;
 esac
 
 case " $SERVERS " in *" electrumx "*|*" electrs "*)

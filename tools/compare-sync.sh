@@ -76,13 +76,11 @@ install_competitors() {
 }
 install_competitors
 
+source tools/emulator.sh
 cargo build --release -q -p ferrum --bin ferrum --bin ferrum-db \
   -p ferrum-tools --bin ferrum-chaingen --bin ferrum-emulator
 chain="$CACHE/chains/large-$TXS-$SEED$suffix.frm"
 mkdir -p "$CACHE/chains"
-generate() { # the chain, into file $1
-  "$BIN/ferrum-chaingen" --seed "$SEED" --txs "$TXS" --preset large "${gen_flags[@]}" --out "$1"
-}
 
 if [ "$NODE" = bitcoind ]; then
   # One node holds the chain; each server syncs from it in turn.
@@ -93,7 +91,8 @@ if [ "$NODE" = bitcoind ]; then
   if [ ! -f "$chain" ]; then
     # Generate straight into submitblock, keeping the file: the node validates blocks while
     # the generator makes the next ones (about half the time of one after the other).
-    generate /dev/stdout | tee "$chain.tmp" | python3 tools/compare_support.py submit /dev/stdin "$rpc" "$cookie"
+    "$BIN/ferrum-chaingen" --seed "$SEED" --txs "$TXS" --preset large --out /dev/stdout |
+      tee "$chain.tmp" | python3 tools/compare_support.py submit /dev/stdin "$rpc" "$cookie"
     mv "$chain.tmp" "$chain"
   fi
   read -r tip txs < <(python3 tools/compare_support.py chainsize "$chain")
@@ -104,25 +103,15 @@ if [ "$NODE" = bitcoind ]; then
     echo "bitcoind's chain is not $chain" >&2; exit 1; }
   blocks_bytes=$(du -sb "$node_dir/regtest/blocks" | cut -f1)
 else
-  if [ ! -f "$chain" ]; then
-    generate "$chain.tmp"
-    mv "$chain.tmp" "$chain"
-  fi
+  ensure_chain "$chain" "$TXS" "$SEED" "${gen_flags[@]}"
   read -r tip txs < <(python3 tools/compare_support.py chainsize "$chain")
-  "$BIN/ferrum-emulator" --chain "$chain" >"$work/emulator.out" 2>"$work/emulator.log" &
-  emu_pid=$!
-  until grep -q '^rpc=' "$work/emulator.out"; do
-    kill -0 "$emu_pid" 2>/dev/null || { echo "emulator failed:"; tail "$work/emulator.log"; exit 1; }
-    sleep 0.2
-  done
-  rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/emulator.out")
-  cookie=$(sed -n 's/.*cookie=\(.*\)$/\1/p' "$work/emulator.out")
+  start_emulator "$work" --chain "$chain"
   blocks_bytes=$(($(stat -c %s "$chain") - 8 - 4 * (tip + 1)))
 fi
 echo "chain: $chain, height $tip, $txs txs, $blocks_bytes bytes of blocks ($NODE)"
 echo "ferrum commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src storage Cargo.toml || echo ' (modified)'), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 measure() { # name db_dir command...: runs it from an empty db_dir until it serves $tip, then stops it
   local name=$1 db=$2; shift 2
   local start end

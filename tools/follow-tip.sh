@@ -23,22 +23,15 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+source tools/emulator.sh
 cargo build --release -q -p ferrum --bin ferrum --bin ferrum-db \
   -p ferrum-tools --bin ferrum-chaingen --bin ferrum-emulator
-if [ ! -f "$chain" ]; then
-  mkdir -p "$CACHE/chains"
-  "$BIN/ferrum-chaingen" --seed "$SEED" --txs "$TXS" --preset large --out "$chain.tmp"
-  mv "$chain.tmp" "$chain"
-fi
+ensure_chain "$chain" "$TXS" "$SEED"
 read -r tip txs < <(python3 tools/compare_support.py chainsize "$chain")
 start=$((tip - BLOCKS))
-"$BIN/ferrum-emulator" --chain "$chain" --initial-height "$start" >"$work/emulator.out" 2>"$work/emulator.log" &
-pids+=($!)
-until grep -q '^rpc=' "$work/emulator.out"; do sleep 0.1; done
-rpc=$(sed -n 's/^rpc=\([0-9]*\).*/\1/p' "$work/emulator.out")
-control=$(sed -n 's/.*control=\([0-9]*\).*/\1/p' "$work/emulator.out")
-cookie=$(sed -n 's/.*cookie=\(.*\)$/\1/p' "$work/emulator.out")
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+start_emulator "$work" --chain "$chain" --initial-height "$start"
+pids+=("$emu_pid")
+port=$(free_port)
 echo "chain: $chain, $txs txs; sync to $start, then $BLOCKS blocks one at a time"
 
 env DB_DIRECTORY="$work/db" NET=regtest DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" \
