@@ -10,7 +10,7 @@ use ferrum::services::Protocol;
 use ferrum_tools::chaingen::ChainParams;
 use ferrum_tools::emulator::{Auth, ChainSource, Emulator, EmulatorConfig};
 use protocol_support::{error_of, make_cert, Client, TestServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn getinfo_and_sessions() {
@@ -194,13 +194,16 @@ async fn wallets_start_separately() {
         .is_ok());
 }
 
-/// Reads header notifications until one at `height`; returns its header hex.
-async fn header_at(wallet: &mut Client, height: u64) -> Value {
+/// Reads header notifications until one at `height`; returns its block hash.
+async fn header_at(wallet: &mut Client, height: u64) -> bitcoin::BlockHash {
     loop {
         let note = wallet.recv_json().await;
         assert_eq!(note["method"], "blockchain.headers.subscribe", "{note}");
         if note["params"][0]["height"] == height {
-            return note["params"][0]["hex"].clone();
+            let hex = note["params"][0]["hex"].as_str().unwrap();
+            let header: bitcoin::block::Header =
+                bitcoin::consensus::encode::deserialize_hex(hex).unwrap();
+            return header.block_hash();
         }
     }
 }
@@ -272,10 +275,7 @@ async fn daemon_url_switches_nodes_at_run_time() {
     );
     // Only the second node has block 31.
     let mined = second.mine(1).unwrap();
-    let hex = header_at(&mut wallet, 31).await;
-    let header: bitcoin::block::Header =
-        bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap();
-    assert_eq!(header.block_hash(), mined[0]);
+    assert_eq!(header_at(&mut wallet, 31).await, mined[0]);
 
     // Falsy (named, as electrumx_rpc sends it): back to DAEMON_URL, which has block 32 first.
     let reply = rpc.call(4, "daemon_url", json!({"daemon_url": ""})).await;
@@ -284,8 +284,5 @@ async fn daemon_url_switches_nodes_at_run_time() {
         format!("now using daemon at 127.0.0.1:{}/", port(&first))
     );
     let mined = first.mine(2).unwrap();
-    let hex = header_at(&mut wallet, 32).await;
-    let header: bitcoin::block::Header =
-        bitcoin::consensus::encode::deserialize_hex(hex.as_str().unwrap()).unwrap();
-    assert_eq!(header.block_hash(), mined[1]);
+    assert_eq!(header_at(&mut wallet, 32).await, mined[1]);
 }
