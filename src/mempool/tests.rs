@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bitcoin::hashes::{sha256d, Hash};
+use bitcoin::hashes::Hash;
 use bitcoin::{
     absolute, transaction, Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid,
     Witness,
@@ -16,6 +16,7 @@ use ferrum_storage::{BlockData, Hash32, HashX, TxData};
 use super::source::{NodeMempool, Source};
 use super::*;
 use crate::blocks::script_hashx;
+use crate::merkle::snapshot_tip;
 use crate::test_store::committed_store;
 
 fn script(n: u8) -> ScriptBuf {
@@ -86,7 +87,7 @@ fn block(height: u8, txs: &[&Transaction]) -> BlockData {
 }
 
 fn tip_of(snap: &Snapshot) -> Hash32 {
-    sha256d::Hash::hash(&snap.header(snap.height().unwrap()).unwrap()).to_byte_array()
+    snapshot_tip(snap).unwrap().unwrap().1
 }
 
 /// A scripted node: its tip and mempool, in the order getrawmempool lists it.

@@ -5,6 +5,7 @@
 use ferrum_storage::{BlockData, Hash32, TxData};
 
 use super::*;
+use crate::merkle::snapshot_tip;
 use crate::query::{self, MempoolTx};
 use crate::status::{history, status};
 use crate::test_store::committed_store;
@@ -40,8 +41,7 @@ fn block(branch: u8, height: u32, pays: &[u8]) -> BlockData {
 }
 
 fn tip_of(snap: &Snapshot) -> Option<Tip> {
-    let h = snap.height()?;
-    Some((h, header_hash(&snap.header(h).unwrap())))
+    snapshot_tip(snap).unwrap()
 }
 
 /// The whole confirmed history, as the methods read it when the cache cannot help.
