@@ -546,8 +546,8 @@ impl Store {
                     s.history.compact(&mut alloc, memory)?,
                 )
             };
-            let utxos = s.utxo.view();
-            let mut live = |base, end| live_txs(&utxos, base, end, memory);
+            let utxo = &s.utxo;
+            let mut live = |base, end| live_txs(&utxo.view(), base, end, memory);
             let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
