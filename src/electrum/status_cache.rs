@@ -70,6 +70,9 @@ pub struct StatusCache {
     hits: AtomicU64,
     /// Confirmed entries hashed, whole histories and new blocks' entries alike.
     entries_hashed: AtomicU64,
+    /// The last (older tip, newer tip) found on one chain: a block's notifications extend
+    /// every subscribed script from the same older tip, so the header is hashed once.
+    last_link: Mutex<Option<(Tip, Tip)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -185,8 +188,7 @@ impl StatusCache {
         if cached.tip == tip {
             return Ok(Some(Source::Cached));
         }
-        let (height, hash) = cached.tip;
-        if tip.0 <= height || header_hash(&snap.header(height)?) != hash {
+        if !self.descends(snap, cached.tip, tip)? {
             return Ok(None);
         }
         let tail = snap.history_since(hashx, cached.next_txnum)?;
@@ -203,6 +205,24 @@ impl StatusCache {
             0 => Source::Cached,
             n => Source::Extended(n),
         }))
+    }
+
+    /// Whether `tip`, the tip of `snap`, descends from `older`.
+    fn descends(
+        &self,
+        snap: &Snapshot,
+        older: Tip,
+        tip: Tip,
+    ) -> Result<bool, ferrum_storage::Error> {
+        if *lock(&self.last_link) == Some((older, tip)) {
+            return Ok(true);
+        }
+        let (height, hash) = older;
+        let linked = tip.0 > height && header_hash(&snap.header(height)?) == hash;
+        if linked {
+            *lock(&self.last_link) = Some((older, tip));
+        }
+        Ok(linked)
     }
 
     /// Hashes a whole confirmed history from `read_all` (read from the same snapshot).
