@@ -142,6 +142,7 @@ pub fn open_store(
         compaction_memory: default
             .compaction_memory
             .max(cache_mb.saturating_mul(1 << 18)),
+        store_txids: true,
     };
     let mut store = Store::open(dir, options)?;
     let snap = store.snapshot();

@@ -15,6 +15,7 @@ fn options() -> Options {
     Options {
         undo_blocks: 4,
         compaction_memory: 1 << 16,
+        store_txids: true,
     }
 }
 

@@ -35,7 +35,13 @@ pub struct Manifest {
     pub utxo: Vec<u8>,
     pub history: Vec<u8>,
     pub meta: BTreeMap<String, Vec<u8>>,
+    /// Lean mode: no txids stored (`txhashes` stays empty), txid index runs hold whole txids.
+    pub lean: bool,
 }
+
+/// Bit 0 of the optional trailing flags field: the store is lean. The field is written only
+/// when a flag is set, so full-mode manifests are byte-for-byte those of earlier builds.
+const FLAG_LEAN: u64 = 1;
 
 fn put_array(out: &mut Vec<u8>, a: &ArrayState) {
     varint::put(out, a.len);
@@ -84,6 +90,9 @@ impl Manifest {
         for (k, v) in &self.meta {
             put_blob(&mut p, k.as_bytes());
             put_blob(&mut p, v);
+        }
+        if self.lean {
+            varint::put(&mut p, FLAG_LEAN);
         }
         let mut out = MAGIC.to_vec();
         encode_frame(&mut out, &p);
@@ -145,6 +154,10 @@ impl Manifest {
                 .map_err(|_| c.corrupt("metadata key is not UTF-8"))?;
             meta.insert(k, c.blob()?.to_vec());
         }
+        let flags = if c.is_empty() { 0 } else { c.varint()? };
+        if flags != 0 && flags != FLAG_LEAN {
+            return Err(c.corrupt("unknown manifest flags"));
+        }
         c.finish()?;
         let m = Manifest {
             next_id,
@@ -157,6 +170,7 @@ impl Manifest {
             utxo,
             history,
             meta,
+            lean: flags == FLAG_LEAN,
         };
         m.check().map_err(|reason| c.corrupt(&reason))?;
         Ok(m)
@@ -167,7 +181,10 @@ impl Manifest {
         if self.headers.len != self.counts.len {
             return Err("header and tx count arrays differ in length".into());
         }
-        if self.txhashes.len != self.tx_count {
+        if self.lean && self.txhashes.len != 0 {
+            return Err("a lean store holds tx hashes".into());
+        }
+        if !self.lean && self.txhashes.len != self.tx_count {
             return Err("tx hash array length differs from the tx count".into());
         }
         for (a, spec) in [
@@ -256,6 +273,15 @@ mod tests {
             utxo: vec![1, 2, 3],
             history: vec![],
             meta: [("tip".to_string(), b"abc".to_vec())].into(),
+            lean: false,
+        }
+    }
+
+    fn lean_sample() -> Manifest {
+        Manifest {
+            txhashes: ArrayState::default(),
+            lean: true,
+            ..sample()
         }
     }
 
@@ -266,6 +292,36 @@ mod tests {
         sample().write(dir.path()).unwrap();
         sample().write(dir.path()).unwrap();
         assert_eq!(Manifest::read(dir.path()).unwrap(), Some(sample()));
+        lean_sample().write(dir.path()).unwrap();
+        assert_eq!(Manifest::read(dir.path()).unwrap(), Some(lean_sample()));
+    }
+
+    #[test]
+    fn only_a_lean_manifest_carries_flags() {
+        let payload = |m: &Manifest| {
+            let bytes = m.encode();
+            decode_frame(&bytes, MAGIC.len(), Path::new("M")).unwrap().0.to_vec()
+        };
+        let full_without_hashes = Manifest {
+            lean: false,
+            ..lean_sample()
+        };
+        assert_eq!(
+            payload(&lean_sample()),
+            [payload(&full_without_hashes), vec![FLAG_LEAN as u8]].concat()
+        );
+        // A lean manifest with tx hashes, or a full one without all of them, is corrupt.
+        let lean_with_hashes = Manifest {
+            lean: true,
+            ..sample()
+        };
+        for bad in [lean_with_hashes, full_without_hashes] {
+            let err = Manifest::decode(&bad.encode(), Path::new("MANIFEST")).unwrap_err();
+            assert!(
+                err.to_string().starts_with("corrupt store file MANIFEST"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,11 @@ pub struct Options {
     pub undo_blocks: u32,
     /// Bound on the memory a merge (compaction) uses, in bytes.
     pub compaction_memory: usize,
+    /// Keep every txid (32 bytes per tx, "full" mode). Without them ("lean" mode) the store
+    /// cannot map a tx number to its txid; the txid index then holds whole txids, for the txs
+    /// with unspent outputs only. Fixed when the first block is stored: opening a non-empty
+    /// store in the other mode fails.
+    pub store_txids: bool,
 }
 
 impl Default for Options {
@@ -13,6 +18,7 @@ impl Default for Options {
         Options {
             undo_blocks: 200,
             compaction_memory: 64 << 20,
+            store_txids: true,
         }
     }
 }

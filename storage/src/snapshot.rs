@@ -23,6 +23,7 @@ pub(crate) struct SnapshotParts {
     pub utxo: UtxoView,
     pub history: HistoryView,
     pub meta: Arc<BTreeMap<String, Vec<u8>>>,
+    pub stores_txids: bool,
 }
 
 /// An immutable view of one commit. Cheap to clone; `Send + Sync`.
@@ -41,6 +42,20 @@ impl Snapshot {
 
     pub fn tx_count(&self) -> u64 {
         self.0.tx_count
+    }
+
+    /// Whether the store keeps txids (full mode); without them (lean mode) `txid` and `txids`
+    /// fail and the caller must get txids elsewhere (from the blocks).
+    pub fn stores_txids(&self) -> bool {
+        self.0.stores_txids
+    }
+
+    fn check_txids_stored(&self) -> Result<()> {
+        if self.0.stores_txids {
+            Ok(())
+        } else {
+            Err(Error::Invalid("txids are not stored (lean index)".into()))
+        }
     }
 
     fn check_height(&self, height: u32) -> Result<()> {
@@ -94,6 +109,7 @@ impl Snapshot {
     }
 
     pub fn txid(&self, txnum: u64) -> Result<Hash32> {
+        self.check_txids_stored()?;
         self.check_txnum(txnum)?;
         Ok(self
             .0
@@ -105,6 +121,7 @@ impl Snapshot {
 
     /// The txids of `txnums`, in order. Ascending tx numbers read each hash-array chunk once.
     pub fn txids(&self, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        self.check_txids_stored()?;
         for &txnum in txnums {
             self.check_txnum(txnum)?;
         }
@@ -177,7 +194,8 @@ impl Snapshot {
     /// Tx number of `txid` (the latest, should a txid repeat), if the tx has unspent outputs;
     /// a tx whose outputs are all spent may or may not be found.
     pub(crate) fn find_tx(&self, txid: &Hash32) -> Result<Option<u64>> {
-        find_committed(&self.0.txindex, &self.0.txhashes, self.0.tx_count, txid)
+        let hashes = self.0.stores_txids.then_some(&self.0.txhashes);
+        find_committed(&self.0.txindex, hashes, self.0.tx_count, txid)
     }
 
     /// The unspent output `txid:vout` with its script key, if there is one.
@@ -222,16 +240,21 @@ impl Snapshot {
     }
 }
 
-/// Looks `txid` up in committed index runs, verifying candidates against the hash array.
+/// Looks `txid` up in committed index runs, verifying candidates against the hash array
+/// (`hashes`; `None` in a lean store, whose runs hold whole txids and match exactly).
 pub(crate) fn find_committed(
     index: &TxIndexView,
-    hashes: &ArrayView,
+    hashes: Option<&ArrayView>,
     tx_count: u64,
     txid: &Hash32,
 ) -> Result<Option<u64>> {
     let mut best = None;
     for txnum in index.candidates(txid)? {
-        if txnum < tx_count && hashes.get(txnum)? == txid && best < Some(txnum) {
+        let matches = match hashes {
+            Some(hashes) => txnum < tx_count && hashes.get(txnum)? == txid,
+            None => txnum < tx_count,
+        };
+        if matches && best < Some(txnum) {
             best = Some(txnum);
         }
     }

@@ -38,6 +38,8 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Store {
     dir: PathBuf,
     opts: Options,
+    /// No txids stored (`Options::store_txids` false): `txhashes` stays empty.
+    lean: bool,
     next_id: u64,
     tx_count: u64,
     headers: ArrayWriter,
@@ -114,7 +116,22 @@ impl Store {
     pub fn open(dir: &Path, opts: Options) -> Result<Store> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_dir(dir)?;
-        let m = Manifest::read(dir)?.unwrap_or_default();
+        let mut m = Manifest::read(dir)?.unwrap_or_default();
+        let lean = !opts.store_txids;
+        if m.headers.len > 0 && m.lean != lean {
+            let built = if m.lean {
+                "without txids (lean)"
+            } else {
+                "with txids stored"
+            };
+            return Err(Error::Invalid(format!(
+                "the store in {} was built {built}; open it in the same mode or delete the \
+                 directory and resync",
+                dir.display()
+            )));
+        }
+        // A store without blocks takes the mode it is opened in (its next commit records it).
+        m.lean = lean;
         let headers = ArrayWriter::open(dir, &HEADERS, m.headers)?;
         let counts = ArrayWriter::open(dir, &COUNTS, m.counts)?;
         let txhashes = ArrayWriter::open(dir, &TXHASHES, m.txhashes)?;
@@ -143,10 +160,12 @@ impl Store {
             utxo: utxo.view(),
             history: history.view(),
             meta: Arc::new(m.meta.clone()),
+            stores_txids: !lean,
         });
         let store = Store {
             dir: dir.to_path_buf(),
             opts,
+            lean,
             next_id: m.next_id,
             tx_count: m.tx_count,
             headers,
@@ -342,7 +361,9 @@ impl Store {
             for hashx in &touched {
                 self.history.append(*hashx, txnum);
             }
-            self.txhashes.push(&tx.txid);
+            if !self.lean {
+                self.txhashes.push(&tx.txid);
+            }
             self.txindex.add(tx.txid, txnum, outputs);
         }
         self.tx_count = first + block.txs.len() as u64;
@@ -413,6 +434,7 @@ impl Store {
             utxo: self.utxo.state(),
             history: self.history.state(),
             meta: self.meta.clone(),
+            lean: self.lean,
         };
         // ...then the manifest (tmp, fsync, rename, directory fsync): the commit point.
         manifest.write(&self.dir)?;
@@ -434,6 +456,7 @@ impl Store {
             utxo: self.utxo.view(),
             history: self.history.view(),
             meta: Arc::new(self.meta.clone()),
+            stores_txids: !self.lean,
         });
         match self.published.write() {
             Ok(mut s) => *s = self.latest.clone(),
@@ -496,16 +519,21 @@ impl Store {
         }
         self.history.truncate(new_tx_count);
         self.txindex.truncate(new_tx_count);
-        // Their txs may have left the txid index since they were spent.
-        for txnum in unspent_again {
-            if txnum < new_tx_count {
-                self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
+        // Their txs may have left the txid index since they were spent (a lean index keeps
+        // them, having no txids to reinstate them from).
+        if !self.lean {
+            for txnum in unspent_again {
+                if txnum < new_tx_count {
+                    self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
+                }
             }
         }
         self.undo.truncate(keep as u32);
         self.headers.truncate(keep)?;
         self.counts.truncate(keep)?;
-        self.txhashes.truncate(new_tx_count)?;
+        if !self.lean {
+            self.txhashes.truncate(new_tx_count)?;
+        }
         self.tx_count = new_tx_count;
         self.dirty = true;
         Ok(())
@@ -620,6 +648,7 @@ mod tests {
         Options {
             undo_blocks: 3,
             compaction_memory: 1 << 16,
+            store_txids: true,
         }
     }
 
@@ -726,6 +755,7 @@ mod tests {
         let opts = Options {
             undo_blocks: 20,
             compaction_memory: 1 << 16,
+            store_txids: true,
         };
         let mut store = Store::open(dir.path(), opts.clone()).unwrap();
         for h in 0..40 {

@@ -19,6 +19,7 @@ fn options() -> Options {
     Options {
         undo_blocks: UNDO,
         compaction_memory: 1 << 16,
+        store_txids: true,
     }
 }
 

@@ -22,6 +22,7 @@ fn options() -> Options {
     Options {
         undo_blocks: 6,
         compaction_memory: 1 << 16,
+        store_txids: true,
     }
 }
 
