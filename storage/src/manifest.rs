@@ -300,7 +300,10 @@ mod tests {
     fn only_a_lean_manifest_carries_flags() {
         let payload = |m: &Manifest| {
             let bytes = m.encode();
-            decode_frame(&bytes, MAGIC.len(), Path::new("M")).unwrap().0.to_vec()
+            decode_frame(&bytes, MAGIC.len(), Path::new("M"))
+                .unwrap()
+                .0
+                .to_vec()
         };
         let full_without_hashes = Manifest {
             lean: false,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -135,7 +136,7 @@ impl Store {
         let headers = ArrayWriter::open(dir, &HEADERS, m.headers)?;
         let counts = ArrayWriter::open(dir, &COUNTS, m.counts)?;
         let txhashes = ArrayWriter::open(dir, &TXHASHES, m.txhashes)?;
-        let txindex = TxIndexWriter::open(dir, &m.txindex)?;
+        let txindex = TxIndexWriter::open(dir, &m.txindex, lean)?;
         let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo)?;
         let utxo = UtxoSet::open(dir, &m.utxo)?;
         let history = HistorySet::open(dir, &m.history)?;
@@ -334,7 +335,7 @@ impl Store {
             touched.clear();
             for (prev_txid, _) in &tx.spends {
                 let (hashx, prev, vout, _) = undo.spent[next_spend];
-                self.txindex.spent(prev_txid, prev);
+                self.txindex.spent(prev_txid, prev, height);
                 let gone = match found[next_spend] {
                     Some(f) => self.utxo.spend_found(prev, vout, f)?,
                     None => self.utxo.spend(prev, vout)?,
@@ -372,6 +373,13 @@ impl Store {
         self.undo.push(&undo);
         self.dirty = true;
         Ok(())
+    }
+
+    /// The lowest height a rollback can undo (once what is applied is committed): the txs
+    /// that blocks from there on spent are the ones a rollback could revive.
+    fn revivable_from(&self) -> u32 {
+        self.height()
+            .map_or(0, |tip| (tip + 1).saturating_sub(self.opts.undo_blocks))
     }
 
     /// Memory held by uncommitted work, in bytes: what the buffers have allocated (hash
@@ -417,7 +425,7 @@ impl Store {
         self.headers.write_pending(&mut alloc)?;
         self.counts.write_pending(&mut alloc)?;
         self.txhashes.write_pending(&mut alloc)?;
-        self.txindex.flush(&mut alloc)?;
+        self.txindex.flush(&mut alloc, self.revivable_from())?;
         self.undo.flush(&mut alloc, self.height())?;
         self.utxo.flush(&mut alloc)?;
         self.history.flush(&mut alloc)?;
@@ -575,7 +583,14 @@ impl Store {
                 )
             };
             let utxo = &s.utxo;
-            let mut live = |base, end| live_txs(&utxo.view(), base, end, memory);
+            // A lean index keeps what a rollback could revive: it could not reinstate it.
+            let revivable = match (s.lean, s.undo.first_height(), s.height()) {
+                (true, Some(first), Some(tip)) => first.max(s.revivable_from())..tip + 1,
+                _ => 0..0,
+            };
+            let undo = &s.undo;
+            let mut live =
+                |base, end| live_txs(&utxo.view(), undo, revivable.clone(), base, end, memory);
             let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
@@ -599,14 +614,27 @@ impl Store {
     }
 }
 
-/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, or `None`
-/// when the set (a bit per tx) would not fit in `memory`.
-fn live_txs(utxos: &UtxoView, base: u64, end: u64, memory: usize) -> Result<Option<LiveTxs>> {
+/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, and those
+/// whose outputs the blocks at `revivable` heights spent (read from their undo records), or
+/// `None` when the set (a bit per tx) would not fit in `memory`.
+fn live_txs(
+    utxos: &UtxoView,
+    undo: &UndoLog,
+    revivable: Range<u32>,
+    base: u64,
+    end: u64,
+    memory: usize,
+) -> Result<Option<LiveTxs>> {
     if LiveTxs::bytes(base, end) > memory as u64 {
         return Ok(None);
     }
     let mut live = LiveTxs::new(base, end);
     utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
+    for height in revivable {
+        for &(_, txnum, _, _) in &undo.read(height)?.spent {
+            live.insert(txnum);
+        }
+    }
     Ok(Some(live))
 }
 

@@ -1,9 +1,11 @@
-//! Txid -> tx number lookup without storing txids again: immutable sorted runs of
-//! (32-bit txid prefix, tx number) entries, candidates verified against the tx hash array.
+//! Txid -> tx number lookup: immutable sorted runs of (32-bit txid prefix, tx number)
+//! entries, candidates verified against the tx hash array; in a lean store (no hash array)
+//! each entry also holds the rest of its txid, the 28-byte tail, and matches are exact.
 //!
 //! A run file is `entries | bucket table | footer frame`. The top `bits` bits of the prefix
 //! pick a bucket and are not stored; an entry holds the remaining prefix bits (`pb` bytes) and
-//! the tx number minus the run's base (`tb` bytes), so large runs cost 6 bytes per tx. The
+//! the tx number minus the run's base (`tb` bytes), so large runs cost 6 bytes per tx (a lean
+//! run, magic `FTXL` instead of `FTXI`, appends the tail: 34 bytes). The
 //! bucket table holds, per bucket, the index of its first entry (u32) and the crc32 of its
 //! entries (u32), checked whenever the bucket is read. A run written by one commit covers the
 //! tx numbers of that commit; the manifest gives each run a `cap`, and entries at or above it
@@ -14,6 +16,11 @@
 //! then, and a merge that includes the oldest run drops txs without an unspent output left
 //! (`LiveTxs`). An entry for a spent tx may linger in a newer run until such a merge; that
 //! costs space, never correctness, since the UTXO set has the last word.
+//!
+//! A lean store cannot read a txid back to reinstate a tx a rollback revives, so its index
+//! also keeps every tx that a rollback within the undo horizon could revive: a flush keeps a
+//! spent tx whose last spend is within the horizon, and a pruning merge keeps the txs that
+//! the retained undo records list as spent (the store adds them to `LiveTxs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,6 +36,13 @@ use crate::frame::{decode_frame, encode_frame, FRAME_OVERHEAD};
 use crate::Hash32;
 
 const MAGIC: &[u8; 4] = b"FTXI";
+const LEAN_MAGIC: &[u8; 4] = b"FTXL";
+/// The txid bytes after the 4-byte prefix, stored by lean runs.
+pub const TAIL_LEN: usize = 28;
+pub type Tail = [u8; TAIL_LEN];
+/// An entry in run order: (prefix, tail, tx number). Full runs store no tail (all zero
+/// here), so their order is (prefix, tx number) as it always was.
+type Entry = (u32, Tail, u64);
 const FOOTER_PAYLOAD: usize = 4 + 3 * 8 + 3;
 const FOOTER_LEN: usize = FOOTER_PAYLOAD + FRAME_OVERHEAD;
 /// Bucket count is chosen so an average bucket holds 128..256 entries.
@@ -41,6 +55,10 @@ pub fn file_name(id: u64) -> String {
 
 pub fn prefix(txid: &Hash32) -> u32 {
     u32::from_be_bytes(txid[..4].try_into().expect("4 bytes"))
+}
+
+fn tail(txid: &Hash32) -> Tail {
+    txid[4..].try_into().expect("28 bytes")
 }
 
 fn offset_bytes(span: u64) -> usize {
@@ -58,6 +76,8 @@ fn read_le(bytes: &[u8]) -> u64 {
 /// One immutable run file, opened and its footer checked.
 pub struct Run {
     file: ImmutableFile,
+    /// Entries carry their txid's tail (`FTXL`).
+    lean: bool,
     bits: u32,
     pb: usize,
     tb: usize,
@@ -76,9 +96,11 @@ impl Run {
         let at = data.len() - FOOTER_LEN;
         let (p, _) = decode_frame(data, at, path)?;
         let bad = |reason: &str| Error::corrupt(path, at as u64, reason.to_string());
-        if p.len() != FOOTER_PAYLOAD || &p[..4] != MAGIC {
+        if p.len() != FOOTER_PAYLOAD || (&p[..4] != MAGIC && &p[..4] != LEAN_MAGIC) {
             return Err(bad("bad index run footer"));
         }
+        let lean = &p[..4] == LEAN_MAGIC;
+        let tail_bytes = if lean { TAIL_LEN } else { 0 };
         let base = read_le(&p[4..12]);
         let end = read_le(&p[12..20]);
         let count = read_le(&p[20..28]);
@@ -88,12 +110,13 @@ impl Run {
             && base <= end
             && tb == offset_bytes(end - base)
             && count <= u64::from(u32::MAX)
-            && count * (pb + tb) as u64 + (8u64 << bits) == at as u64;
+            && count * (pb + tb + tail_bytes) as u64 + (8u64 << bits) == at as u64;
         if !ok {
             return Err(bad("index run footer does not match the file"));
         }
         Ok(Run {
             file,
+            lean,
             bits,
             pb,
             tb,
@@ -108,7 +131,7 @@ impl Run {
     }
 
     fn entry_size(&self) -> usize {
-        self.pb + self.tb
+        self.pb + self.tb + if self.lean { TAIL_LEN } else { 0 }
     }
 
     fn buckets(&self) -> usize {
@@ -155,16 +178,22 @@ impl Run {
         Ok(body)
     }
 
-    fn decode(&self, entry: &[u8]) -> (u32, u64) {
-        let residual = read_le(&entry[..self.pb]) as u32;
+    /// (residual prefix, tail (zero in a full run), tx number) of one entry.
+    fn decode(&self, entry: &[u8]) -> (u32, Tail, u64) {
+        let (residual, rest) = entry.split_at(self.pb);
+        let (offset, tail) = rest.split_at(self.tb);
         (
-            residual,
-            self.base.saturating_add(read_le(&entry[self.pb..])),
+            read_le(residual) as u32,
+            tail.try_into().unwrap_or([0; TAIL_LEN]),
+            self.base.saturating_add(read_le(offset)),
         )
     }
 
-    /// Pushes to `out` the tx numbers below `cap` stored under `prefix`.
-    fn find(&self, prefix: u32, cap: u64, out: &mut Vec<u64>) -> Result<()> {
+    /// Pushes to `out` the tx numbers below `cap` stored under `txid`'s prefix, or in a lean
+    /// run under `txid` itself.
+    fn find(&self, txid: &Hash32, cap: u64, out: &mut Vec<u64>) -> Result<()> {
+        let prefix = prefix(txid);
+        let tail = tail(txid);
         let body = self.bucket(self.bucket_of(prefix))?;
         let want = self.residual(prefix);
         let es = self.entry_size();
@@ -181,11 +210,11 @@ impl Run {
             }
         }
         while lo < n {
-            let (r, txnum) = entry(lo);
+            let (r, t, txnum) = entry(lo);
             if r != want {
                 break;
             }
-            if txnum < cap {
+            if txnum < cap && (!self.lean || t == tail) {
                 out.push(txnum);
             }
             lo += 1;
@@ -194,7 +223,7 @@ impl Run {
     }
 }
 
-/// Entries of a run in (prefix, tx number) order, each bucket checked as it is reached.
+/// Entries of a run in order, each bucket checked as it is reached.
 struct RunIter<'a> {
     run: &'a Run,
     bucket: usize,
@@ -210,7 +239,7 @@ impl<'a> RunIter<'a> {
         }
     }
 
-    fn next(&mut self) -> Result<Option<(u32, u64)>> {
+    fn next(&mut self) -> Result<Option<Entry>> {
         let run = self.run;
         while self.body.is_empty() {
             if self.bucket == run.buckets() {
@@ -221,26 +250,27 @@ impl<'a> RunIter<'a> {
         }
         let (entry, rest) = self.body.split_at(run.entry_size());
         self.body = rest;
-        let (residual, txnum) = run.decode(entry);
+        let (residual, tail, txnum) = run.decode(entry);
         let high = if run.bits == 0 {
             0
         } else {
             ((self.bucket - 1) as u32) << (32 - run.bits)
         };
-        Ok(Some((high | residual, txnum)))
+        Ok(Some((high | residual, tail, txnum)))
     }
 }
 
-/// Writes a run holding `entries` (sorted by prefix, then tx number; tx numbers in
-/// `base..end`), about `count_hint` of them (it sizes the bucket table). The file is fsynced
-/// but not yet committed.
+/// Writes a run holding `entries` (in `Entry` order; tx numbers in `base..end`; tails
+/// stored only if `lean`), about `count_hint` of them (it sizes the bucket table). The file
+/// is fsynced but not yet committed.
 fn write_run(
     path: &Path,
+    lean: bool,
     count_hint: u64,
     base: u64,
     end: u64,
     memory: usize,
-    entries: &mut dyn FnMut() -> Result<Option<(u32, u64)>>,
+    entries: &mut dyn FnMut() -> Result<Option<Entry>>,
 ) -> Result<()> {
     let mut bits = 0;
     while bits < MAX_BITS
@@ -262,8 +292,10 @@ fn write_run(
     let mut count = 0u64;
     let mut current = 0usize;
     let mut crc = crc32fast::Hasher::new();
-    let mut entry = [0u8; 12];
-    while let Some((prefix, txnum)) = entries()? {
+    let tail_bytes = if lean { TAIL_LEN } else { 0 };
+    let es = pb + tb + tail_bytes;
+    let mut entry = [0u8; 12 + TAIL_LEN];
+    while let Some((prefix, tail, txnum)) = entries()? {
         debug_assert!((base..end).contains(&txnum));
         if count == u64::from(u32::MAX) {
             return Err(Error::Invalid(format!(
@@ -289,8 +321,9 @@ fn write_run(
         };
         entry[..pb].copy_from_slice(&residual.to_le_bytes()[..pb]);
         entry[pb..pb + tb].copy_from_slice(&(txnum - base).to_le_bytes()[..tb]);
-        crc.update(&entry[..pb + tb]);
-        out.write_all(&entry[..pb + tb]).map_err(io)?;
+        entry[pb + tb..es].copy_from_slice(&tail[..tail_bytes]);
+        crc.update(&entry[..es]);
+        out.write_all(&entry[..es]).map_err(io)?;
         count += 1;
     }
     table[current].1 = crc.finalize();
@@ -302,7 +335,7 @@ fn write_run(
         out.write_all(&crc.to_le_bytes()).map_err(io)?;
     }
     let mut footer = Vec::with_capacity(FOOTER_PAYLOAD);
-    footer.extend_from_slice(MAGIC);
+    footer.extend_from_slice(if lean { LEAN_MAGIC } else { MAGIC });
     footer.extend_from_slice(&base.to_le_bytes());
     footer.extend_from_slice(&end.to_le_bytes());
     footer.extend_from_slice(&count.to_le_bytes());
@@ -324,11 +357,11 @@ pub struct TxIndexView {
 
 impl TxIndexView {
     /// Tx numbers whose txid may be `txid` (same 32-bit prefix); verify each against the hash
-    /// array.
+    /// array. In a lean store they are exactly the tx numbers whose txid is `txid`.
     pub fn candidates(&self, txid: &Hash32) -> Result<Vec<u64>> {
         let mut out = Vec::new();
         for (run, cap) in &self.runs {
-            run.find(prefix(txid), *cap, &mut out)?;
+            run.find(txid, *cap, &mut out)?;
         }
         Ok(out)
     }
@@ -340,15 +373,17 @@ struct RunRef {
     run: Arc<Run>,
 }
 
-/// An uncommitted tx: its number, and how many of its outputs are unspent (a flush leaves
-/// the tx out when none is).
+/// An uncommitted tx: its number, how many of its outputs are unspent (a flush leaves the tx
+/// out when none is), and 1 + the height of the block that last spent one (0: none), which
+/// keeps it in a lean index while a rollback could revive it.
 struct Pending {
     txnum: u64,
     live: u32,
+    last_spend: u32,
 }
 
-/// The tx numbers in `base..end` that have unspent outputs, one bit each: what a pruning merge
-/// keeps. Numbers outside the range count as live (kept), since nothing is known of them.
+/// The tx numbers in `base..end` that have unspent outputs (in a lean store, also those a
+/// rollback could give one again), one bit each: what a pruning merge keeps. Numbers outside the range count as live (kept), since nothing is known of them.
 pub struct LiveTxs {
     base: u64,
     end: u64,
@@ -393,17 +428,33 @@ impl LiveTxs {
 /// The writer side: committed runs plus the txids of uncommitted blocks.
 pub struct TxIndexWriter {
     dir: PathBuf,
+    /// Runs hold whole txids (the store keeps no hash array).
+    lean: bool,
     runs: Vec<RunRef>,
     pending: HashMap<Hash32, Pending>,
     dropped: Vec<Arc<Run>>,
 }
 
 impl TxIndexWriter {
-    /// `state` is the manifest's list of (file id, cap).
-    pub fn open(dir: &Path, state: &[(u64, u64)]) -> Result<TxIndexWriter> {
+    /// `state` is the manifest's list of (file id, cap); `lean` says whether the runs hold
+    /// whole txids.
+    pub fn open(dir: &Path, state: &[(u64, u64)], lean: bool) -> Result<TxIndexWriter> {
         let mut runs = Vec::with_capacity(state.len());
         for &(id, cap) in state {
-            let run = Run::open(&dir.join(file_name(id)))?;
+            let path = dir.join(file_name(id));
+            let run = Run::open(&path)?;
+            if run.lean != lean {
+                let (found, store) = if lean {
+                    ("full", "lean")
+                } else {
+                    ("lean", "full")
+                };
+                return Err(Error::corrupt(
+                    &path,
+                    0,
+                    format!("a {found} index run in a {store} store"),
+                ));
+            }
             runs.push(RunRef {
                 id,
                 cap,
@@ -412,6 +463,7 @@ impl TxIndexWriter {
         }
         Ok(TxIndexWriter {
             dir: dir.to_path_buf(),
+            lean,
             runs,
             pending: HashMap::new(),
             dropped: Vec::new(),
@@ -443,15 +495,18 @@ impl TxIndexWriter {
             Pending {
                 txnum,
                 live: outputs,
+                last_spend: 0,
             },
         );
     }
 
-    /// An output of `txid` (tx `txnum`) was spent: one fewer unspent if the tx is uncommitted.
-    pub fn spent(&mut self, txid: &Hash32, txnum: u64) {
+    /// An output of `txid` (tx `txnum`) was spent by block `height`: one fewer unspent if the
+    /// tx is uncommitted.
+    pub fn spent(&mut self, txid: &Hash32, txnum: u64, height: u32) {
         if let Some(p) = self.pending.get_mut(txid) {
             if p.txnum == txnum {
                 p.live = p.live.saturating_sub(1);
+                p.last_spend = height.saturating_add(1);
             }
         }
     }
@@ -459,10 +514,11 @@ impl TxIndexWriter {
     /// A rollback made an output of committed tx `txnum` unspent again: the tx must be
     /// findable even if a merge has dropped it.
     pub fn reinstate(&mut self, txid: Hash32, txnum: u64) {
-        let p = self
-            .pending
-            .entry(txid)
-            .or_insert(Pending { txnum, live: 0 });
+        let p = self.pending.entry(txid).or_insert(Pending {
+            txnum,
+            live: 0,
+            last_spend: 0,
+        });
         if p.txnum == txnum {
             p.live += 1;
         }
@@ -485,27 +541,49 @@ impl TxIndexWriter {
         crate::utxo::table_growth(len, capacity, buckets, size_of::<(Hash32, Pending)>())
     }
 
-    /// Writes the uncommitted txids that still have unspent outputs as a new run (fsynced).
-    /// Returns whether a file was made.
-    pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
-        let mut entries: Vec<(u32, u64)> = self
-            .pending
-            .drain()
-            .filter(|(_, p)| p.live > 0)
-            .map(|(txid, p)| (prefix(&txid), p.txnum))
-            .collect();
+    /// Writes the uncommitted txids that still have unspent outputs as a new run (fsynced);
+    /// a lean index also keeps those last spent by a block at or above `revivable_from`, the
+    /// lowest height a rollback can undo. Returns whether a file was made.
+    pub fn flush(
+        &mut self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        revivable_from: u32,
+    ) -> Result<bool> {
+        let lean = self.lean;
+        let keep = |p: &Pending| p.live > 0 || (lean && p.last_spend > revivable_from);
+        // Full runs sort 12-byte (prefix, tx number) pairs; lean ones need the whole txid.
+        let mut full: Vec<(u32, u64)> = Vec::new();
+        let mut whole: Vec<(Hash32, u64)> = Vec::new();
+        for (txid, p) in self.pending.drain().filter(|(_, p)| keep(p)) {
+            if lean {
+                whole.push((txid, p.txnum));
+            } else {
+                full.push((prefix(&txid), p.txnum));
+            }
+        }
         self.pending.shrink_to_fit();
-        if entries.is_empty() {
+        let count = full.len() + whole.len();
+        if count == 0 {
             return Ok(false);
         }
-        entries.sort_unstable();
-        let base = entries.iter().map(|e| e.1).min().expect("not empty");
-        let end = entries.iter().map(|e| e.1).max().expect("not empty") + 1;
+        full.sort_unstable();
+        whole.sort_unstable();
+        let txnums = full.iter().map(|e| e.1).chain(whole.iter().map(|e| e.1));
+        let base = txnums.clone().min().expect("not empty");
+        let end = txnums.max().expect("not empty") + 1;
         let id = alloc_id();
-        let mut it = entries.iter().copied();
+        let mut it = full
+            .iter()
+            .map(|&(p, txnum)| (p, [0; TAIL_LEN], txnum))
+            .chain(
+                whole
+                    .iter()
+                    .map(|(txid, txnum)| (prefix(txid), tail(txid), *txnum)),
+            );
         write_run(
             &self.dir.join(file_name(id)),
-            entries.len() as u64,
+            lean,
+            count as u64,
             base,
             end,
             usize::MAX,
@@ -595,20 +673,28 @@ impl TxIndexWriter {
         let id = alloc_id();
         let path = self.dir.join(file_name(id));
         let mut last = None;
-        write_run(&path, estimate, base, end, memory, &mut || loop {
-            let Some(Reverse((e, n))) = heap.pop() else {
-                return Ok(None);
-            };
-            let (it, cap) = &mut iters[n];
-            if let Some(next) = next_below(it, *cap)? {
-                heap.push(Reverse((next, n)));
-            }
-            // A tx reinstated by a rollback can have an entry in two runs.
-            let fresh = last.replace(e) != Some(e);
-            if fresh && keep.as_ref().is_none_or(|k| k.contains(e.1)) {
-                return Ok(Some(e));
-            }
-        })?;
+        write_run(
+            &path,
+            self.lean,
+            estimate,
+            base,
+            end,
+            memory,
+            &mut || loop {
+                let Some(Reverse((e, n))) = heap.pop() else {
+                    return Ok(None);
+                };
+                let (it, cap) = &mut iters[n];
+                if let Some(next) = next_below(it, *cap)? {
+                    heap.push(Reverse((next, n)));
+                }
+                // A tx reinstated by a rollback can have an entry in two runs.
+                let fresh = last.replace(e) != Some(e);
+                if fresh && keep.as_ref().is_none_or(|k| k.contains(e.2)) {
+                    return Ok(Some(e));
+                }
+            },
+        )?;
         let run = Arc::new(Run::open(&path)?);
         let old = self.runs.drain(start..);
         self.dropped.extend(old.map(|r| r.run));
@@ -624,9 +710,9 @@ impl TxIndexWriter {
     }
 }
 
-fn next_below(it: &mut RunIter, cap: u64) -> Result<Option<(u32, u64)>> {
+fn next_below(it: &mut RunIter, cap: u64) -> Result<Option<Entry>> {
     while let Some(e) = it.next()? {
-        if e.1 < cap {
+        if e.2 < cap {
             return Ok(Some(e));
         }
     }
@@ -654,8 +740,14 @@ mod tests {
 
     #[test]
     fn flush_merge_truncate_and_reopen() {
+        for lean in [false, true] {
+            flush_merge_truncate_and_reopen_in(lean);
+        }
+    }
+
+    fn flush_merge_truncate_and_reopen_in(lean: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], lean).unwrap();
         let mut id = 0;
         let mut alloc = || {
             id += 1;
@@ -667,16 +759,21 @@ mod tests {
                 w.add(txid(n), n, 1);
                 n += 1;
             }
-            w.flush(&mut alloc).unwrap();
+            w.flush(&mut alloc, 0).unwrap();
         }
         let check = |view: &TxIndexView, upto: u64| {
             for k in 0..upto {
                 let c = lookup(view, k);
-                assert!(c.contains(&k), "{k}: {c:?}");
-                assert!(
-                    c.len() <= 2 && c.iter().all(|&t| t / 2 == k / 2),
-                    "{k}: {c:?}"
-                );
+                if lean {
+                    // Txids sharing a prefix are told apart by their tails.
+                    assert_eq!(c, vec![k]);
+                } else {
+                    assert!(c.contains(&k), "{k}: {c:?}");
+                    assert!(
+                        c.len() <= 2 && c.iter().all(|&t| t / 2 == k / 2),
+                        "{k}: {c:?}"
+                    );
+                }
             }
         };
         check(&w.view(), n);
@@ -700,15 +797,122 @@ mod tests {
         assert!(lookup(&w.view(), 5250).is_empty());
         let state = w.state();
         drop(w);
-        let w = TxIndexWriter::open(dir.path(), &state).unwrap();
+        let w = TxIndexWriter::open(dir.path(), &state, lean).unwrap();
         check(&w.view(), 5200);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        let err = TxIndexWriter::open(dir.path(), &state, !lean)
+            .err()
+            .unwrap();
+        let (found, store) = if lean {
+            ("lean", "full")
+        } else {
+            ("full", "lean")
+        };
+        let want = format!("a {found} index run in a {store} store");
+        assert!(err.to_string().ends_with(&want), "{err}");
+    }
+
+    /// Fills a writer as the golden test's earlier build did: txs `7..7 + n`, every
+    /// `live_mod`th with an unspent output.
+    fn golden_batch(w: &mut TxIndexWriter, txs: std::ops::Range<u64>, live_mod: u64) {
+        for n in txs {
+            w.add(txid(n), n + 7, u32::from(n % live_mod == 0));
+        }
+    }
+
+    #[test]
+    fn full_runs_are_the_bytes_earlier_builds_wrote() {
+        // (file length, crc32 of the file) as the build before lean mode wrote them.
+        let golden = [
+            (1000, 1, (6071, 0xbe0f_5394), (1855, 0x5c8c_c493)),
+            (70000, 3, (164_401, 0xa83d_32b6), (82732, 0x3e31_553c)),
+        ];
+        for (n, live_mod, flushed, merged) in golden {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = TxIndexWriter::open(dir.path(), &[], false).unwrap();
+            let digest = |id| {
+                let bytes = std::fs::read(dir.path().join(file_name(id))).unwrap();
+                (bytes.len(), crc32fast::hash(&bytes))
+            };
+            golden_batch(&mut w, 0..n, live_mod);
+            w.flush(&mut || 1, 0).unwrap();
+            assert_eq!(digest(1), flushed);
+            golden_batch(&mut w, n..n + n / 2, 1);
+            w.flush(&mut || 2, 0).unwrap();
+            let mut live = |base, end| {
+                let mut l = LiveTxs::new(base, end);
+                for t in (0..n * 2).step_by(5) {
+                    l.insert(t);
+                }
+                Ok(Some(l))
+            };
+            assert!(w.compact(&mut || 3, 1 << 12, false, &mut live).unwrap());
+            assert_eq!(digest(3), merged);
+        }
+    }
+
+    #[test]
+    fn lean_run_layout_byte_by_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], true).unwrap();
+        let a: Hash32 = [[1, 2, 3, 4].as_slice(), &[0xaa; 28]]
+            .concat()
+            .try_into()
+            .unwrap();
+        let b: Hash32 = [[1, 2, 3, 4].as_slice(), &[0x55; 28]]
+            .concat()
+            .try_into()
+            .unwrap();
+        w.add(a, 10, 1);
+        w.add(b, 12, 1);
+        w.flush(&mut || 1, 0).unwrap();
+        // Two entries: no bucket bits, so a 4-byte residual prefix (LE), a 1-byte offset
+        // from base 10 (the span is 3), the tail; sorted by (prefix, tail, tx number).
+        let mut entries = Vec::new();
+        entries.extend_from_slice(&[4, 3, 2, 1, 2]);
+        entries.extend_from_slice(&[0x55; 28]);
+        entries.extend_from_slice(&[4, 3, 2, 1, 0]);
+        entries.extend_from_slice(&[0xaa; 28]);
+        let mut want = entries.clone();
+        want.extend_from_slice(&0u32.to_le_bytes()); // the bucket's first entry
+        want.extend_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        let mut footer = b"FTXL".to_vec();
+        for v in [10u64, 13, 2] {
+            footer.extend_from_slice(&v.to_le_bytes()); // base, end, count
+        }
+        footer.extend_from_slice(&[0, 4, 1]); // bits, pb, tb
+        encode_frame(&mut want, &footer);
+        assert_eq!(std::fs::read(dir.path().join(file_name(1))).unwrap(), want);
+        assert_eq!(w.view().candidates(&a).unwrap(), vec![10]);
+        let mut c = a;
+        c[31] ^= 1;
+        assert!(w.view().candidates(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lean_flushes_keep_txs_a_rollback_could_revive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], true).unwrap();
+        // Tx n (one output) is spent by block n; tx 100 has no output to spend.
+        for n in 0..10 {
+            w.add(txid(n), n, 1);
+            w.spent(&txid(n), n, n as u32);
+        }
+        w.add(txid(100), 100, 0);
+        w.add(txid(101), 101, 1);
+        // A rollback can undo blocks 7.. : txs spent there stay, older spent ones go.
+        assert!(w.flush(&mut || 1, 7).unwrap());
+        let found: Vec<u64> = (0..10)
+            .chain([100, 101])
+            .filter(|&n| lookup(&w.view(), n) == vec![n])
+            .collect();
+        assert_eq!(found, vec![7, 8, 9, 101]);
     }
 
     #[test]
     fn spent_txs_are_left_out_by_flushes_and_pruning_merges() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], false).unwrap();
         let mut id = 0;
         let mut alloc = || {
             id += 1;
@@ -718,11 +922,11 @@ mod tests {
         for n in 0..100 {
             w.add(txid(n), n, (n % 3) as u32);
             if n % 2 == 1 {
-                w.spent(&txid(n), n);
+                w.spent(&txid(n), n, 0);
             }
         }
-        w.spent(&txid(4), 5); // another tx number: not this tx
-        assert!(w.flush(&mut alloc).unwrap());
+        w.spent(&txid(4), 5, 0); // another tx number: not this tx
+        assert!(w.flush(&mut alloc, 0).unwrap());
         let kept = |n: u64| n % 3 == 2 || (n % 3 == 1 && n.is_multiple_of(2));
         for n in 0..100 {
             assert_eq!(lookup(&w.view(), n).contains(&n), kept(n), "tx {n}");
@@ -732,7 +936,7 @@ mod tests {
         for n in 100..140 {
             w.add(txid(n), n, 1);
         }
-        assert!(w.flush(&mut alloc).unwrap());
+        assert!(w.flush(&mut alloc, 0).unwrap());
         assert!(lookup(&w.view(), 3).contains(&3));
         // The newer run is over a quarter of the oldest: all merge, keeping what `live` says.
         let mut asked = None;
@@ -755,12 +959,18 @@ mod tests {
 
     #[test]
     fn corrupt_bucket_and_footer_are_reported() {
+        for lean in [false, true] {
+            corrupt_bucket_and_footer_are_reported_in(lean);
+        }
+    }
+
+    fn corrupt_bucket_and_footer_are_reported_in(lean: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = TxIndexWriter::open(dir.path(), &[]).unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], lean).unwrap();
         for n in 0..1000 {
             w.add(txid(n), n, 1);
         }
-        w.flush(&mut || 1).unwrap();
+        w.flush(&mut || 1, 0).unwrap();
         let path = dir.path().join(file_name(1));
         let good = std::fs::read(&path).unwrap();
         let prefix = format!("corrupt store file {} at offset ", path.display());
