@@ -52,6 +52,44 @@ impl Network {
     }
 }
 
+/// `INDEX_MODE`: what the index stores, fixed when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexMode {
+    /// Every txid (32 bytes a transaction): queries read only the index.
+    Full,
+    /// No txids: queries that need them fetch the blocks holding them from the node.
+    Lean,
+}
+
+impl IndexMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexMode::Full => "full",
+            IndexMode::Lean => "lean",
+        }
+    }
+
+    pub fn stores_txids(self) -> bool {
+        self == IndexMode::Full
+    }
+}
+
+impl fmt::Display for IndexMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn parse_index_mode(value: &str) -> Result<IndexMode> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "full" => Ok(IndexMode::Full),
+        "lean" => Ok(IndexMode::Lean),
+        _ => err(format!(
+            "envvar INDEX_MODE must be full or lean, not '{value}'"
+        )),
+    }
+}
+
 /// `PEER_DISCOVERY`: on (default), off (also when empty) or self.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerDiscovery {
@@ -70,6 +108,9 @@ pub struct Config {
     pub daemon_url: String,
     pub daemon_cookie_file: Option<PathBuf>,
     pub cache_mb: u64,
+    pub index_mode: IndexMode,
+    /// Bound on a lean index's cache of blocks' txids, in MB.
+    pub txid_cache_mb: u64,
     /// `REORG_LIMIT` when set; None means the network's default (200 on mainnet).
     pub reorg_limit: Option<u32>,
     pub daemon_poll_interval_blocks: Duration,
@@ -347,6 +388,8 @@ impl Config {
             daemon_url,
             daemon_cookie_file: vars.path("DAEMON_COOKIE_FILE"),
             cache_mb: vars.count("CACHE_MB", 1200)?,
+            index_mode: parse_index_mode(&vars.string("INDEX_MODE", "full"))?,
+            txid_cache_mb: vars.count("TXID_CACHE_MB", crate::txids::DEFAULT_CACHE_MB as u64)?,
             reorg_limit,
             daemon_poll_interval_blocks: Duration::from_millis(
                 vars.count("DAEMON_POLL_INTERVAL_BLOCKS", 1000)?,
@@ -419,6 +462,7 @@ mod tests {
         assert_eq!(c.net, Network::Mainnet);
         assert_eq!(c.db_dir, PathBuf::from("/db"));
         assert_eq!(c.cache_mb, 1200);
+        assert_eq!((c.index_mode, c.txid_cache_mb), (IndexMode::Full, 64));
         assert_eq!(c.reorg_limit, None);
         assert_eq!(c.daemon_poll_interval_blocks, Duration::from_millis(1000));
         assert_eq!(c.daemon_poll_interval_mempool, Duration::from_millis(1000));
@@ -492,6 +536,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.daemon_poll_interval_blocks, Duration::from_millis(250));
         assert_eq!(c.daemon_poll_interval_mempool, Duration::from_millis(9));
+    }
+
+    #[test]
+    fn index_mode() {
+        let c = with(&[("INDEX_MODE", " Lean "), ("TXID_CACHE_MB", "8")]).unwrap();
+        assert_eq!((c.index_mode, c.txid_cache_mb), (IndexMode::Lean, 8));
+        assert!(!c.index_mode.stores_txids() && IndexMode::Full.stores_txids());
+        assert_eq!(
+            with(&[("INDEX_MODE", "FULL")]).unwrap().index_mode,
+            IndexMode::Full
+        );
+        assert_eq!(
+            error(&[("INDEX_MODE", "pruned")]),
+            "envvar INDEX_MODE must be full or lean, not 'pruned'"
+        );
+        assert_eq!(
+            error(&[("INDEX_MODE", "")]),
+            "envvar INDEX_MODE must be full or lean, not ''"
+        );
+        assert_eq!(
+            error(&[("TXID_CACHE_MB", "x")]),
+            "cannot convert envvar TXID_CACHE_MB value x to an integer"
+        );
     }
 
     #[test]

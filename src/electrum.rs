@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use ferrum_storage::{Hash32, HashX, Reader};
 use serde_json::{json, Map, Value};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::coin::Network;
 use crate::daemon::Daemon;
@@ -26,6 +26,7 @@ use crate::jsonrpc::{Params, RawJson, RpcError, Signature, INTERNAL_ERROR};
 use crate::merkle::HeaderMerkle;
 use crate::query::MempoolView;
 use crate::session::{Backend, DaemonVersion, ProtocolVersion, SessionContext};
+use crate::txids::{self, TxidError, Txids};
 pub use node::Node;
 use node::NodeCache;
 
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     history_cache: history_cache::HistoryCache,
     status_cache: status_cache::StatusCache,
     node_cache: NodeCache,
+    /// Txids of tx numbers: from the store, or (lean index) from the node's blocks.
+    txids: Txids,
     sessions: Mutex<HashMap<u64, Arc<SessionState>>>,
     /// The `blockchain.headers.subscribe` result for the last tip announced.
     header_sub: Mutex<Option<Value>>,
@@ -110,6 +113,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn internal(e: impl Display) -> RpcError {
     error!("internal error: {e}");
     RpcError::new(INTERNAL_ERROR, "internal server error")
+}
+
+/// A lean index's txids not had from the node: the node's fault, so a daemon error (code 2)
+/// that says what was wrong; the store's errors are internal.
+pub(crate) fn txid_error(e: TxidError) -> RpcError {
+    match e {
+        TxidError::Store(e) => internal(e),
+        other => {
+            warn!("{other}");
+            RpcError::daemon_error(format!("daemon error: {other}"))
+        }
+    }
 }
 
 /// Runs store work on the blocking pool so one long request never stalls the runtime.
@@ -181,12 +196,13 @@ impl Electrum {
             shared: Arc::new(Shared {
                 reader,
                 network,
-                node,
+                node: node.clone(),
                 mempool,
                 header_tree: Mutex::new(HeaderMerkle::new()),
                 history_cache: Default::default(),
                 status_cache: Default::default(),
                 node_cache: NodeCache::default(),
+                txids: Txids::new(node.clone(), txids::DEFAULT_CACHE_MB << 20),
                 sessions: Mutex::new(HashMap::new()),
                 header_sub: Mutex::new(None),
                 indexer: OnceLock::new(),
@@ -194,6 +210,14 @@ impl Electrum {
                 broadcasts: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Bounds the lean index's cache of blocks' txids (`TXID_CACHE_MB`).
+    pub fn with_txid_cache_mb(self, mb: usize) -> Electrum {
+        self.shared
+            .txids
+            .set_cache_bytes(mb.saturating_mul(1 << 20));
+        self
     }
 
     /// Lets the local RPC's `reorg` command reach the indexer.
@@ -511,7 +535,8 @@ impl Backend for Electrum {
         let limit = args::non_negative_integer(&limit)?.saturating();
         let shared = self.shared.clone();
         let lines = blocking(move || {
-            admin::query(&shared.reader.snapshot(), shared.network, &items, limit)
+            let snap = shared.reader.snapshot();
+            admin::query(&snap, &shared.txids, shared.network, &items, limit)
         })
         .await?;
         Ok(json!(lines))
@@ -524,14 +549,15 @@ impl Backend for Electrum {
             json!(self.shared.reader.snapshot().height()),
         );
         let shared = &self.shared;
-        info.insert(
-            "caches".into(),
-            json!({
-                "estimatefee": cache_line(shared.node_cache.estimate_stats()),
-                "history": cache_line(shared.history_cache.stats()),
-                "status": cache_line(shared.status_cache.stats()),
-            }),
-        );
+        let mut caches = json!({
+            "estimatefee": cache_line(shared.node_cache.estimate_stats()),
+            "history": cache_line(shared.history_cache.stats()),
+            "status": cache_line(shared.status_cache.stats()),
+        });
+        if !shared.reader.snapshot().stores_txids() {
+            caches["txids"] = json!(cache_line(shared.txids.stats()));
+        }
+        info.insert("caches".into(), caches);
         info
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::coin::Network;
+use crate::config::IndexMode;
 use crate::daemon::{self, Daemon};
 use crate::fetch::{FetchError, FetchSettings, Fetched, Prefetcher};
 use crate::merkle::snapshot_tip;
@@ -125,16 +126,27 @@ impl From<ferrum_storage::Error> for IndexError {
 
 pub type Result<T, E = IndexError> = std::result::Result<T, E>;
 
-/// Opens (or creates) the index in `dir` for `network`, keeping undo records for
-/// `reorg_limit` blocks. An index of another network is refused with a message saying so.
-/// Merges run after commits, when the cache is empty, so they may use a quarter of
-/// `cache_mb` (at least the store's default): pruning the txid index takes a bit per
-/// transaction, 150 MB at mainnet's 1.2 billion.
+/// Opens (or creates) the full index in `dir` for `network`: see [`open_store_as`].
 pub fn open_store(
     dir: &Path,
     network: &Network,
     reorg_limit: u32,
     cache_mb: usize,
+) -> Result<Store> {
+    open_store_as(dir, network, reorg_limit, cache_mb, IndexMode::Full)
+}
+
+/// Opens (or creates) the index in `dir` for `network` in `mode`, keeping undo records for
+/// `reorg_limit` blocks. An index of another network, or built in the other mode, is refused
+/// with a message saying so. Merges run after commits, when the cache is empty, so they may
+/// use a quarter of `cache_mb` (at least the store's default): pruning the txid index takes
+/// a bit per transaction, 150 MB at mainnet's 1.2 billion.
+pub fn open_store_as(
+    dir: &Path,
+    network: &Network,
+    reorg_limit: u32,
+    cache_mb: usize,
+    mode: IndexMode,
 ) -> Result<Store> {
     let default = Options::default();
     let options = Options {
@@ -142,9 +154,9 @@ pub fn open_store(
         compaction_memory: default
             .compaction_memory
             .max(cache_mb.saturating_mul(1 << 18)),
-        store_txids: true,
+        store_txids: mode.stores_txids(),
     };
-    let mut store = Store::open(dir, options)?;
+    let mut store = Store::open(dir, options).map_err(|e| mode_mismatch(dir, mode, e))?;
     let snap = store.snapshot();
     let name = network.db_name();
     let genesis = network.genesis();
@@ -187,6 +199,25 @@ pub fn open_store(
         )));
     }
     Ok(store)
+}
+
+/// The store's refusal of an index built in the other mode, in terms of INDEX_MODE.
+fn mode_mismatch(dir: &Path, mode: IndexMode, e: ferrum_storage::Error) -> IndexError {
+    let ferrum_storage::Error::Invalid(message) = &e else {
+        return e.into();
+    };
+    let built = if message.contains("was built with txids stored") {
+        IndexMode::Full
+    } else if message.contains("was built without txids") {
+        IndexMode::Lean
+    } else {
+        return e.into();
+    };
+    IndexError::WrongDatabase(format!(
+        "DB_DIRECTORY {} holds an index built with INDEX_MODE={built}, not {mode}: set \
+         INDEX_MODE={built}, or delete the directory and resync",
+        dir.display()
+    ))
 }
 
 /// Scripts whose history `blocks` change: those of their outputs and of the outputs they

@@ -21,3 +21,4 @@ pub mod status;
 #[cfg(test)]
 mod test_store;
 pub mod transport;
+pub mod txids;

@@ -12,7 +12,7 @@ use ferrum::coin::Network;
 use ferrum::config::Config;
 use ferrum::daemon::{Daemon, DaemonSettings};
 use ferrum::electrum::Electrum;
-use ferrum::indexer::{open_store, Indexer, IndexerHandle, IndexerSettings};
+use ferrum::indexer::{open_store_as, Indexer, IndexerHandle, IndexerSettings};
 use ferrum::mempool::{self, Mempool};
 use ferrum::merkle::snapshot_tip;
 use ferrum::rlimit;
@@ -108,11 +108,14 @@ async fn run(config: Config) -> Result<(), String> {
 
     let reorg_limit = config.reorg_limit.unwrap_or(network.reorg_limit);
     let (db_dir, cache_mb) = (config.db_dir.clone(), config.cache_mb as usize);
-    let store =
-        tokio::task::spawn_blocking(move || open_store(&db_dir, network, reorg_limit, cache_mb))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    let mode = config.index_mode;
+    info!("index mode: {mode}");
+    let store = tokio::task::spawn_blocking(move || {
+        open_store_as(&db_dir, network, reorg_limit, cache_mb, mode)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let reader = store.reader();
 
     let mut settings = IndexerSettings::new(network);
@@ -124,6 +127,7 @@ async fn run(config: Config) -> Result<(), String> {
 
     let mempool = Arc::new(Mempool::new());
     let electrum = Electrum::new(reader.clone(), network, daemon.clone(), mempool.clone())
+        .with_txid_cache_mb(config.txid_cache_mb as usize)
         .with_indexer(handle.clone());
     let (mempool_synced, synced) = watch::channel(false);
     let follower = Follower {

@@ -7,6 +7,8 @@ use std::fmt;
 
 use ferrum_storage::{Hash32, HashX, Snapshot};
 
+use crate::txids::{StoreTxids, TxidError, TxidSource};
+
 /// A confirmed transaction of a script's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfirmedTx {
@@ -91,6 +93,8 @@ impl MempoolView for EmptyMempool {
 #[derive(Debug)]
 pub enum QueryError {
     Store(ferrum_storage::Error),
+    /// A lean index's txids could not be had from the node.
+    Txids(TxidError),
     /// The confirmed history has at least the limit's entries (ElectrumX's limit is on
     /// what fits in a response).
     HistoryTooLarge {
@@ -102,6 +106,7 @@ impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QueryError::Store(e) => write!(f, "{e}"),
+            QueryError::Txids(e) => write!(f, "{e}"),
             QueryError::HistoryTooLarge { limit } => {
                 write!(f, "history of {limit} entries or more")
             }
@@ -115,10 +120,29 @@ impl From<ferrum_storage::Error> for QueryError {
     }
 }
 
-/// The confirmed history of `hashx` in chain order. With a `limit`, a history of that many
-/// entries or more is refused before any txid is read.
+impl From<TxidError> for QueryError {
+    fn from(e: TxidError) -> Self {
+        match e {
+            TxidError::Store(e) => QueryError::Store(e),
+            other => QueryError::Txids(other),
+        }
+    }
+}
+
+/// [`confirmed_history_from`] a full index's own txids.
 pub fn confirmed_history(
     snap: &Snapshot,
+    hashx: &HashX,
+    limit: Option<usize>,
+) -> Result<Vec<ConfirmedTx>, QueryError> {
+    confirmed_history_from(snap, &StoreTxids, hashx, limit)
+}
+
+/// The confirmed history of `hashx` in chain order, txids from `txids`. With a `limit`, a
+/// history of that many entries or more is refused before any txid is read.
+pub fn confirmed_history_from(
+    snap: &Snapshot,
+    txids: &dyn TxidSource,
     hashx: &HashX,
     limit: Option<usize>,
 ) -> Result<Vec<ConfirmedTx>, QueryError> {
@@ -128,20 +152,30 @@ pub fn confirmed_history(
             return Err(QueryError::HistoryTooLarge { limit });
         }
     }
-    let txids = snap.txids(&txnums)?;
     let heights = snap.tx_heights(&txnums)?;
     Ok(txids
+        .txids(snap, &txnums)?
         .into_iter()
         .zip(heights)
         .map(|(txid, height)| ConfirmedTx { txid, height })
         .collect())
 }
 
-/// The confirmed unspent outputs of `hashx` in chain order (tx number, then vout).
+/// [`confirmed_unspent_from`] a full index's own txids.
 pub fn confirmed_unspent(snap: &Snapshot, hashx: &HashX) -> Result<Vec<Unspent>, QueryError> {
+    confirmed_unspent_from(snap, &StoreTxids, hashx)
+}
+
+/// The confirmed unspent outputs of `hashx` in chain order (tx number, then vout), txids
+/// from `txids`.
+pub fn confirmed_unspent_from(
+    snap: &Snapshot,
+    txids: &dyn TxidSource,
+    hashx: &HashX,
+) -> Result<Vec<Unspent>, QueryError> {
     let utxos = snap.utxos(hashx)?;
     let txnums: Vec<u64> = utxos.iter().map(|u| u.txnum).collect();
-    let txids = snap.txids(&txnums)?;
+    let txids = txids.txids(snap, &txnums)?;
     let heights = snap.tx_heights(&txnums)?;
     Ok(utxos
         .iter()
@@ -159,10 +193,11 @@ pub fn confirmed_unspent(snap: &Snapshot, hashx: &HashX) -> Result<Vec<Unspent>,
 /// leaving out any spent in the mempool. Also the count before that filter (the cost base).
 pub fn unspent(
     snap: &Snapshot,
+    txids: &dyn TxidSource,
     mempool: &dyn MempoolView,
     hashx: &HashX,
 ) -> Result<(Vec<Unspent>, usize), QueryError> {
-    let mut all = confirmed_unspent(snap, hashx)?;
+    let mut all = confirmed_unspent_from(snap, txids, hashx)?;
     all.extend(mempool.outputs(hashx).into_iter().map(|o| Unspent {
         txid: o.txid,
         vout: o.vout,
@@ -301,7 +336,7 @@ mod tests {
             [unspent(1, 0, 1, 10), unspent(4, 1, 2, 40)]
         );
         // Mempool: tx 4's output is spent (left out), the new output comes last at height 0.
-        let (listed, considered) = super::unspent(&snap, &OneSpend, &K).unwrap();
+        let (listed, considered) = super::unspent(&snap, &StoreTxids, &OneSpend, &K).unwrap();
         assert_eq!(listed, [unspent(1, 0, 1, 10), unspent(50, 1, 0, 3)]);
         assert_eq!(considered, 3);
         let b = balance(&snap, &OneSpend, &K).unwrap();

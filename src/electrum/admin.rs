@@ -14,7 +14,8 @@ use crate::daemon::Daemon;
 use crate::hex::{from_hex, hash_hex};
 use crate::jsonrpc::truthy;
 use crate::jsonrpc::{py_str, thousands, RpcError};
-use crate::query::{confirmed_history, confirmed_unspent, QueryError};
+use crate::query::{confirmed_history_from, confirmed_unspent_from, QueryError};
+use crate::txids::Txids;
 
 /// ElectrumX's `rpc_daemon_url`: a comma-separated list of node URLs replaces the node
 /// client's (a falsy argument restores `DAEMON_URL`), the first becomes current. A bad
@@ -83,6 +84,7 @@ fn arg_to_hashx(arg: &str, network: &Network, lines: &mut Vec<String>) -> Option
 /// entries and unspent outputs each.
 pub fn query(
     snap: &Snapshot,
+    txids: &Txids,
     network: &Network,
     items: &Value,
     limit: u64,
@@ -99,7 +101,7 @@ pub fn query(
         let Some(hashx) = arg_to_hashx(&py_str(item), network, &mut lines) else {
             continue;
         };
-        let history = confirmed_history(snap, &hashx, None).map_err(store)?;
+        let history = confirmed_history_from(snap, txids, &hashx, None).map_err(store)?;
         for (n, tx) in history.iter().take(limit as usize).enumerate() {
             lines.push(format!(
                 "History #{}: height {} txid {}",
@@ -111,7 +113,7 @@ pub fn query(
         if history.is_empty() || limit == 0 {
             lines.push("No history found".into());
         }
-        let unspent = confirmed_unspent(snap, &hashx).map_err(store)?;
+        let unspent = confirmed_unspent_from(snap, txids, &hashx).map_err(store)?;
         // As ElectrumX's loop, which stops when its count reaches the limit: never for 0.
         let shown = if limit == 0 {
             usize::MAX

@@ -7,11 +7,12 @@ use ferrum_storage::{Hash32, Snapshot};
 use serde_json::{json, Value};
 
 use super::args::{boolean_flag, non_negative_integer, non_negative_or, tx_hash, Integer};
-use super::{blocking, internal, Shared};
+use super::{blocking, internal, txid_error, Shared};
 use crate::hex::{hash_hex, push_hex, to_hex};
 use crate::jsonrpc::{thousands, RpcError};
 use crate::merkle::{branch_and_root, snapshot_tip};
 use crate::session::{ProtocolVersion, SessionContext};
+use crate::txids::{BlockTxids, Txids};
 
 /// Most headers one `blockchain.block.headers` request returns (ElectrumX's MAX_CHUNK_SIZE).
 pub const MAX_HEADERS: u64 = 2016;
@@ -146,7 +147,11 @@ pub async fn block_headers(
 }
 
 /// The txids of the block at `height`, in block order, and ElectrumX's cost of reading them.
-fn block_txids(snap: &Snapshot, height: &Integer) -> Result<(Vec<Hash32>, f64), RpcError> {
+fn block_txids(
+    snap: &Snapshot,
+    txids: &Txids,
+    height: &Integer,
+) -> Result<(BlockTxids, f64), RpcError> {
     let count = header_count(snap);
     let Some(height) = height.get().filter(|&h| h < count) else {
         return Err(RpcError::bad_request(format!(
@@ -159,11 +164,7 @@ fn block_txids(snap: &Snapshot, height: &Integer) -> Result<(Vec<Hash32>, f64), 
             }
         )));
     };
-    let range = snap.block_txs(height as u32).map_err(internal)?;
-    let txids = range
-        .map(|t| snap.txid(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(internal)?;
+    let txids = txids.block(snap, height as u32).map_err(txid_error)?;
     let cost = 0.25 + txids.len() as f64 * 0.0001;
     Ok((txids, cost))
 }
@@ -192,10 +193,10 @@ pub async fn get_merkle(
 ) -> Result<Value, RpcError> {
     let txid = tx_hash(args[0].as_ref().unwrap_or(&Value::Null))?;
     let height = non_negative_integer(args[1].as_ref().unwrap_or(&Value::Null))?;
-    let snap = shared.reader.snapshot();
+    let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let (_, block_height) = raw_header(&snap, &height)?;
     let (branch, pos, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, &height)?;
+        let (txids, txids_cost) = block_txids(&snap, &shared.txids, &height)?;
         let Some(pos) = txids.iter().position(|t| *t == txid) else {
             return Err(RpcError::bad_request(format!(
                 "tx {} not in block at height {}",
@@ -220,9 +221,9 @@ pub async fn id_from_pos(
     let tx_pos = non_negative_integer(args[1].as_ref().unwrap_or(&Value::Null))?;
     let height = non_negative_integer(height)?;
     let merkle = boolean_flag(&args[2], "merkle")?;
-    let snap = shared.reader.snapshot();
+    let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let (result, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, &height)?;
+        let (txids, txids_cost) = block_txids(&snap, &shared.txids, &height)?;
         let pos = tx_pos
             .get()
             .and_then(|p| usize::try_from(p).ok())

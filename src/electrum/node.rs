@@ -1,28 +1,48 @@
 //! The methods answered by the node: fee estimates (cached per block), relay fee and
 //! mempool fee settings (cached a minute, as ElectrumX), broadcasts and raw transactions,
-//! with ElectrumX's wording for the node's errors.
+//! with ElectrumX's wording for the node's errors; and the node's blocks, for a lean index.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bitcoin::BlockHash;
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
 use crate::daemon::{self, Daemon};
+use crate::hex::from_hex;
 use crate::jsonrpc::{py_str, RpcError};
 use ferrum_storage::Hash32;
 
 /// The node's JSON-RPC, as the methods use it (a trait so tests can script the node).
 pub trait Node: Send + Sync + 'static {
     fn call<'a>(&'a self, method: &'a str, params: Value) -> BoxFuture<'a, daemon::Result<Value>>;
+
+    /// The serialized block `hash`: `getblock <hash> 0` (the node client prefers REST).
+    fn block<'a>(&'a self, hash: &'a BlockHash) -> BoxFuture<'a, daemon::Result<Vec<u8>>> {
+        Box::pin(async move {
+            let what = format!("getblock {hash}");
+            match self.call("getblock", json!([hash.to_string(), 0])).await? {
+                Value::String(hex) => from_hex(&hex)
+                    .ok_or_else(|| daemon::Error::Protocol(format!("{what}: reply is not hex"))),
+                _ => Err(daemon::Error::Protocol(format!(
+                    "{what}: reply is not a string"
+                ))),
+            }
+        })
+    }
 }
 
 impl Node for Daemon {
     fn call<'a>(&'a self, method: &'a str, params: Value) -> BoxFuture<'a, daemon::Result<Value>> {
         Box::pin(Daemon::call(self, method, params))
+    }
+
+    fn block<'a>(&'a self, hash: &'a BlockHash) -> BoxFuture<'a, daemon::Result<Vec<u8>>> {
+        Box::pin(self.block_raw(hash))
     }
 }
 

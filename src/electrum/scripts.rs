@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::history_cache::Tip;
 use super::status_cache::Source;
-use super::{blocking, internal, Reply, Shared};
+use super::{blocking, internal, txid_error, Reply, Shared};
 use crate::hex::{push_hash_hex, to_hex};
 use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
 use crate::merkle::snapshot_tip;
@@ -31,6 +31,7 @@ fn history_cost(len: usize) -> f64 {
 fn query_error(e: QueryError) -> RpcError {
     match e {
         QueryError::Store(e) => internal(e),
+        QueryError::Txids(e) => txid_error(e),
         QueryError::HistoryTooLarge { limit } => {
             RpcError::new(HISTORY_TOO_LARGE, "history too large").with_cost(history_cost(limit))
         }
@@ -57,7 +58,9 @@ fn limited_history(
         }
         return Ok((history, 0.1));
     }
-    let history = Arc::new(query::confirmed_history(snap, hashx, limit).map_err(query_error)?);
+    let history = Arc::new(
+        query::confirmed_history_from(snap, &shared.txids, hashx, limit).map_err(query_error)?,
+    );
     if let Some(tip) = tip {
         shared.history_cache.insert(tip, *hashx, history.clone());
     }
@@ -86,9 +89,12 @@ pub async fn statuses(
         Ok(hashxs
             .iter()
             .map(|hashx| {
-                let part = shared.status_cache.confirmed(&snap, tip, hashx, || {
-                    limited_history(&shared, &snap, tip, hashx, limit)
-                })?;
+                let part =
+                    shared
+                        .status_cache
+                        .confirmed(&snap, &shared.txids, tip, hashx, || {
+                            limited_history(&shared, &snap, tip, hashx, limit)
+                        })?;
                 let cost = match part.source {
                     Source::Read { cost } => cost,
                     Source::Cached => 0.1,
@@ -173,10 +179,10 @@ pub async fn listunspent(
     ctx: &SessionContext,
     hashx: HashX,
 ) -> Result<Reply, RpcError> {
-    let (snap, mempool) = (shared.reader.snapshot(), shared.mempool.clone());
+    let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let (text, considered) = blocking(move || {
         let (unspent, considered) =
-            query::unspent(&snap, &*mempool, &hashx).map_err(query_error)?;
+            query::unspent(&snap, &shared.txids, &*shared.mempool, &hashx).map_err(query_error)?;
         Ok((unspent_json(&unspent), considered))
     })
     .await?;

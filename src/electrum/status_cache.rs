@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ferrum_storage::{HashX, Snapshot};
 
 use super::history_cache::Tip;
-use super::internal;
+use super::txid_error;
 use crate::jsonrpc::RpcError;
 use crate::merkle::header_hash;
 use crate::query::ConfirmedTx;
 use crate::status::StatusHasher;
+use crate::txids::{TxidError, TxidSource};
 
 /// Scripts kept (about 250 bytes each). Subscribed scripts beyond it are evicted least
 /// recently used first and rebuilt when next needed.
@@ -138,6 +139,7 @@ impl StatusCache {
     pub fn confirmed(
         &self,
         snap: &Snapshot,
+        txids: &dyn TxidSource,
         tip: Option<Tip>,
         hashx: &HashX,
         read_all: impl FnOnce() -> Result<(Arc<Vec<ConfirmedTx>>, f64), RpcError>,
@@ -149,7 +151,7 @@ impl StatusCache {
         let slot = self.slot(hashx);
         let mut state = lock(&slot);
         if let Some(cached) = state.as_mut() {
-            match self.extend(snap, tip, hashx, cached) {
+            match self.extend(snap, txids, tip, hashx, cached) {
                 Ok(Some(source)) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(ConfirmedPart {
@@ -161,7 +163,7 @@ impl StatusCache {
                 Ok(None) => {}
                 Err(e) => {
                     *state = None;
-                    return Err(internal(e));
+                    return Err(txid_error(e));
                 }
             }
         }
@@ -181,10 +183,11 @@ impl StatusCache {
     fn extend(
         &self,
         snap: &Snapshot,
+        txids: &dyn TxidSource,
         tip: Tip,
         hashx: &HashX,
         cached: &mut Confirmed,
-    ) -> Result<Option<Source>, ferrum_storage::Error> {
+    ) -> Result<Option<Source>, TxidError> {
         if cached.tip == tip {
             return Ok(Some(Source::Cached));
         }
@@ -192,7 +195,7 @@ impl StatusCache {
             return Ok(None);
         }
         let tail = snap.history_since(hashx, cached.next_txnum)?;
-        let (txids, heights) = (snap.txids(&tail)?, snap.tx_heights(&tail)?);
+        let (txids, heights) = (txids.txids(snap, &tail)?, snap.tx_heights(&tail)?);
         for (txid, height) in txids.iter().zip(heights) {
             cached.hasher.add(txid, height as i32);
         }

@@ -5,10 +5,12 @@
 use ferrum_storage::{BlockData, Hash32, TxData};
 
 use super::*;
+use crate::electrum::internal;
 use crate::merkle::snapshot_tip;
 use crate::query::{self, MempoolTx};
 use crate::status::{history, status};
 use crate::test_store::committed_store;
+use crate::txids::StoreTxids;
 
 fn key(b: u8) -> HashX {
     [b; 11]
@@ -58,7 +60,9 @@ fn cached(
     mempool: &[MempoolTx],
 ) -> (Option<Hash32>, usize, Source) {
     let part = cache
-        .confirmed(snap, tip_of(snap), hashx, || whole(snap, hashx))
+        .confirmed(snap, &StoreTxids, tip_of(snap), hashx, || {
+            whole(snap, hashx)
+        })
         .unwrap();
     let mut hasher = part.hasher;
     for m in mempool {
@@ -246,7 +250,7 @@ fn a_new_transaction_on_a_long_history_hashes_only_it() {
     store.commit().unwrap();
     let snap = store.snapshot();
     let part = cache
-        .confirmed(&snap, tip_of(&snap), &key(A), || {
+        .confirmed(&snap, &StoreTxids, tip_of(&snap), &key(A), || {
             panic!("the whole history is not read again")
         })
         .unwrap();
@@ -261,7 +265,7 @@ fn errors_are_not_cached() {
     let (_dir, store) = committed_store([block(0, 0, &[A])]);
     let cache = StatusCache::default();
     let snap = store.snapshot();
-    let refused = cache.confirmed(&snap, tip_of(&snap), &key(A), || {
+    let refused = cache.confirmed(&snap, &StoreTxids, tip_of(&snap), &key(A), || {
         Err(RpcError::new(10001, "history too large"))
     });
     assert_eq!(refused.err().unwrap().message, "history too large");

@@ -1,0 +1,372 @@
+//! The txids of tx numbers. A full index reads them from the store. A lean index stores none:
+//! the blocks that hold them are fetched from the node (distinct blocks concurrently, up to
+//! a bound), each checked against the store's header at its height (hash) and against its
+//! merkle root and tx count, and recent blocks' txid lists are kept in an LRU bounded in
+//! bytes. Lean lookups wait for the node, so they run on the blocking pool (see [`Txids`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bitcoin::hashes::Hash;
+use bitcoin::{Block, BlockHash, Txid};
+use ferrum_storage::{Hash32, Snapshot};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+use crate::daemon;
+use crate::electrum::Node;
+use crate::merkle::header_hash;
+
+/// `TXID_CACHE_MB`'s default: about 2 million txids, some 700 full mainnet blocks.
+pub const DEFAULT_CACHE_MB: usize = 64;
+
+/// Blocks one lookup fetches from the node at once.
+const MAX_CONCURRENT_FETCHES: usize = 8;
+
+/// What an LRU entry costs beyond its txids (map and order entries, the `Arc`).
+const ENTRY_OVERHEAD: usize = 128;
+
+/// Why txids could not be given.
+#[derive(Debug)]
+pub enum TxidError {
+    Store(ferrum_storage::Error),
+    /// The node did not give the block.
+    Node {
+        height: u32,
+        hash: BlockHash,
+        error: daemon::Error,
+    },
+    /// The node gave something other than the block the index holds at that height.
+    BadBlock {
+        height: u32,
+        hash: BlockHash,
+        reason: String,
+    },
+    /// A lean lookup outside the async runtime, which the node client needs.
+    NoRuntime,
+}
+
+impl fmt::Display for TxidError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TxidError::Store(e) => write!(f, "{e}"),
+            TxidError::Node {
+                height,
+                hash,
+                error,
+            } => write!(
+                f,
+                "cannot get block {hash} at height {height} from the node: {error}"
+            ),
+            TxidError::BadBlock {
+                height,
+                hash,
+                reason,
+            } => write!(f, "block {hash} at height {height} from the node: {reason}"),
+            TxidError::NoRuntime => {
+                f.write_str("txids of a lean index come from the node: no async runtime to ask it")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TxidError {}
+
+impl From<ferrum_storage::Error> for TxidError {
+    fn from(e: ferrum_storage::Error) -> Self {
+        TxidError::Store(e)
+    }
+}
+
+type Result<T, E = TxidError> = std::result::Result<T, E>;
+
+/// A block's txids, in block order.
+pub type BlockTxids = Arc<[Hash32]>;
+
+/// A block to fetch: where the index has it and what it must hold.
+#[derive(Clone, Copy)]
+struct Wanted {
+    height: u32,
+    hash: BlockHash,
+    tx_count: u64,
+}
+
+/// Blocks' txid lists by block hash, least recently used evicted first.
+#[derive(Default)]
+struct Lru {
+    map: HashMap<Hash32, (BlockTxids, u64)>,
+    /// Last use -> block hash.
+    order: BTreeMap<u64, Hash32>,
+    bytes: usize,
+    clock: u64,
+}
+
+fn entry_bytes(txids: &[Hash32]) -> usize {
+    txids.len() * 32 + ENTRY_OVERHEAD
+}
+
+impl Lru {
+    fn get(&mut self, hash: &Hash32) -> Option<BlockTxids> {
+        self.clock += 1;
+        let (txids, used) = self.map.get_mut(hash)?;
+        self.order.remove(used);
+        *used = self.clock;
+        self.order.insert(self.clock, *hash);
+        Some(txids.clone())
+    }
+
+    fn insert(&mut self, hash: Hash32, txids: BlockTxids, capacity: usize) {
+        if let Some((old, used)) = self.map.remove(&hash) {
+            self.order.remove(&used);
+            self.bytes -= entry_bytes(&old);
+        }
+        let bytes = entry_bytes(&txids);
+        if bytes > capacity {
+            return;
+        }
+        self.clock += 1;
+        self.bytes += bytes;
+        self.map.insert(hash, (txids, self.clock));
+        self.order.insert(self.clock, hash);
+        self.evict(capacity);
+    }
+
+    fn evict(&mut self, capacity: usize) {
+        while self.bytes > capacity {
+            let Some((_, hash)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((old, _)) = self.map.remove(&hash) {
+                self.bytes -= entry_bytes(&old);
+            }
+        }
+    }
+}
+
+/// Where the query functions get txids: [`Txids`] in either mode, or [`StoreTxids`].
+pub trait TxidSource: Sync {
+    /// The txids of `txnums`, in their order.
+    fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>>;
+}
+
+/// A full index's own txids (a lean index has none: its lookups fail).
+pub struct StoreTxids;
+
+impl TxidSource for StoreTxids {
+    fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        Ok(snap.txids(txnums)?)
+    }
+}
+
+impl TxidSource for Txids {
+    fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        Txids::txids(self, snap, txnums)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Txids for the protocol methods, whatever the index mode.
+///
+/// In a lean index a lookup that misses the cache waits for the node with
+/// `Handle::block_on`: call it only from the blocking pool (`spawn_blocking`), never from an
+/// async task, where that call panics.
+pub struct Txids {
+    node: Arc<dyn Node>,
+    cache: Mutex<Lru>,
+    capacity: AtomicUsize,
+    /// Blocks being fetched: concurrent lookups of one block wait for one fetch.
+    inflight: Mutex<HashMap<Hash32, Arc<OnceCell<BlockTxids>>>>,
+    lookups: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl Txids {
+    /// Lean lookups ask `node`, keeping up to `cache_bytes` of txid lists.
+    pub fn new(node: Arc<dyn Node>, cache_bytes: usize) -> Txids {
+        Txids {
+            node,
+            cache: Mutex::default(),
+            capacity: AtomicUsize::new(cache_bytes),
+            inflight: Mutex::default(),
+            lookups: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the cache's bound, evicting what no longer fits.
+    pub fn set_cache_bytes(&self, bytes: usize) {
+        self.capacity.store(bytes, Ordering::Relaxed);
+        lock(&self.cache).evict(bytes);
+    }
+
+    /// (block lookups, cache hits, blocks held), for the local RPC's `getinfo`.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        let held = lock(&self.cache).map.len();
+        (
+            self.lookups.load(Ordering::Relaxed),
+            self.hits.load(Ordering::Relaxed),
+            held,
+        )
+    }
+
+    /// The txids of `txnums`, in their order.
+    pub fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        if snap.stores_txids() {
+            return Ok(snap.txids(txnums)?);
+        }
+        let heights = snap.tx_heights(txnums)?;
+        let mut distinct = heights.clone();
+        distinct.dedup();
+        let blocks = self.blocks(snap, distinct)?;
+        let mut out = Vec::with_capacity(txnums.len());
+        for (&txnum, height) in txnums.iter().zip(heights) {
+            let txid = blocks
+                .get(&height)
+                .and_then(|(start, txids)| txids.get(txnum.checked_sub(*start)? as usize));
+            let txid = txid.ok_or_else(|| {
+                ferrum_storage::Error::Invalid(format!(
+                    "tx number {txnum} is not in the block at height {height}"
+                ))
+            })?;
+            out.push(*txid);
+        }
+        Ok(out)
+    }
+
+    /// The txids of the block at `height`, in block order.
+    pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
+        if snap.stores_txids() {
+            let range = snap.block_txs(height)?;
+            return Ok(snap.txids(&range.collect::<Vec<_>>())?.into());
+        }
+        let mut blocks = self.blocks(snap, vec![height])?;
+        Ok(blocks
+            .remove(&height)
+            .map(|(_, txids)| txids)
+            .unwrap_or_default())
+    }
+
+    /// Each block of `heights` (lean index): its first tx number and its txids.
+    fn blocks(
+        &self,
+        snap: &Snapshot,
+        heights: Vec<u32>,
+    ) -> Result<HashMap<u32, (u64, BlockTxids)>> {
+        let mut found = HashMap::with_capacity(heights.len());
+        let mut missing = Vec::new();
+        for height in heights {
+            if found.contains_key(&height) {
+                continue;
+            }
+            let hash = header_hash(&snap.header(height)?);
+            let range = snap.block_txs(height)?;
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            if let Some(txids) = lock(&self.cache).get(&hash) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                found.insert(height, (range.start, txids));
+                continue;
+            }
+            // A placeholder keeps a repeated height out of `missing`.
+            found.insert(height, (range.start, BlockTxids::default()));
+            missing.push(Wanted {
+                height,
+                hash: BlockHash::from_byte_array(hash),
+                tx_count: range.end - range.start,
+            });
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TxidError::NoRuntime)?;
+        let fetched: Vec<(u32, BlockTxids)> = runtime.block_on(
+            stream::iter(missing)
+                .map(|wanted| async move {
+                    let txids = self.fetch(wanted).await?;
+                    Ok::<_, TxidError>((wanted.height, txids))
+                })
+                .buffer_unordered(MAX_CONCURRENT_FETCHES)
+                .try_collect(),
+        )?;
+        for (height, txids) in fetched {
+            if let Some(entry) = found.get_mut(&height) {
+                entry.1 = txids;
+            }
+        }
+        Ok(found)
+    }
+
+    /// One block's txids, from the cache, a fetch under way, or a new fetch.
+    async fn fetch(&self, wanted: Wanted) -> Result<BlockTxids> {
+        let key = wanted.hash.to_byte_array();
+        let cell = lock(&self.inflight).entry(key).or_default().clone();
+        let result = cell
+            .get_or_try_init(|| async {
+                if let Some(txids) = lock(&self.cache).get(&key) {
+                    return Ok(txids);
+                }
+                let raw = self
+                    .node
+                    .block(&wanted.hash)
+                    .await
+                    .map_err(|error| TxidError::Node {
+                        height: wanted.height,
+                        hash: wanted.hash,
+                        error,
+                    })?;
+                let txids: BlockTxids = checked_txids(&raw, &wanted)?.into();
+                let capacity = self.capacity.load(Ordering::Relaxed);
+                lock(&self.cache).insert(key, txids.clone(), capacity);
+                Ok(txids)
+            })
+            .await
+            .cloned();
+        let mut inflight = lock(&self.inflight);
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
+        }
+        result
+    }
+}
+
+/// The txids of the serialized block `raw`, which must be the block `wanted` names (its
+/// hash), hold the transactions its header commits to (merkle root) and as many as the index
+/// counts (a duplicated last transaction keeps the root but not the count).
+fn checked_txids(raw: &[u8], wanted: &Wanted) -> Result<Vec<Hash32>> {
+    let bad = |reason: String| TxidError::BadBlock {
+        height: wanted.height,
+        hash: wanted.hash,
+        reason,
+    };
+    let block: Block =
+        bitcoin::consensus::deserialize(raw).map_err(|e| bad(format!("malformed: {e}")))?;
+    let got = block.block_hash();
+    if got != wanted.hash {
+        return Err(bad(format!("the node sent block {got} instead")));
+    }
+    let txids: Vec<Hash32> = block
+        .txdata
+        .iter()
+        .map(|tx| tx.compute_txid().to_byte_array())
+        .collect();
+    let root =
+        bitcoin::merkle_tree::calculate_root(txids.iter().map(|t| Txid::from_byte_array(*t)));
+    if root.map(|r| r.to_byte_array()) != Some(block.header.merkle_root.to_byte_array()) {
+        return Err(bad("its transactions do not match its merkle root".into()));
+    }
+    if txids.len() as u64 != wanted.tx_count {
+        return Err(bad(format!(
+            "it has {} transactions, the index {}",
+            txids.len(),
+            wanted.tx_count
+        )));
+    }
+    Ok(txids)
+}
+
+#[cfg(test)]
+mod tests;
