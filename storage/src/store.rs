@@ -817,6 +817,117 @@ mod tests {
         assert_eq!(before.tx_count(), 120, "an older snapshot is unchanged");
     }
 
+    fn lean(opts: Options) -> Options {
+        Options {
+            store_txids: false,
+            ..opts
+        }
+    }
+
+    /// Everything but txids, as a snapshot answers it for the blocks of `block(0..blocks)`.
+    fn answers(snap: &Snapshot, blocks: u64) -> Vec<String> {
+        let mut out = vec![format!("{:?}", snap.history(&[0; 11]).unwrap())];
+        out.push(format!("{:?}", snap.utxos(&[0; 11]).unwrap()));
+        for n in 0..3 * blocks {
+            out.push(format!("{n}: {:?}", snap.unspent(&txid(n), 0).unwrap()));
+        }
+        let all: Vec<u64> = (0..snap.tx_count()).collect();
+        out.push(format!("{:?}", snap.tx_heights(&all).unwrap()));
+        for h in 0..snap.height().map_or(0, |h| h + 1) {
+            out.push(format!("{h}: {:?}", snap.block_txs(h).unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn lean_store_answers_as_a_full_one_through_pruning_merges_and_rollbacks() {
+        let (full_dir, lean_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut full = Store::open(full_dir.path(), opts()).unwrap();
+        let mut lean = Store::open(lean_dir.path(), lean(opts())).unwrap();
+        let mut h = 0;
+        for round in 0..40u64 {
+            for store in [&mut full, &mut lean] {
+                store.apply_block(&block(h)).unwrap();
+                match round % 5 {
+                    // A pruning merge drops spent txs a rollback could not revive, then
+                    // the rollback revives those spent within the horizon.
+                    1 if round > 5 => {
+                        store.commit().unwrap();
+                        store.compact_all().unwrap();
+                        store.rollback(3).unwrap();
+                    }
+                    3 => {
+                        store.compact().unwrap();
+                    }
+                    _ => store.commit().unwrap(),
+                }
+            }
+            h = full.height().map_or(0, |t| u64::from(t) + 1);
+            let (f, l) = (full.snapshot(), lean.snapshot());
+            assert_eq!(answers(&f, h + 3), answers(&l, h + 3), "round {round}");
+            assert!(f.stores_txids() && !l.stores_txids());
+        }
+        let err = lean.snapshot().txid(0).unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+        assert_eq!(err.to_string(), "txids are not stored (lean index)");
+        let err = lean.snapshot().txids(&[0, 1]).unwrap_err();
+        assert_eq!(err.to_string(), "txids are not stored (lean index)");
+        assert!(lean_dir.path().read_dir().unwrap().all(|e| {
+            let name = e.unwrap().file_name();
+            !name.to_string_lossy().starts_with("txh-")
+        }));
+    }
+
+    #[test]
+    fn a_store_with_blocks_opens_only_in_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        // Without blocks, a store takes the mode it is opened in.
+        let mut store = Store::open(dir.path(), Options::default()).unwrap();
+        store.set_meta("k", b"v");
+        store.commit().unwrap();
+        drop(store);
+        let mut store = Store::open(dir.path(), lean(Options::default())).unwrap();
+        store.apply_block(&block(0)).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let err = Store::open(dir.path(), Options::default()).err().unwrap();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+        let msg = |built: &str| {
+            format!(
+                "the store in {} was built {built}; open it in the same mode or delete the \
+                 directory and resync",
+                dir.path().display()
+            )
+        };
+        assert_eq!(err.to_string(), msg("without txids (lean)"));
+        let store = Store::open(dir.path(), lean(Options::default())).unwrap();
+        assert!(!store.snapshot().stores_txids());
+        assert_eq!(
+            store
+                .snapshot()
+                .unspent(&txid(0), 0)
+                .unwrap()
+                .unwrap()
+                .1
+                .txnum,
+            0
+        );
+        drop(store);
+        let full_dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(full_dir.path(), Options::default()).unwrap();
+        store.apply_block(&block(0)).unwrap();
+        store.commit().unwrap();
+        drop(store);
+        let err = Store::open(full_dir.path(), lean(Options::default()))
+            .err()
+            .unwrap();
+        let want = msg("with txids stored").replace(
+            &dir.path().display().to_string(),
+            &full_dir.path().display().to_string(),
+        );
+        assert_eq!(err.to_string(), want);
+    }
+
     #[test]
     fn second_writer_is_refused_until_the_first_closes() {
         let dir = tempfile::tempdir().unwrap();

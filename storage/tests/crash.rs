@@ -2,7 +2,8 @@
 //! and commits, rolls back and compacts in a loop while the parent SIGKILLs it at random
 //! moments. Every reopen must succeed and equal the model at the recovered height, which must
 //! be at least the last height the child reported as committed (or the floor it announced
-//! before a rollback, which lowers the committed height).
+//! before a rollback, which lowers the committed height). It runs for a full store and for a
+//! lean one, which must keep its mode across every crash.
 
 mod common;
 
@@ -15,14 +16,16 @@ use common::{check, Chain, Rng};
 use ferrum_storage::{Options, Store};
 
 const CHILD_ENV: &str = "FERRUM_CRASH_CHILD_DIR";
+/// Set (to anything) when the child's store is lean.
+const LEAN_ENV: &str = "FERRUM_CRASH_CHILD_LEAN";
 const SEED: u64 = 0x5eed_c4a5;
 const KILLS: usize = 60;
 
-fn options() -> Options {
+fn options(lean: bool) -> Options {
     Options {
         undo_blocks: 6,
         compaction_memory: 1 << 16,
-        store_txids: true,
+        store_txids: !lean,
     }
 }
 
@@ -34,7 +37,8 @@ fn crash_child() {
     };
     // libtest has printed "test crash_child ... " without a newline: end that line first.
     println!();
-    let mut store = Store::open(dir.as_ref(), options()).expect("reopen in child");
+    let lean = std::env::var_os(LEAN_ENV).is_some();
+    let mut store = Store::open(dir.as_ref(), options(lean)).expect("reopen in child");
     println!("opened {}", store.height().map_or(-1, i64::from));
     let mut chain = Chain::new(SEED);
     let mut rng = Rng(std::process::id() as u64);
@@ -66,16 +70,30 @@ fn crash_child() {
 
 #[test]
 fn kill_during_commits() {
+    kill_during_commits_in(false, KILLS);
+}
+
+#[test]
+fn kill_during_commits_of_a_lean_store() {
+    kill_during_commits_in(true, KILLS / 2);
+}
+
+fn kill_during_commits_in(lean: bool, kills: usize) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut chain = Chain::new(SEED);
     let mut rng = Rng(0xc0ffee);
     let started = Instant::now();
     let mut recovered_heights = Vec::new();
-    for round in 0..KILLS {
-        let mut child = Command::new(&exe)
+    for round in 0..kills {
+        let mut child = Command::new(&exe);
+        child
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
+            .env(CHILD_ENV, dir.path());
+        if lean {
+            child.env(LEAN_ENV, "1");
+        }
+        let mut child = child
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -109,8 +127,9 @@ fn kill_during_commits() {
         }
         assert!(!status.success(), "round {round}: child exited by itself");
 
-        let store = Store::open(dir.path(), options())
+        let store = Store::open(dir.path(), options(lean))
             .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        assert_eq!(store.snapshot().stores_txids(), !lean, "round {round}");
         let height = store.height();
         let recovered = height.map_or(-1, i64::from);
         if let Some(floor) = floor {
@@ -124,12 +143,14 @@ fn kill_during_commits() {
         recovered_heights.push(height);
     }
     let progressed = recovered_heights.iter().filter(|h| h.is_some()).count();
+    let err = Store::open(dir.path(), options(!lean)).err().unwrap();
+    assert!(err.to_string().contains(" was built "), "{err}");
     assert!(
-        progressed > KILLS / 2,
+        progressed > kills / 2,
         "child rarely committed: {recovered_heights:?}"
     );
     eprintln!(
-        "{KILLS} kills in {:?}; recovered heights {recovered_heights:?}",
+        "{kills} kills in {:?}; recovered heights {recovered_heights:?}",
         started.elapsed()
     );
 }

@@ -1,6 +1,7 @@
 //! Property test: random sequences of apply_block, commit, rollback, compact, compact_all, set_meta, reopen
 //! and invalid blocks drive the Store and an in-memory model; after every step the latest
-//! snapshot, and an older snapshot kept across steps, must equal the model.
+//! snapshot, and an older snapshot kept across steps, must equal the model. Each sequence
+//! runs against a full store and a lean one (no txids stored), which must answer alike.
 
 mod common;
 
@@ -37,16 +38,31 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn options() -> Options {
+fn options(lean: bool) -> Options {
     Options {
         undo_blocks: UNDO,
         compaction_memory: 1 << 16,
-        store_txids: true,
+        store_txids: !lean,
     }
+}
+
+/// What opening a store with blocks in the other mode says.
+fn mode_error(dir: &std::path::Path, lean: bool) -> String {
+    let built = if lean {
+        "without txids (lean)"
+    } else {
+        "with txids stored"
+    };
+    format!(
+        "the store in {} was built {built}; open it in the same mode or delete the directory \
+         and resync",
+        dir.display()
+    )
 }
 
 struct Harness {
     dir: tempfile::TempDir,
+    lean: bool,
     store: Option<Store>,
     /// `states[n]` = model after the first n applied blocks (committed or not).
     states: Vec<Model>,
@@ -128,7 +144,15 @@ impl Harness {
             }
             Op::Reopen => {
                 drop(self.store.take());
-                self.store = Some(Store::open(self.dir.path(), options()).unwrap());
+                if self.committed > 0 {
+                    let err = Store::open(self.dir.path(), options(!self.lean))
+                        .err()
+                        .unwrap();
+                    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+                    assert_eq!(err.to_string(), mode_error(self.dir.path(), self.lean));
+                }
+                self.store = Some(Store::open(self.dir.path(), options(self.lean)).unwrap());
+                assert_eq!(self.store().snapshot().stores_txids(), !self.lean);
                 self.states.truncate(self.committed + 1);
                 self.meta_pending.clear();
             }
@@ -175,23 +199,26 @@ proptest! {
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), options()).unwrap();
-        let mut h = Harness {
-            dir,
-            store: Some(store),
-            states: vec![Model::default()],
-            committed: 0,
-            meta_pending: Vec::new(),
-            undo_low: 0,
-            all_txids: Vec::new(),
-            kept: None,
-        };
-        for op in &ops {
-            h.step(op);
+        for lean in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), options(lean)).unwrap();
+            let mut h = Harness {
+                dir,
+                lean,
+                store: Some(store),
+                states: vec![Model::default()],
+                committed: 0,
+                meta_pending: Vec::new(),
+                undo_low: 0,
+                all_txids: Vec::new(),
+                kept: None,
+            };
+            for op in &ops {
+                h.step(op);
+                h.verify();
+            }
+            h.step(&Op::Reopen);
             h.verify();
         }
-        h.step(&Op::Reopen);
-        h.verify();
     }
 }
