@@ -276,6 +276,9 @@ pub enum Fault {
     WrongBlock(BlockHash),
     /// Say the block does not exist (REST 404, RPC -5).
     Missing,
+    /// Reverse the order of the block's transactions: well formed, the right header, but
+    /// not the transactions its merkle root commits to.
+    ReorderTxs,
 }
 
 /// A proxy in front of a node that can refuse REST and tamper with chosen blocks.
@@ -425,6 +428,11 @@ async fn tamper(
             raw = resp.body;
         }
         Fault::Missing => raw.clear(),
+        Fault::ReorderTxs => {
+            let mut block: Block = bitcoin::consensus::deserialize(&raw).unwrap();
+            block.txdata.reverse();
+            raw = bitcoin::consensus::serialize(&block);
+        }
     }
     *reply = match (rest_hash, fault) {
         (Some(_), _) => raw,
