@@ -1,8 +1,9 @@
 //! The lean index mode end to end: the real binary indexes one emulated chain in full mode
 //! and in lean mode (no txids stored, blocks fetched from the node, through a proxy that can
 //! tamper with them); over TCP both give the same answers, and the answers computed from the
-//! blocks alone, for histories, unspent outputs, balances, statuses, merkle proofs and ids by
-//! position: after sync, after a node reorg and after the admin `reorg`. A block whose
+//! blocks alone, for histories, unspent outputs, balances, statuses (read whole, and kept
+//! subscribed across new blocks), merkle proofs and ids by position: after sync, after new
+//! blocks, after a node reorg and after the admin `reorg`. A block whose
 //! transactions do not match its merkle root is an error, never a wrong answer.
 
 mod indexer_support;
@@ -253,6 +254,33 @@ async fn lean_and_full_servers_answer_alike() {
         expected.history(&script)
     );
 
+    // Sessions that stay subscribed keep their scripts' statuses in the status cache: new
+    // blocks extend them with their entries only (txids of the new blocks alone).
+    let mut watchers = Vec::new();
+    for server in [&full, &lean] {
+        let mut w = Wallet::connect(server.tcp, "1.4").await;
+        w.subscribe(&scripts.iter().collect::<Vec<_>>()).await;
+        watchers.push(w);
+    }
+    let before = node_state(&emu);
+    emu.mine(2).unwrap();
+    let expected = node_state(&emu);
+    let txs = sample_txs(&expected);
+    let from_full = settled(full.tcp, &expected, &scripts, &txs, "full after 2 blocks").await;
+    let from_lean = settled(lean.tcp, &expected, &scripts, &txs, "lean after 2 blocks").await;
+    assert_eq!(from_full, from_lean);
+    assert!(
+        scripts
+            .iter()
+            .any(|s| before.status(s) != expected.status(s)),
+        "the new blocks touch a watched script"
+    );
+    for w in &mut watchers {
+        let statuses = w.subscribe(&scripts.iter().collect::<Vec<_>>()).await;
+        let want: Vec<Value> = scripts.iter().map(|s| expected.status(s)).collect();
+        assert_eq!(statuses, want);
+    }
+
     // The node replaces its last two blocks with three others (their transactions go back
     // to its mempool): blocks cached or proven before are not mistaken for the new ones.
     emu.reorg(2, 3, 5).unwrap();
@@ -261,6 +289,11 @@ async fn lean_and_full_servers_answer_alike() {
     let from_full = settled(full.tcp, &expected, &scripts, &txs, "full after reorg").await;
     let from_lean = settled(lean.tcp, &expected, &scripts, &txs, "lean after reorg").await;
     assert_eq!(from_full, from_lean);
+    for w in &mut watchers {
+        let statuses = w.subscribe(&scripts.iter().collect::<Vec<_>>()).await;
+        let want: Vec<Value> = scripts.iter().map(|s| expected.status(s)).collect();
+        assert_eq!(statuses, want);
+    }
 
     // The lean index rolls back blocks (no txids to reinstate) and syncs forward again.
     assert_eq!(
