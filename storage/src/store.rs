@@ -114,6 +114,7 @@ fn is_store_file_name(name: &str) -> bool {
 impl Store {
     /// Opens the store in `dir` (created if missing), recovering to the last committed
     /// manifest: array bytes past it are truncated and files it does not name are deleted.
+    /// A store holding blocks opens only in the mode it was built in (`store_txids`).
     pub fn open(dir: &Path, opts: Options) -> Result<Store> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_dir(dir)?;

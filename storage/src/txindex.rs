@@ -38,8 +38,8 @@ use crate::Hash32;
 const MAGIC: &[u8; 4] = b"FTXI";
 const LEAN_MAGIC: &[u8; 4] = b"FTXL";
 /// The txid bytes after the 4-byte prefix, stored by lean runs.
-pub const TAIL_LEN: usize = 28;
-pub type Tail = [u8; TAIL_LEN];
+const TAIL_LEN: usize = 28;
+type Tail = [u8; TAIL_LEN];
 /// An entry in run order: (prefix, tail, tx number). Full runs store no tail (all zero
 /// here), so their order is (prefix, tx number) as it always was.
 type Entry = (u32, Tail, u64);
