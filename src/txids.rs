@@ -4,20 +4,22 @@
 //! merkle root and tx count, and recent blocks' txid lists are kept in an LRU bounded in
 //! bytes. Lean lookups wait for the node, so they run on the blocking pool (see [`Txids`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bitcoin::hashes::Hash;
-use bitcoin::{Block, BlockHash, Txid};
+use bitcoin::{BlockHash, Txid};
 use ferrum_storage::{Hash32, Snapshot};
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, StreamExt};
 use tokio::sync::OnceCell;
 
 use crate::daemon;
 use crate::electrum::Node;
 use crate::merkle::header_hash;
+
+mod scan;
 
 /// `TXID_CACHE_MB`'s default: about 2 million txids, some 700 full mainnet blocks.
 pub const DEFAULT_CACHE_MB: usize = 64;
@@ -90,6 +92,8 @@ pub type BlockTxids = Arc<[Hash32]>;
 struct Wanted {
     height: u32,
     hash: BlockHash,
+    /// Its first tx number.
+    start: u64,
     tx_count: u64,
 }
 
@@ -220,21 +224,30 @@ impl Txids {
             return Ok(snap.txids(txnums)?);
         }
         let heights = snap.tx_heights(txnums)?;
-        let mut distinct = heights.clone();
-        distinct.dedup();
-        let blocks = self.blocks(snap, distinct)?;
-        let mut out = Vec::with_capacity(txnums.len());
-        for (&txnum, height) in txnums.iter().zip(heights) {
-            let txid = blocks
-                .get(&height)
-                .and_then(|(start, txids)| txids.get(txnum.checked_sub(*start)? as usize));
-            let txid = txid.ok_or_else(|| {
-                ferrum_storage::Error::Invalid(format!(
-                    "tx number {txnum} is not in the block at height {height}"
-                ))
-            })?;
-            out.push(*txid);
+        // Where each block's transactions go in the answer: a block's txid list is let go
+        // as soon as they are copied out (a long history may span thousands of blocks).
+        let mut slots: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, &height) in heights.iter().enumerate() {
+            slots.entry(height).or_default().push(i);
         }
+        let mut out = vec![[0u8; 32]; txnums.len()];
+        let mut distinct = heights;
+        distinct.dedup();
+        self.for_each_block(snap, distinct, |height, start, txids| {
+            for &i in slots.get(&height).map_or(&[][..], Vec::as_slice) {
+                let txnum = txnums[i];
+                let txid = txnum
+                    .checked_sub(start)
+                    .and_then(|at| txids.get(at as usize))
+                    .ok_or_else(|| {
+                        ferrum_storage::Error::Invalid(format!(
+                            "tx number {txnum} is not in the block at height {height}"
+                        ))
+                    })?;
+                out[i] = *txid;
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -244,60 +257,65 @@ impl Txids {
             let range = snap.block_txs(height)?;
             return Ok(snap.txids(&range.collect::<Vec<_>>())?.into());
         }
-        let mut blocks = self.blocks(snap, vec![height])?;
-        Ok(blocks
-            .remove(&height)
-            .map(|(_, txids)| txids)
-            .unwrap_or_default())
+        let mut found = None;
+        self.for_each_block(snap, [height], |_, _, txids| {
+            found = Some(txids.clone());
+            Ok(())
+        })?;
+        found.ok_or_else(|| {
+            TxidError::Store(ferrum_storage::Error::Invalid(format!(
+                "no txids for the block at height {height}"
+            )))
+        })
     }
 
-    /// Each block of `heights` (lean index): its first tx number and its txids.
-    fn blocks(
+    /// Calls `f` with each block of `heights` (a lean index; repeats skipped): its height,
+    /// first tx number and txids. Cached blocks come first, then the others as they arrive.
+    fn for_each_block(
         &self,
         snap: &Snapshot,
-        heights: Vec<u32>,
-    ) -> Result<HashMap<u32, (u64, BlockTxids)>> {
-        let mut found = HashMap::with_capacity(heights.len());
+        heights: impl IntoIterator<Item = u32>,
+        mut f: impl FnMut(u32, u64, &BlockTxids) -> Result<()>,
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
         let mut missing = Vec::new();
         for height in heights {
-            if found.contains_key(&height) {
+            if !seen.insert(height) {
                 continue;
             }
             let hash = header_hash(&snap.header(height)?);
             let range = snap.block_txs(height)?;
             self.lookups.fetch_add(1, Ordering::Relaxed);
-            if let Some(txids) = lock(&self.cache).get(&hash) {
+            let cached = lock(&self.cache).get(&hash);
+            if let Some(txids) = cached {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                found.insert(height, (range.start, txids));
+                f(height, range.start, &txids)?;
                 continue;
             }
-            // A placeholder keeps a repeated height out of `missing`.
-            found.insert(height, (range.start, BlockTxids::default()));
             missing.push(Wanted {
                 height,
                 hash: BlockHash::from_byte_array(hash),
+                start: range.start,
                 tx_count: range.end - range.start,
             });
         }
         if missing.is_empty() {
-            return Ok(found);
+            return Ok(());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| TxidError::NoRuntime)?;
-        let fetched: Vec<(u32, BlockTxids)> = runtime.block_on(
-            stream::iter(missing)
+        runtime.block_on(async {
+            let mut fetched = stream::iter(missing)
                 .map(|wanted| async move {
                     let txids = self.fetch(wanted).await?;
-                    Ok::<_, TxidError>((wanted.height, txids))
+                    Ok::<_, TxidError>((wanted, txids))
                 })
-                .buffer_unordered(MAX_CONCURRENT_FETCHES)
-                .try_collect(),
-        )?;
-        for (height, txids) in fetched {
-            if let Some(entry) = found.get_mut(&height) {
-                entry.1 = txids;
+                .buffer_unordered(MAX_CONCURRENT_FETCHES);
+            while let Some(result) = fetched.next().await {
+                let (wanted, txids) = result?;
+                f(wanted.height, wanted.start, &txids)?;
             }
-        }
-        Ok(found)
+            Ok(())
+        })
     }
 
     /// One block's txids, from the cache, a fetch under way, or a new fetch.
@@ -342,20 +360,14 @@ fn checked_txids(raw: &[u8], wanted: &Wanted) -> Result<Vec<Hash32>> {
         hash: wanted.hash,
         reason,
     };
-    let block: Block =
-        bitcoin::consensus::deserialize(raw).map_err(|e| bad(format!("malformed: {e}")))?;
-    let got = block.block_hash();
+    let (header, txids) = scan::block_txids(raw).map_err(|e| bad(format!("malformed: {e}")))?;
+    let got = BlockHash::from_byte_array(header_hash(&header));
     if got != wanted.hash {
         return Err(bad(format!("the node sent block {got} instead")));
     }
-    let txids: Vec<Hash32> = block
-        .txdata
-        .iter()
-        .map(|tx| tx.compute_txid().to_byte_array())
-        .collect();
     let root =
         bitcoin::merkle_tree::calculate_root(txids.iter().map(|t| Txid::from_byte_array(*t)));
-    if root.map(|r| r.to_byte_array()) != Some(block.header.merkle_root.to_byte_array()) {
+    if root.map(|r| r.to_byte_array()).as_ref().map(|r| &r[..]) != Some(&header[36..68]) {
         return Err(bad("its transactions do not match its merkle root".into()));
     }
     if txids.len() as u64 != wanted.tx_count {
