@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -585,13 +584,9 @@ impl Store {
             };
             let utxo = &s.utxo;
             // A lean index keeps what a rollback could revive: it could not reinstate it.
-            let revivable = match (s.lean, s.undo.first_height(), s.height()) {
-                (true, Some(first), Some(tip)) => first.max(s.revivable_from())..tip + 1,
-                _ => 0..0,
-            };
-            let undo = &s.undo;
-            let mut live =
-                |base, end| live_txs(&utxo.view(), undo, revivable.clone(), base, end, memory);
+            let from = s.revivable_from();
+            let revivable = s.lean.then_some((&s.undo, from));
+            let mut live = |base, end| live_txs(&utxo.view(), revivable, base, end, memory);
             let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
@@ -615,13 +610,12 @@ impl Store {
     }
 }
 
-/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, and those
-/// whose outputs the blocks at `revivable` heights spent (read from their undo records), or
-/// `None` when the set (a bit per tx) would not fit in `memory`.
+/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, and, given
+/// `revivable` = (undo log, lowest height a rollback can undo), those whose outputs the blocks
+/// from that height on spent; or `None` when the set (a bit per tx) would not fit in `memory`.
 fn live_txs(
     utxos: &UtxoView,
-    undo: &UndoLog,
-    revivable: Range<u32>,
+    revivable: Option<(&UndoLog, u32)>,
     base: u64,
     end: u64,
     memory: usize,
@@ -631,10 +625,12 @@ fn live_txs(
     }
     let mut live = LiveTxs::new(base, end);
     utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
-    for height in revivable {
-        for &(_, txnum, _, _) in &undo.read(height)?.spent {
-            live.insert(txnum);
-        }
+    if let Some((undo, from)) = revivable {
+        undo.for_each_from(from, &mut |record| {
+            for &(_, txnum, _, _) in &record.spent {
+                live.insert(txnum);
+            }
+        })?;
     }
     Ok(Some(live))
 }
