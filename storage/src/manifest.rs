@@ -313,6 +313,16 @@ mod tests {
             payload(&lean_sample()),
             [payload(&full_without_hashes), vec![FLAG_LEAN as u8]].concat()
         );
+        // Unknown flags are corrupt.
+        let mut flags_2 = payload(&lean_sample());
+        *flags_2.last_mut().unwrap() = 2;
+        let mut bytes = MAGIC.to_vec();
+        encode_frame(&mut bytes, &flags_2);
+        let err = Manifest::decode(&bytes, Path::new("MANIFEST")).unwrap_err();
+        assert!(
+            err.to_string().ends_with(": unknown manifest flags"),
+            "{err}"
+        );
         // A lean manifest with tx hashes, or a full one without all of them, is corrupt.
         let lean_with_hashes = Manifest {
             lean: true,

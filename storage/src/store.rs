@@ -508,7 +508,9 @@ impl Store {
                 // Outputs created by this same block are gone with it.
                 if txnum < undo.first_txnum {
                     self.utxo.add(hashx, txnum, vout, value);
-                    unspent_again.push(txnum);
+                    if !self.lean {
+                        unspent_again.push(txnum);
+                    }
                 }
             }
             new_tx_count = undo.first_txnum;
@@ -528,12 +530,10 @@ impl Store {
         self.history.truncate(new_tx_count);
         self.txindex.truncate(new_tx_count);
         // Their txs may have left the txid index since they were spent (a lean index keeps
-        // them, having no txids to reinstate them from).
-        if !self.lean {
-            for txnum in unspent_again {
-                if txnum < new_tx_count {
-                    self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
-                }
+        // them, having no txids to reinstate them from: `unspent_again` stays empty).
+        for txnum in unspent_again {
+            if txnum < new_tx_count {
+                self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
             }
         }
         self.undo.truncate(keep as u32);
