@@ -876,6 +876,34 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_txid_resolves_to_the_later_tx_in_both_modes() {
+        for store_txids in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = Options {
+                store_txids,
+                ..opts()
+            };
+            let mut store = Store::open(dir.path(), opts).unwrap();
+            // Blocks 0..3 (txs 0..9), then block 3 repeats tx 1's txid (as BIP30's coinbases).
+            for h in 0..3 {
+                store.apply_block(&block(h)).unwrap();
+                store.commit().unwrap();
+            }
+            let mut again = block(3);
+            again.txs[0].txid = txid(1);
+            store.apply_block(&again).unwrap();
+            store.commit().unwrap();
+            store.compact_all().unwrap();
+            let found = store.snapshot().unspent(&txid(1), 0).unwrap();
+            assert_eq!(
+                found.map(|(_, u)| u.txnum),
+                Some(9),
+                "store_txids {store_txids}"
+            );
+        }
+    }
+
+    #[test]
     fn a_store_with_blocks_opens_only_in_its_mode() {
         let dir = tempfile::tempdir().unwrap();
         // Without blocks, a store takes the mode it is opened in.
