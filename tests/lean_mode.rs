@@ -172,7 +172,7 @@ async fn lean_and_full_servers_answer_alike() {
     }))
     .unwrap();
     let proxy = Proxy::start(emu.rpc_addr()).await;
-    let full = start(emu.rpc_addr().port(), &emu, &[]).await;
+    let full = start(emu.rpc_addr().port(), &emu, &[("INDEX_MODE", "full")]).await;
     // No txid cache: every lookup fetches its blocks, so the proxy's faults show at once.
     let lean_env = [("INDEX_MODE", "lean"), ("TXID_CACHE_MB", "0")];
     let lean = start(proxy.port, &emu, &lean_env).await;

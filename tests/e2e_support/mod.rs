@@ -47,6 +47,14 @@ pub fn node_error(emu: &Emulator, method: &str, params: Value) -> (i32, String) 
     (e.code, e.message)
 }
 
+/// `INDEX_MODE` for the servers the tests start: `FERRUM_TEST_INDEX_MODE` when set (run a
+/// suite against a lean index with `FERRUM_TEST_INDEX_MODE=lean`), else the default.
+pub fn index_mode() -> Option<(&'static str, String)> {
+    std::env::var("FERRUM_TEST_INDEX_MODE")
+        .ok()
+        .map(|mode| ("INDEX_MODE", mode))
+}
+
 /// A running `ferrum` process (killed on drop) with every wallet transport and the local RPC.
 pub struct FerrumProcess {
     child: Child,
@@ -83,6 +91,7 @@ impl FerrumProcess {
         let log = dir.path().join("ferrum.log");
         let child = Command::new(env!("CARGO_BIN_EXE_ferrum"))
             .env_clear()
+            .envs(index_mode())
             .env("DB_DIRECTORY", db)
             .env("NET", "regtest")
             .env("DAEMON_URL", format!("127.0.0.1:{}", emu.rpc_addr().port()))

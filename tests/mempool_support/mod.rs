@@ -51,6 +51,7 @@ impl Ferrum {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ferrum"));
         command
             .env_clear()
+            .envs(e2e_support::index_mode())
             .env("DB_DIRECTORY", dir.path().join("db"))
             .env("NET", "regtest")
             .env("DAEMON_URL", format!("127.0.0.1:{port}"))
