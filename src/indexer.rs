@@ -415,6 +415,13 @@ impl Indexer {
     async fn main_loop(&mut self) -> Result<()> {
         let node = self.daemon.check(self.network).await?;
         self.log_startup();
+        if let (Some(prune_height), false) = (node.prune_height, self.stores_txids()) {
+            return Err(IndexError::Daemon(daemon::Error::Config(format!(
+                "INDEX_MODE=lean asks the node for blocks whenever a query needs their txids, \
+                 but the node is pruned (no blocks below height {prune_height}): remove prune= \
+                 from bitcoin.conf, or use INDEX_MODE=full"
+            ))));
+        }
         if let Some(prune_height) = node.prune_height {
             let next = self.next_height();
             if prune_height > next {
@@ -882,6 +889,11 @@ impl Indexer {
         })?;
         self.store = Some(store);
         Ok(out)
+    }
+
+    /// Whether the index keeps txids (`INDEX_MODE=full`).
+    fn stores_txids(&self) -> bool {
+        self.store().snapshot().stores_txids()
     }
 
     fn store(&self) -> &Store {

@@ -403,3 +403,32 @@ fn a_lean_index_is_verified_and_kept_in_its_mode() {
     assert!(lean.contains("lean index: no txids to digest"), "{lean}");
     assert!(lean.ends_with("ok\n") && !full.contains("lean"), "{lean}");
 }
+
+#[test]
+fn a_lean_index_needs_an_unpruned_node() {
+    use ferrum::config::IndexMode;
+    use ferrum::indexer::{open_store_as, Indexer};
+
+    let emu = indexer_support::emulator(4, 20, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let regtest = indexer_support::regtest();
+    indexer_support::runtime().block_on(async {
+        let proxy = Proxy::start(emu.rpc_addr()).await;
+        *proxy.pruned.lock().unwrap() = Some(0);
+        let url = format!("{}@127.0.0.1:{}", emu.credentials(), proxy.port);
+        let store = open_store_as(dir.path(), regtest, 10, 100, IndexMode::Lean).unwrap();
+        let settings = indexer_support::settings(10);
+        let daemon = indexer_support::daemon_for(url);
+        let (indexer, _handle) = Indexer::new(store, daemon, regtest, settings).unwrap();
+        let e = tokio::time::timeout(indexer_support::WAIT, indexer.run())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node: INDEX_MODE=lean asks the node for blocks whenever a query needs their \
+             txids, but the node is pruned (no blocks below height 0): remove prune= from \
+             bitcoin.conf, or use INDEX_MODE=full"
+        );
+    });
+}

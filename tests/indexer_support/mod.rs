@@ -281,11 +281,14 @@ pub enum Fault {
     ReorderTxs,
 }
 
-/// A proxy in front of a node that can refuse REST and tamper with chosen blocks.
+/// A proxy in front of a node that can refuse REST, tamper with chosen blocks and say the
+/// node is pruned.
 pub struct Proxy {
     pub port: u16,
     pub rest: Arc<Mutex<bool>>,
     pub faults: Arc<Mutex<HashMap<BlockHash, Fault>>>,
+    /// `getblockchaininfo` says `pruned` with this `pruneheight`.
+    pub pruned: Arc<Mutex<Option<u32>>>,
 }
 
 impl Proxy {
@@ -294,13 +297,20 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let rest = Arc::new(Mutex::new(true));
         let faults: Arc<Mutex<HashMap<BlockHash, Fault>>> = Arc::default();
-        let (r, f) = (rest.clone(), faults.clone());
+        let pruned: Arc<Mutex<Option<u32>>> = Arc::default();
+        let (r, f, p) = (rest.clone(), faults.clone(), pruned.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(proxy_connection(stream, upstream, r.clone(), f.clone()));
+                let (r, f, p) = (r.clone(), f.clone(), p.clone());
+                tokio::spawn(proxy_connection(stream, upstream, r, f, p));
             }
         });
-        Proxy { port, rest, faults }
+        Proxy {
+            port,
+            rest,
+            faults,
+            pruned,
+        }
     }
 }
 
@@ -309,6 +319,7 @@ async fn proxy_connection(
     upstream: std::net::SocketAddr,
     rest: Arc<Mutex<bool>>,
     faults: Arc<Mutex<HashMap<BlockHash, Fault>>>,
+    pruned: Arc<Mutex<Option<u32>>>,
 ) {
     let mut down = BufReader::new(stream);
     let Ok(mut up) = ferrum::http::HttpConn::connect("127.0.0.1", upstream.port()).await else {
@@ -360,6 +371,9 @@ async fn proxy_connection(
             auth.as_deref(),
         )
         .await;
+        if let Some(height) = *pruned.lock().unwrap() {
+            report_pruned(&body, &mut reply, height);
+        }
         let status = if reply.is_empty() && status == 200 {
             404
         } else {
@@ -378,6 +392,18 @@ async fn proxy_connection(
             return;
         }
     }
+}
+
+/// Makes a `getblockchaininfo` reply say the node is pruned below `height`.
+fn report_pruned(body: &[u8], reply: &mut Vec<u8>, height: u32) {
+    let call: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    if call["method"] != "getblockchaininfo" {
+        return;
+    }
+    let mut answer: serde_json::Value = serde_json::from_slice(reply).unwrap();
+    answer["result"]["pruned"] = json!(true);
+    answer["result"]["pruneheight"] = json!(height);
+    *reply = answer.to_string().into_bytes();
 }
 
 /// Applies a fault to a REST block or a `getblock` reply for a tampered hash.
