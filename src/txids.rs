@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bitcoin::hashes::Hash;
 use bitcoin::{BlockHash, Txid};
@@ -26,6 +27,11 @@ pub const DEFAULT_CACHE_MB: usize = 64;
 
 /// Blocks one lookup fetches from the node at once.
 const MAX_CONCURRENT_FETCHES: usize = 8;
+
+/// How long one block may take. The node client retries an unreachable node forever, and a
+/// lookup holds a blocking-pool thread: during an outage it gives up instead (the session
+/// has answered "server busy" by then, at `REQUEST_TIMEOUT`'s default).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an LRU entry costs beyond its txids (map and order entries, the `Arc`).
 const ENTRY_OVERHEAD: usize = 128;
@@ -185,6 +191,7 @@ pub struct Txids {
     capacity: AtomicUsize,
     /// Blocks being fetched: concurrent lookups of one block wait for one fetch.
     inflight: Mutex<HashMap<Hash32, Arc<OnceCell<BlockTxids>>>>,
+    fetch_timeout: Duration,
     lookups: AtomicU64,
     hits: AtomicU64,
 }
@@ -197,6 +204,7 @@ impl Txids {
             cache: Mutex::default(),
             capacity: AtomicUsize::new(cache_bytes),
             inflight: Mutex::default(),
+            fetch_timeout: FETCH_TIMEOUT,
             lookups: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         }
@@ -306,7 +314,15 @@ impl Txids {
         runtime.block_on(async {
             let mut fetched = stream::iter(missing)
                 .map(|wanted| async move {
-                    let txids = self.fetch(wanted).await?;
+                    let fetched = tokio::time::timeout(self.fetch_timeout, self.fetch(wanted));
+                    let txids = fetched.await.map_err(|_| TxidError::Node {
+                        height: wanted.height,
+                        hash: wanted.hash,
+                        error: daemon::Error::Unavailable(format!(
+                            "no answer in {:?}",
+                            self.fetch_timeout
+                        )),
+                    })??;
                     Ok::<_, TxidError>((wanted, txids))
                 })
                 .buffer_unordered(MAX_CONCURRENT_FETCHES);

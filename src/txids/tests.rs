@@ -262,6 +262,26 @@ async fn wrong_blocks_are_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_given_up_on() {
+    struct Silent;
+    impl Node for Silent {
+        fn call<'a>(&'a self, _: &'a str, _: Value) -> BoxFuture<'a, daemon::Result<Value>> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let f = Arc::new(fixture(3));
+    let mut txids = Txids::new(Arc::new(Silent), 1 << 20);
+    txids.fetch_timeout = std::time::Duration::from_millis(50);
+    let f2 = f.clone();
+    let e = blocking(move || txids.block(&f2.lean.snapshot(), 2).unwrap_err()).await;
+    let hash = f.blocks[2].block_hash();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot get block {hash} at height 2 from the node: no answer in 50ms")
+    );
+}
+
 #[test]
 fn lean_lookups_need_the_runtime() {
     let f = fixture(3);
