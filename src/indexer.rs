@@ -156,7 +156,19 @@ pub fn open_store_as(
             .max(cache_mb.saturating_mul(1 << 18)),
         store_txids: mode.stores_txids(),
     };
-    let mut store = Store::open(dir, options).map_err(|e| mode_mismatch(dir, mode, e))?;
+    // The mode a store with blocks was built in, refused in INDEX_MODE's terms.
+    let built = ferrum_storage::built_with_txids(dir)?.map(|txids| match txids {
+        true => IndexMode::Full,
+        false => IndexMode::Lean,
+    });
+    if let Some(built) = built.filter(|&built| built != mode) {
+        return Err(IndexError::WrongDatabase(format!(
+            "DB_DIRECTORY {} holds an index built with INDEX_MODE={built}, not {mode}: set \
+             INDEX_MODE={built}, or delete the directory and resync",
+            dir.display()
+        )));
+    }
+    let mut store = Store::open(dir, options)?;
     let snap = store.snapshot();
     let name = network.db_name();
     let genesis = network.genesis();
@@ -199,25 +211,6 @@ pub fn open_store_as(
         )));
     }
     Ok(store)
-}
-
-/// The store's refusal of an index built in the other mode, in terms of INDEX_MODE.
-fn mode_mismatch(dir: &Path, mode: IndexMode, e: ferrum_storage::Error) -> IndexError {
-    let ferrum_storage::Error::Invalid(message) = &e else {
-        return e.into();
-    };
-    let built = if message.contains("was built with txids stored") {
-        IndexMode::Full
-    } else if message.contains("was built without txids") {
-        IndexMode::Lean
-    } else {
-        return e.into();
-    };
-    IndexError::WrongDatabase(format!(
-        "DB_DIRECTORY {} holds an index built with INDEX_MODE={built}, not {mode}: set \
-         INDEX_MODE={built}, or delete the directory and resync",
-        dir.display()
-    ))
 }
 
 /// Scripts whose history `blocks` change: those of their outputs and of the outputs they

@@ -60,18 +60,12 @@ fn open(dir: &Path) -> Result<Snapshot> {
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()).into());
     }
-    // The mode is the store's own: opened as a full index, a lean one says what it is.
-    let full = Options::default();
-    match Store::open(dir, full.clone()) {
-        Err(ferrum_storage::Error::Invalid(m)) if m.contains("was built without txids") => {
-            let lean = Options {
-                store_txids: false,
-                ..full
-            };
-            Ok(Store::open(dir, lean)?.snapshot())
-        }
-        opened => Ok(opened?.snapshot()),
-    }
+    // Opened in the store's own mode (an empty store has none: any will do).
+    let options = Options {
+        store_txids: ferrum_storage::built_with_txids(dir)?.unwrap_or(true),
+        ..Options::default()
+    };
+    Ok(Store::open(dir, options)?.snapshot())
 }
 
 fn info(dir: &Path) -> Result<bool> {

@@ -22,7 +22,7 @@ pub use block::{BlockData, TxData};
 pub use error::{Error, Result};
 pub use options::Options;
 pub use snapshot::{Reader, Snapshot};
-pub use store::Store;
+pub use store::{built_with_txids, Store};
 pub use utxo::Utxo;
 
 /// Length of the script key the store indexes by (a prefix of the script's hash, chosen by the

@@ -110,10 +110,21 @@ fn is_store_file_name(name: &str) -> bool {
     known && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The mode the store in `dir` was built in: whether it keeps txids (`Options::store_txids`),
+/// or None while it holds no blocks (a new or empty store takes the mode it is opened in).
+/// Reads the committed manifest only, without the writer lock, so a caller can open a store
+/// in its own mode, or refuse the other mode in its own terms, before [`Store::open`].
+pub fn built_with_txids(dir: &Path) -> Result<Option<bool>> {
+    Ok(Manifest::read(dir)?
+        .filter(|m| m.headers.len > 0)
+        .map(|m| !m.lean))
+}
+
 impl Store {
     /// Opens the store in `dir` (created if missing), recovering to the last committed
     /// manifest: array bytes past it are truncated and files it does not name are deleted.
-    /// A store holding blocks opens only in the mode it was built in (`store_txids`).
+    /// A store holding blocks opens only in the mode it was built in (`store_txids`; see
+    /// [`built_with_txids`]).
     pub fn open(dir: &Path, opts: Options) -> Result<Store> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_dir(dir)?;
@@ -906,14 +917,19 @@ mod tests {
     #[test]
     fn a_store_with_blocks_opens_only_in_its_mode() {
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(built_with_txids(&dir.path().join("none")).unwrap(), None);
         // Without blocks, a store takes the mode it is opened in.
         let mut store = Store::open(dir.path(), Options::default()).unwrap();
         store.set_meta("k", b"v");
         store.commit().unwrap();
+        assert_eq!(built_with_txids(dir.path()).unwrap(), None);
         drop(store);
         let mut store = Store::open(dir.path(), lean(Options::default())).unwrap();
         store.apply_block(&block(0)).unwrap();
+        assert_eq!(built_with_txids(dir.path()).unwrap(), None, "not committed");
         store.commit().unwrap();
+        // Read while the writer holds its lock.
+        assert_eq!(built_with_txids(dir.path()).unwrap(), Some(false));
         drop(store);
         let err = Store::open(dir.path(), Options::default()).err().unwrap();
         assert!(matches!(err, Error::Invalid(_)), "{err:?}");
@@ -943,6 +959,7 @@ mod tests {
         store.apply_block(&block(0)).unwrap();
         store.commit().unwrap();
         drop(store);
+        assert_eq!(built_with_txids(full_dir.path()).unwrap(), Some(true));
         let err = Store::open(full_dir.path(), lean(Options::default()))
             .err()
             .unwrap();
@@ -951,6 +968,20 @@ mod tests {
             &full_dir.path().display().to_string(),
         );
         assert_eq!(err.to_string(), want);
+    }
+
+    #[test]
+    fn a_mode_read_from_a_bad_manifest_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(MANIFEST), b"not a manifest").unwrap();
+        let err = built_with_txids(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "corrupt store file {} at offset 0: not a ferrum store manifest",
+                dir.path().join(MANIFEST).display()
+            )
+        );
     }
 
     #[test]
