@@ -127,6 +127,12 @@ pub(crate) fn txid_error(e: TxidError) -> RpcError {
     }
 }
 
+/// What charges the session `ctx` for the blocks a lean lookup fetches from the node.
+pub(crate) fn block_charge(ctx: &Arc<SessionContext>) -> impl Fn(usize) + Send + Sync + 'static {
+    let ctx = ctx.clone();
+    move |blocks| ctx.bump_cost(blocks as f64 * txids::BLOCK_FETCH_COST)
+}
+
 /// Runs store work on the blocking pool so one long request never stalls the runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
@@ -410,12 +416,12 @@ impl Electrum {
 
     async fn subscribe(
         &self,
-        ctx: &SessionContext,
+        ctx: &Arc<SessionContext>,
         state: &SessionState,
         scripthash: &Value,
     ) -> Result<Value, RpcError> {
         let hashx = args::script_hash(scripthash)?;
-        let status = scripts::statuses(&self.shared, ctx.limits().max_send, vec![hashx])
+        let status = scripts::statuses(&self.shared, ctx, vec![hashx])
             .await?
             .remove(0)?;
         ctx.bump_cost(status.cost);

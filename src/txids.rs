@@ -2,7 +2,8 @@
 //! the blocks that hold them are fetched from the node (distinct blocks concurrently, up to
 //! a bound), each checked against the store's header at its height (hash) and against its
 //! merkle root and tx count, and recent blocks' txid lists are kept in an LRU bounded in
-//! bytes. Lean lookups wait for the node, so they run on the blocking pool (see [`Txids`]).
+//! bytes. Lean lookups wait for the node, so they run on the blocking pool (see [`Txids`]);
+//! a session's lookups go through [`Charged`], which reports the blocks fetched for its cost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -35,6 +36,13 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an LRU entry costs beyond its txids (map and order entries, the `Arc`).
 const ENTRY_OVERHEAD: usize = 128;
+
+/// What a session is charged, in the session cost model's units, for each block one of its
+/// lean lookups asks the node for (blocks in the cache are free): ElectrumX's cost of a
+/// request it forwards to the node, `blockchain.transaction.get` (1.0). Cost decays by 1.0
+/// a second at the default `COST_HARD_LIMIT`, so a session sustains about a block a second,
+/// and a burst of some 1,000 fetched blocks reaches `COST_SOFT_LIMIT`.
+pub const BLOCK_FETCH_COST: f64 = 1.0;
 
 /// Why txids could not be given.
 #[derive(Debug)]
@@ -170,9 +178,29 @@ impl TxidSource for StoreTxids {
     }
 }
 
-impl TxidSource for Txids {
+/// [`Txids`] for one session's request: each lookup reports how many blocks it is about to
+/// ask the node for (those not in the cache) to `on_fetch` before asking, so that a request
+/// that fails or times out has still paid for them.
+pub struct Charged<'a> {
+    txids: &'a Txids,
+    on_fetch: &'a (dyn Fn(usize) + Sync),
+}
+
+impl Charged<'_> {
+    /// As [`Txids::txids`].
+    pub fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        self.txids.lookup(snap, txnums, self.on_fetch)
+    }
+
+    /// As [`Txids::block`].
+    pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
+        self.txids.block_of(snap, height, self.on_fetch)
+    }
+}
+
+impl TxidSource for Charged<'_> {
     fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
-        Txids::txids(self, snap, txnums)
+        Charged::txids(self, snap, txnums)
     }
 }
 
@@ -226,8 +254,30 @@ impl Txids {
         )
     }
 
-    /// The txids of `txnums`, in their order.
+    /// Lookups that tell `on_fetch` how many blocks they fetch from the node.
+    pub fn charged<'a>(&'a self, on_fetch: &'a (dyn Fn(usize) + Sync)) -> Charged<'a> {
+        Charged {
+            txids: self,
+            on_fetch,
+        }
+    }
+
+    /// The txids of `txnums`, in their order (fetches charged to no one: see [`Txids::charged`]).
     pub fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
+        self.lookup(snap, txnums, &|_| {})
+    }
+
+    /// The txids of the block at `height`, in block order (fetches charged to no one).
+    pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
+        self.block_of(snap, height, &|_| {})
+    }
+
+    fn lookup(
+        &self,
+        snap: &Snapshot,
+        txnums: &[u64],
+        on_fetch: &dyn Fn(usize),
+    ) -> Result<Vec<Hash32>> {
         if snap.stores_txids() {
             return Ok(snap.txids(txnums)?);
         }
@@ -241,7 +291,7 @@ impl Txids {
         let mut out = vec![[0u8; 32]; txnums.len()];
         let mut distinct = heights;
         distinct.dedup();
-        self.for_each_block(snap, distinct, |height, start, txids| {
+        self.for_each_block(snap, distinct, on_fetch, |height, start, txids| {
             for &i in slots.get(&height).map_or(&[][..], Vec::as_slice) {
                 let txnum = txnums[i];
                 let txid = txnum
@@ -259,14 +309,18 @@ impl Txids {
         Ok(out)
     }
 
-    /// The txids of the block at `height`, in block order.
-    pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
+    fn block_of(
+        &self,
+        snap: &Snapshot,
+        height: u32,
+        on_fetch: &dyn Fn(usize),
+    ) -> Result<BlockTxids> {
         if snap.stores_txids() {
             let range = snap.block_txs(height)?;
             return Ok(snap.txids(&range.collect::<Vec<_>>())?.into());
         }
         let mut found = None;
-        self.for_each_block(snap, [height], |_, _, txids| {
+        self.for_each_block(snap, [height], on_fetch, |_, _, txids| {
             found = Some(txids.clone());
             Ok(())
         })?;
@@ -278,11 +332,13 @@ impl Txids {
     }
 
     /// Calls `f` with each block of `heights` (a lean index; repeats skipped): its height,
-    /// first tx number and txids. Cached blocks come first, then the others as they arrive.
+    /// first tx number and txids. Cached blocks come first, then the others as they arrive;
+    /// `on_fetch` is told how many those are before they are asked for.
     fn for_each_block(
         &self,
         snap: &Snapshot,
         heights: impl IntoIterator<Item = u32>,
+        on_fetch: &dyn Fn(usize),
         mut f: impl FnMut(u32, u64, &BlockTxids) -> Result<()>,
     ) -> Result<()> {
         let mut seen = HashSet::new();
@@ -311,6 +367,7 @@ impl Txids {
             return Ok(());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| TxidError::NoRuntime)?;
+        on_fetch(missing.len());
         runtime.block_on(async {
             let mut fetched = stream::iter(missing)
                 .map(|wanted| async move {
@@ -396,5 +453,6 @@ fn checked_txids(raw: &[u8], wanted: &Wanted) -> Result<Vec<Hash32>> {
     Ok(txids)
 }
 
+/// Its chain fixture serves the methods' tests too.
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,12 +7,12 @@ use ferrum_storage::{Hash32, Snapshot};
 use serde_json::{json, Value};
 
 use super::args::{boolean_flag, non_negative_integer, non_negative_or, tx_hash, Integer};
-use super::{blocking, internal, txid_error, Shared};
+use super::{block_charge, blocking, internal, txid_error, Shared};
 use crate::hex::{hash_hex, push_hex, to_hex};
 use crate::jsonrpc::{thousands, RpcError};
 use crate::merkle::{branch_and_root, snapshot_tip};
 use crate::session::{ProtocolVersion, SessionContext};
-use crate::txids::{BlockTxids, Txids};
+use crate::txids::{BlockTxids, Charged};
 
 /// Most headers one `blockchain.block.headers` request returns (ElectrumX's MAX_CHUNK_SIZE).
 pub const MAX_HEADERS: u64 = 2016;
@@ -149,7 +149,7 @@ pub async fn block_headers(
 /// The txids of the block at `height`, in block order, and ElectrumX's cost of reading them.
 fn block_txids(
     snap: &Snapshot,
-    txids: &Txids,
+    txids: &Charged,
     height: &Integer,
 ) -> Result<(BlockTxids, f64), RpcError> {
     let count = header_count(snap);
@@ -188,15 +188,17 @@ fn no_tx_at(pos: &Integer, height: &Integer) -> RpcError {
 
 pub async fn get_merkle(
     shared: &Arc<Shared>,
-    ctx: &SessionContext,
+    ctx: &Arc<SessionContext>,
     args: &[Option<Value>],
 ) -> Result<Value, RpcError> {
     let txid = tx_hash(args[0].as_ref().unwrap_or(&Value::Null))?;
     let height = non_negative_integer(args[1].as_ref().unwrap_or(&Value::Null))?;
     let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let (_, block_height) = raw_header(&snap, &height)?;
+    let charge = block_charge(ctx);
     let (branch, pos, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, &shared.txids, &height)?;
+        let txids = shared.txids.charged(&charge);
+        let (txids, txids_cost) = block_txids(&snap, &txids, &height)?;
         let Some(pos) = txids.iter().position(|t| *t == txid) else {
             return Err(RpcError::bad_request(format!(
                 "tx {} not in block at height {}",
@@ -214,7 +216,7 @@ pub async fn get_merkle(
 
 pub async fn id_from_pos(
     shared: &Arc<Shared>,
-    ctx: &SessionContext,
+    ctx: &Arc<SessionContext>,
     args: &[Option<Value>],
 ) -> Result<Value, RpcError> {
     let height = args[0].as_ref().unwrap_or(&Value::Null);
@@ -222,8 +224,10 @@ pub async fn id_from_pos(
     let height = non_negative_integer(height)?;
     let merkle = boolean_flag(&args[2], "merkle")?;
     let (snap, shared) = (shared.reader.snapshot(), shared.clone());
+    let charge = block_charge(ctx);
     let (result, cost) = blocking(move || {
-        let (txids, txids_cost) = block_txids(&snap, &shared.txids, &height)?;
+        let txids = shared.txids.charged(&charge);
+        let (txids, txids_cost) = block_txids(&snap, &txids, &height)?;
         let pos = tx_pos
             .get()
             .and_then(|p| usize::try_from(p).ok())

@@ -86,7 +86,7 @@ async fn notify_session(
     if plan.is_empty() {
         return;
     }
-    let results = match scripts::statuses(shared, ctx.limits().max_send, plan.clone()).await {
+    let results = match scripts::statuses(shared, &ctx, plan.clone()).await {
         Ok(results) => results,
         Err(e) => {
             warn!(

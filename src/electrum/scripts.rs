@@ -9,13 +9,14 @@ use serde_json::{json, Value};
 
 use super::history_cache::Tip;
 use super::status_cache::Source;
-use super::{blocking, internal, txid_error, Reply, Shared};
+use super::{block_charge, blocking, internal, txid_error, Reply, Shared};
 use crate::hex::{push_hash_hex, to_hex};
 use crate::jsonrpc::{RpcError, HISTORY_TOO_LARGE};
 use crate::merkle::snapshot_tip;
 use crate::query::{self, ConfirmedTx, MempoolTx, QueryError, Unspent};
 use crate::session::SessionContext;
 use crate::status::{history, push_i32, push_u64};
+use crate::txids::TxidSource;
 
 /// ElectrumX's `limited_history` bound: what fits in a response of `max_send` bytes at
 /// about 99 bytes an entry (no bound without a response limit).
@@ -44,10 +45,11 @@ fn tip(snap: &Snapshot) -> Result<Option<Tip>, RpcError> {
 }
 
 /// ElectrumX's `limited_history` through the history cache: the confirmed history and the
-/// cost to charge (0.1 for a hit).
+/// cost to charge (0.1 for a hit), txids from `txids`.
 fn limited_history(
     shared: &Shared,
     snap: &Snapshot,
+    txids: &dyn TxidSource,
     tip: Option<Tip>,
     hashx: &HashX,
     limit: Option<usize>,
@@ -58,9 +60,8 @@ fn limited_history(
         }
         return Ok((history, 0.1));
     }
-    let history = Arc::new(
-        query::confirmed_history_from(snap, &shared.txids, hashx, limit).map_err(query_error)?,
-    );
+    let history =
+        Arc::new(query::confirmed_history_from(snap, txids, hashx, limit).map_err(query_error)?);
     if let Some(tip) = tip {
         shared.history_cache.insert(tip, *hashx, history.clone());
     }
@@ -75,26 +76,28 @@ pub struct Status {
     pub cost: f64,
 }
 
-/// ElectrumX's `address_status` of each script, computed together on the blocking pool.
-/// The confirmed part comes from the status cache; only the mempool part is hashed anew.
+/// ElectrumX's `address_status` of each script for the session `ctx`, computed together on
+/// the blocking pool. The confirmed part comes from the status cache; only the mempool part
+/// is hashed anew. Blocks a lean index fetches are charged to `ctx` as they are asked for.
 pub async fn statuses(
     shared: &Arc<Shared>,
-    max_send: usize,
+    ctx: &Arc<SessionContext>,
     hashxs: Vec<HashX>,
 ) -> Result<Vec<Result<Status, RpcError>>, RpcError> {
     let (snap, shared) = (shared.reader.snapshot(), shared.clone());
-    let limit = history_limit(max_send);
+    let limit = history_limit(ctx.limits().max_send);
+    let charge = block_charge(ctx);
     blocking(move || {
         let tip = tip(&snap)?;
+        let txids = shared.txids.charged(&charge);
         Ok(hashxs
             .iter()
             .map(|hashx| {
-                let part =
-                    shared
-                        .status_cache
-                        .confirmed(&snap, &shared.txids, tip, hashx, || {
-                            limited_history(&shared, &snap, tip, hashx, limit)
-                        })?;
+                let part = shared
+                    .status_cache
+                    .confirmed(&snap, &txids, tip, hashx, || {
+                        limited_history(&shared, &snap, &txids, tip, hashx, limit)
+                    })?;
                 let cost = match part.source {
                     Source::Read { cost } => cost,
                     Source::Cached => 0.1,
@@ -143,14 +146,17 @@ pub async fn get_balance(
 
 pub async fn get_history(
     shared: &Arc<Shared>,
-    ctx: &SessionContext,
+    ctx: &Arc<SessionContext>,
     hashx: HashX,
 ) -> Result<Reply, RpcError> {
     let (snap, shared) = (shared.reader.snapshot(), shared.clone());
     let limit = history_limit(ctx.limits().max_send);
+    let charge = block_charge(ctx);
     // Rendered on the blocking pool too: long histories take milliseconds to write.
     let (text, cost, unconfirmed) = blocking(move || {
-        let (confirmed, cost) = limited_history(&shared, &snap, tip(&snap)?, &hashx, limit)?;
+        let txids = shared.txids.charged(&charge);
+        let (confirmed, cost) =
+            limited_history(&shared, &snap, &txids, tip(&snap)?, &hashx, limit)?;
         let unconfirmed = shared.mempool.history(&hashx);
         Ok((
             history_json(&confirmed, &unconfirmed),
@@ -176,13 +182,15 @@ pub fn get_mempool(
 
 pub async fn listunspent(
     shared: &Arc<Shared>,
-    ctx: &SessionContext,
+    ctx: &Arc<SessionContext>,
     hashx: HashX,
 ) -> Result<Reply, RpcError> {
     let (snap, shared) = (shared.reader.snapshot(), shared.clone());
+    let charge = block_charge(ctx);
     let (text, considered) = blocking(move || {
+        let txids = shared.txids.charged(&charge);
         let (unspent, considered) =
-            query::unspent(&snap, &shared.txids, &*shared.mempool, &hashx).map_err(query_error)?;
+            query::unspent(&snap, &txids, &*shared.mempool, &hashx).map_err(query_error)?;
         Ok((unspent_json(&unspent), considered))
     })
     .await?;

@@ -857,3 +857,116 @@ async fn unchanged_statuses_are_not_sent_again() {
         .await;
     assert!(c.notifications().is_empty());
 }
+
+/// A lean index charges its sessions for each block their lookups fetch from the node
+/// (`BLOCK_FETCH_COST`), and nothing for blocks in its cache: the same requests cost
+/// exactly that much more than on a full index of the same chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_lookups_charge_each_block_fetched() {
+    use std::collections::BTreeSet;
+
+    use crate::txids::tests::{fixture as chain_fixture, honest, node as chain_node};
+    use crate::txids::BLOCK_FETCH_COST;
+
+    let f = chain_fixture(110);
+    let regtest = crate::coin::Network::lookup("Bitcoin", Some("regtest")).unwrap();
+    let node = chain_node(&f, honest);
+    let open = |store: &Store| {
+        let mempool = Arc::new(query::EmptyMempool);
+        let electrum = Electrum::with_node(store.reader(), regtest, node.clone(), mempool);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (ctx, _rx) =
+            SessionContext::new(1, Protocol::Tcp, peer, SessionLimits::unlimited(), false);
+        ctx.set_protocol_version(ProtocolVersion::new(&[1, 4]));
+        let state = electrum.open_session(&ctx);
+        (electrum, ctx, state)
+    };
+    let sessions = [open(&f.lean), open(&f.full)];
+    // Calls `method` in both modes (same answers); the lean session's extra cost.
+    let call = |method: &'static str, params: Value| {
+        let sessions = &sessions;
+        async move {
+            let mut answers = Vec::new();
+            for (electrum, ctx, state) in sessions {
+                let params = Params::Positional(params.as_array().unwrap().clone());
+                answers.push(electrum.call(ctx, state, method, params).await.unwrap());
+            }
+            assert_eq!(answers[0], answers[1], "{method}");
+            sessions[0].1.cost() - sessions[1].1.cost()
+        }
+    };
+
+    // Each output script: its Electrum script hash and the heights of its history.
+    let snap = f.full.snapshot();
+    let mut scripts = Vec::new();
+    for script in f
+        .blocks
+        .iter()
+        .flat_map(|b| &b.txdata)
+        .flat_map(|t| &t.output)
+    {
+        let hashx = crate::blocks::script_hashx(&script.script_pubkey);
+        let heights: BTreeSet<u32> = snap
+            .tx_heights(&snap.history(&hashx).unwrap())
+            .unwrap()
+            .into_iter()
+            .collect();
+        let digest = sha256::Hash::hash(script.script_pubkey.as_bytes()).to_byte_array();
+        scripts.push((hash_hex(&digest), heights));
+    }
+    scripts.sort_by_key(|(_, heights)| std::cmp::Reverse(heights.len()));
+    let (widest, fetched) = scripts[0].clone();
+    assert!(fetched.len() >= 5, "{}", fetched.len());
+
+    // An uncached history: a block each.
+    let extra = call("blockchain.scripthash.get_history", json!([widest])).await;
+    let mut blocks = fetched.len();
+    assert!(
+        (extra - blocks as f64 * BLOCK_FETCH_COST).abs() < 1e-9,
+        "{extra}"
+    );
+    // Its blocks are cached now.
+    let extra = call("blockchain.scripthash.listunspent", json!([widest])).await;
+    assert!(
+        (extra - blocks as f64 * BLOCK_FETCH_COST).abs() < 1e-9,
+        "{extra}"
+    );
+
+    // A status whose history is partly in cached blocks: only the others.
+    let (other, heights) = scripts
+        .iter()
+        .find(|(_, h)| !h.is_subset(&fetched) && !h.is_disjoint(&fetched))
+        .expect("a script sharing some blocks")
+        .clone();
+    let extra = call("blockchain.scripthash.subscribe", json!([other])).await;
+    blocks += heights.difference(&fetched).count();
+    assert!(
+        (extra - blocks as f64 * BLOCK_FETCH_COST).abs() < 1e-9,
+        "{extra}"
+    );
+
+    // A block no lookup has read, then the same block again.
+    let height = (0..110u32)
+        .find(|h| !fetched.contains(h) && !heights.contains(h))
+        .unwrap();
+    let extra = call("blockchain.transaction.id_from_pos", json!([height, 0])).await;
+    blocks += 1;
+    assert!(
+        (extra - blocks as f64 * BLOCK_FETCH_COST).abs() < 1e-9,
+        "{extra}"
+    );
+    let coinbase = f.blocks[height as usize].txdata[0]
+        .compute_txid()
+        .to_string();
+    let extra = call(
+        "blockchain.transaction.get_merkle",
+        json!([coinbase, height]),
+    )
+    .await;
+    assert!(
+        (extra - blocks as f64 * BLOCK_FETCH_COST).abs() < 1e-9,
+        "{extra}"
+    );
+    // Every block was asked for once.
+    assert_eq!(node.calls.lock().unwrap().len(), blocks);
+}

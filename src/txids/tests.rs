@@ -1,6 +1,6 @@
 //! Lean lookups against a scripted node serving a generated chain: the same txids as a full
-//! store's, one fetch per block (cached, shared by concurrent lookups), the byte bound, and
-//! each way a node's block can be wrong.
+//! store's, one fetch per block (cached, shared by concurrent lookups, reported for charging),
+//! the byte bound, and each way a node's block can be wrong.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,10 +19,10 @@ use crate::hex::to_hex;
 type Serve = dyn Fn(&BlockHash, &[u8]) -> daemon::Result<Vec<u8>> + Send + Sync;
 
 /// A node that serves `getblock <hash> 0` from a chain and counts the calls.
-struct ChainNode {
+pub(crate) struct ChainNode {
     blocks: HashMap<BlockHash, Vec<u8>>,
     serve: Box<Serve>,
-    calls: Mutex<Vec<BlockHash>>,
+    pub calls: Mutex<Vec<BlockHash>>,
 }
 
 impl Node for ChainNode {
@@ -36,16 +36,16 @@ impl Node for ChainNode {
     }
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
-    full: Store,
-    lean: Store,
-    blocks: Vec<bitcoin::Block>,
+    pub full: Store,
+    pub lean: Store,
+    pub blocks: Vec<bitcoin::Block>,
 }
 
 /// A generated chain of `count` blocks (genesis first) in a full and a lean store. Blocks
 /// past 100 (coinbase maturity) hold more than their coinbase.
-fn fixture(count: u32) -> Fixture {
+pub(crate) fn fixture(count: u32) -> Fixture {
     let mut gen = ChainGenerator::new(ChainParams::medium(5));
     let mut blocks = vec![gen.genesis()];
     blocks.extend((1..count).map(|_| gen.next_block()));
@@ -71,7 +71,7 @@ fn fixture(count: u32) -> Fixture {
     }
 }
 
-fn node(
+pub(crate) fn node(
     f: &Fixture,
     serve: impl Fn(&BlockHash, &[u8]) -> daemon::Result<Vec<u8>> + Send + Sync + 'static,
 ) -> Arc<ChainNode> {
@@ -86,7 +86,7 @@ fn node(
     })
 }
 
-fn honest(_: &BlockHash, raw: &[u8]) -> daemon::Result<Vec<u8>> {
+pub(crate) fn honest(_: &BlockHash, raw: &[u8]) -> daemon::Result<Vec<u8>> {
     Ok(raw.to_vec())
 }
 
@@ -130,6 +130,54 @@ async fn lean_lookups_give_the_stored_txids() {
     assert_eq!(held, calls.len());
     assert_eq!(lookups - hits, calls.len() as u64);
     assert!(hits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charged_lookups_report_the_blocks_fetched() {
+    let f = Arc::new(fixture(106));
+    let txids = Arc::new(Txids::new(node(&f, honest), 1 << 20));
+    let (f2, t2) = (f.clone(), txids.clone());
+    let reported = blocking(move || {
+        let (lean, full) = (f2.lean.snapshot(), f2.full.snapshot());
+        let reported = Mutex::new(Vec::new());
+        let on_fetch = |blocks| lock(&reported).push(blocks);
+        let charged = t2.charged(&on_fetch);
+        // Blocks 1, 2 and 3, block 2 twice.
+        let txnums = [1, 2, 3, 2];
+        assert_eq!(
+            charged.txids(&lean, &txnums).unwrap(),
+            full.txids(&txnums).unwrap()
+        );
+        // Cached: nothing fetched, nothing reported.
+        charged.txids(&lean, &[3, 1]).unwrap();
+        charged.block(&lean, 2).unwrap();
+        // One more block, through a lookup that also reads cached ones.
+        charged.txids(&lean, &[1, 4]).unwrap();
+        charged.block(&lean, 5).unwrap();
+        // A full index fetches nothing.
+        charged.txids(&full, &[6, 7]).unwrap();
+        charged.block(&full, 8).unwrap();
+        reported.into_inner().unwrap()
+    })
+    .await;
+    assert_eq!(reported, [3, 1, 1]);
+
+    // A fetch that fails was reported before it was asked for.
+    let failing = Txids::new(
+        node(&f, |hash, _| Err(daemon::Error::MissingBlock(*hash))),
+        1 << 20,
+    );
+    let reported = blocking(move || {
+        let reported = Mutex::new(Vec::new());
+        let on_fetch = |blocks| lock(&reported).push(blocks);
+        failing
+            .charged(&on_fetch)
+            .txids(&f.lean.snapshot(), &[1, 2])
+            .unwrap_err();
+        reported.into_inner().unwrap()
+    })
+    .await;
+    assert_eq!(reported, [2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
