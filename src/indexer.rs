@@ -157,9 +157,12 @@ pub fn open_store_as(
         store_txids: mode.stores_txids(),
     };
     // The mode a store with blocks was built in, refused in INDEX_MODE's terms.
-    let built = ferrum_storage::built_with_txids(dir)?.map(|txids| match txids {
-        true => IndexMode::Full,
-        false => IndexMode::Lean,
+    let built = ferrum_storage::built_with_txids(dir)?.map(|txids| {
+        if txids {
+            IndexMode::Full
+        } else {
+            IndexMode::Lean
+        }
     });
     if let Some(built) = built.filter(|&built| built != mode) {
         return Err(IndexError::WrongDatabase(format!(

@@ -192,7 +192,7 @@ impl Charged<'_> {
         self.txids.lookup(snap, txnums, self.on_fetch)
     }
 
-    /// As [`Txids::block`].
+    /// The txids of the block at `height`, in block order.
     pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
         self.txids.block_of(snap, height, self.on_fetch)
     }
@@ -265,11 +265,6 @@ impl Txids {
     /// The txids of `txnums`, in their order (fetches charged to no one: see [`Txids::charged`]).
     pub fn txids(&self, snap: &Snapshot, txnums: &[u64]) -> Result<Vec<Hash32>> {
         self.lookup(snap, txnums, &|_| {})
-    }
-
-    /// The txids of the block at `height`, in block order (fetches charged to no one).
-    pub fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
-        self.block_of(snap, height, &|_| {})
     }
 
     fn lookup(

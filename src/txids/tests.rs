@@ -90,6 +90,13 @@ pub(crate) fn honest(_: &BlockHash, raw: &[u8]) -> daemon::Result<Vec<u8>> {
     Ok(raw.to_vec())
 }
 
+impl Txids {
+    /// The txids of the block at `height`, fetches charged to no one.
+    fn block(&self, snap: &Snapshot, height: u32) -> Result<BlockTxids> {
+        self.block_of(snap, height, &|_| {})
+    }
+}
+
 /// Runs `f` on the blocking pool, as the methods do.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
