@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use ferrum_storage::{BlockData, Hash32, HashX, Options, Snapshot, Store};
+use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use crate::blocks::parse_block;
 use crate::coin::Network;
 use crate::config::IndexMode;
 use crate::daemon::{self, Daemon};
@@ -28,6 +30,11 @@ const APPLY_BATCH_BYTES: usize = 16 << 20;
 const PREFETCH_SHARE_DIVISOR: usize = 8;
 /// Heights compared per `getblockhash` batch while looking for a fork point.
 const FORK_SEARCH_BATCH: u32 = 100;
+/// Blocks a lean index's rollback fetches and undoes per store rollback (each committed), so
+/// that what it holds of them (their spent txids) stays bounded.
+const LEAN_ROLLBACK_CHUNK: u32 = 100;
+/// Blocks a lean rollback fetches from the node at once.
+const LEAN_ROLLBACK_FETCHES: usize = 4;
 /// Consecutive failures to fetch or apply the same height before the indexer stops.
 const MAX_ATTEMPTS: u32 = 3;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -826,16 +833,56 @@ impl Indexer {
         Ok(self.applied.map(|t| t.height))
     }
 
-    /// Undoes the last `blocks` blocks (the store commits the result).
+    /// Undoes the last `blocks` blocks (the store commits the result). A lean index (no
+    /// txids) cannot read the txids of the txs whose outputs become unspent again: it fetches
+    /// the rolled-back blocks from the node for their spends, `LEAN_ROLLBACK_CHUNK` blocks
+    /// per store rollback (a failure between chunks leaves a committed, consistent index
+    /// that syncs forward again).
     async fn rollback(&mut self, blocks: u32) -> Result<()> {
         if blocks == 0 {
             return Ok(());
         }
-        self.with_store(move |store| store.rollback(blocks))
-            .await??;
-        self.touched = None;
-        self.applied = Tip::of(&self.store().snapshot())?;
+        if self.stores_txids() {
+            self.with_store(move |store| store.rollback(blocks, &[]))
+                .await??;
+            self.touched = None;
+            self.applied = Tip::of(&self.store().snapshot())?;
+            return Ok(());
+        }
+        self.commit().await?;
+        let mut left = blocks;
+        while left > 0 {
+            let n = left.min(LEAN_ROLLBACK_CHUNK);
+            let spent = self.spent_txids_of_top(n).await?;
+            let result = self
+                .with_store(move |store| store.rollback(n, &spent))
+                .await?;
+            self.touched = None;
+            self.applied = Tip::of(&self.store().snapshot())?;
+            result?;
+            left -= n;
+        }
         Ok(())
+    }
+
+    /// The spent txids of the index's top `n` committed blocks, newest first, each block in
+    /// input order, from the blocks the node still has (checked against the stored hashes
+    /// and their merkle roots).
+    async fn spent_txids_of_top(&self, n: u32) -> Result<Vec<Vec<Hash32>>> {
+        let snap = self.store().snapshot();
+        let Some(tip) = snap.height() else {
+            return Ok(Vec::new());
+        };
+        let mut wanted = Vec::with_capacity(n as usize);
+        for height in (tip + 1 - n.min(tip + 1)..=tip).rev() {
+            wanted.push((height, header_hash(&snap.header(height)?)));
+        }
+        let daemon = Arc::clone(&self.daemon);
+        stream::iter(wanted)
+            .map(|(height, hash)| rolled_back_spends(Arc::clone(&daemon), height, hash))
+            .buffered(LEAN_ROLLBACK_FETCHES)
+            .try_collect()
+            .await
     }
 
     /// Whether this run's catch-up wrote at least half of the index's transactions: then a
@@ -1053,6 +1100,32 @@ fn prefetch_share(settings: &IndexerSettings) -> usize {
 /// prefetch share.
 fn store_budget(settings: &IndexerSettings) -> usize {
     (settings.cache_mb << 20) - prefetch_share(settings)
+}
+
+/// The spent txids, in input order, of block `hash` at `height`, which a lean rollback
+/// undoes; the node must still have it.
+async fn rolled_back_spends(
+    daemon: Arc<Daemon>,
+    height: u32,
+    hash: BlockHash,
+) -> Result<Vec<Hash32>> {
+    let cannot = |why: String| {
+        IndexError::Invalid(format!(
+            "cannot roll back block {hash} at height {height}: {why}; a lean index \
+             (INDEX_MODE=lean) reads the blocks it rolls back from the node, which must keep \
+             them (bitcoind does, unless pruned): restore the block, or rebuild the index in an \
+             empty DB_DIRECTORY"
+        ))
+    };
+    let raw = daemon
+        .block_raw(&hash)
+        .await
+        .map_err(|e| cannot(format!("the node cannot give it ({e})")))?;
+    let parsed = tokio::task::spawn_blocking(move || parse_block(&raw, height, &hash))
+        .await
+        .map_err(|e| cannot(format!("block parse task failed: {e}")))?
+        .map_err(|e| cannot(e.to_string()))?;
+    Ok(parsed.data.spent_txids())
 }
 
 /// Why applying a batch stopped.

@@ -121,7 +121,7 @@ fn read_everything(dir: &Path) -> ferrum_storage::Result<()> {
     snap.for_each_utxo(|_, _| {})?;
     snap.for_each_history(|_, _| {})?;
     snap.meta("tip");
-    store.rollback(3)?;
+    store.rollback(3, &[])?;
     let next = store.height().map_or(0, |h| h + 1);
     if next < BLOCKS * 2 {
         // Applying may fail (a spend the corrupted store cannot resolve); it must not panic.

@@ -211,7 +211,7 @@ async fn add_confirm_reorg_back_evict_and_replace() {
     assert_eq!(mempool.balance_delta(&key(B)), -900);
 
     // The block is reorged away: M1 is back in the mempool, resolved from the store again.
-    store.rollback(1).unwrap();
+    store.rollback(1, &[]).unwrap();
     let snap0 = store.snapshot();
     node.set(tip_of(&snap0), &[&m1, &m2]);
     assert_eq!(

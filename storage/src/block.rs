@@ -18,3 +18,14 @@ pub struct TxData {
     /// Per vout: (script key, value); `None` = unspendable, not indexed.
     pub outputs: Vec<Option<(HashX, u64)>>,
 }
+
+impl BlockData {
+    /// The txids of the outpoints this block spends, in input order: what a lean store's
+    /// `Store::rollback` is given for the block.
+    pub fn spent_txids(&self) -> Vec<Hash32> {
+        self.txs
+            .iter()
+            .flat_map(|tx| tx.spends.iter().map(|(txid, _)| *txid))
+            .collect()
+    }
+}

@@ -148,7 +148,7 @@ impl Store {
         let counts = ArrayWriter::open(dir, &COUNTS, m.counts)?;
         let txhashes = ArrayWriter::open(dir, &TXHASHES, m.txhashes)?;
         let txindex = TxIndexWriter::open(dir, &m.txindex, lean)?;
-        let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo)?;
+        let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo, lean)?;
         let utxo = UtxoSet::open(dir, &m.utxo)?;
         let history = HistorySet::open(dir, &m.history)?;
         let blocks = headers.len();
@@ -346,7 +346,7 @@ impl Store {
             touched.clear();
             for (prev_txid, _) in &tx.spends {
                 let (hashx, prev, vout, _) = undo.spent[next_spend];
-                self.txindex.spent(prev_txid, prev, height);
+                self.txindex.spent(prev_txid, prev);
                 let gone = match found[next_spend] {
                     Some(f) => self.utxo.spend_found(prev, vout, f)?,
                     None => self.utxo.spend(prev, vout)?,
@@ -384,13 +384,6 @@ impl Store {
         self.undo.push(&undo);
         self.dirty = true;
         Ok(())
-    }
-
-    /// The lowest height a rollback can undo (once what is applied is committed): the txs
-    /// that blocks from there on spent are the ones a rollback could revive.
-    fn revivable_from(&self) -> u32 {
-        self.height()
-            .map_or(0, |tip| (tip + 1).saturating_sub(self.opts.undo_blocks))
     }
 
     /// Memory held by uncommitted work, in bytes: what the buffers have allocated (hash
@@ -436,7 +429,7 @@ impl Store {
         self.headers.write_pending(&mut alloc)?;
         self.counts.write_pending(&mut alloc)?;
         self.txhashes.write_pending(&mut alloc)?;
-        self.txindex.flush(&mut alloc, self.revivable_from())?;
+        self.txindex.flush(&mut alloc)?;
         self.undo.flush(&mut alloc, self.height())?;
         self.utxo.flush(&mut alloc)?;
         self.history.flush(&mut alloc)?;
@@ -486,7 +479,13 @@ impl Store {
     }
 
     /// Undoes the last `n` blocks (committing pending work first) and commits the result.
-    pub fn rollback(&mut self, n: u32) -> Result<()> {
+    ///
+    /// The txs whose outputs become unspent again must be findable by txid again. A full
+    /// store reads their txids itself and ignores `spent_txids` (pass `&[]`). A lean store
+    /// has none: `spent_txids` gives, newest block first, each rolled-back block's spent
+    /// prevout txids in input order (the order of its `BlockData` txs' `spends`). Counts that
+    /// disagree with the undo records are refused before anything changes.
+    pub fn rollback(&mut self, n: u32, spent_txids: &[Vec<Hash32>]) -> Result<()> {
         self.commit()?;
         if n == 0 {
             return Ok(());
@@ -502,26 +501,55 @@ impl Store {
                 "cannot roll back {n} blocks: undo records cover only the last {covered}"
             )));
         }
-        self.guarded(|s| s.undo_blocks(blocks - u64::from(n)))?;
+        let keep = blocks - u64::from(n);
+        if self.lean {
+            self.check_spent_txids(keep, spent_txids)?;
+        }
+        self.guarded(|s| s.undo_blocks(keep, spent_txids))?;
         self.commit()
     }
 
-    /// Rolls the buffers back to the first `keep` blocks using the undo records.
-    fn undo_blocks(&mut self, keep: u64) -> Result<()> {
+    /// Refuses a lean rollback to the first `keep` blocks unless `spent_txids` lists as many
+    /// spends for each rolled-back block as its undo record.
+    fn check_spent_txids(&self, keep: u64, spent_txids: &[Vec<Hash32>]) -> Result<()> {
+        let n = self.headers.len() - keep;
+        if spent_txids.len() as u64 != n {
+            return Err(Error::Invalid(format!(
+                "rolling back {n} blocks of a lean store needs each block's spent txids: \
+                 given for {} blocks",
+                spent_txids.len()
+            )));
+        }
+        for (height, txids) in (keep..self.headers.len()).rev().zip(spent_txids) {
+            let listed = self.undo.read(height as u32)?.spent.len();
+            if txids.len() != listed {
+                return Err(Error::Invalid(format!(
+                    "block {height}: {} spent txids given, its undo records list {listed} \
+                     spends",
+                    txids.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls the buffers back to the first `keep` blocks using the undo records (and, in a
+    /// lean store, the checked `spent_txids`).
+    fn undo_blocks(&mut self, keep: u64, spent_txids: &[Vec<Hash32>]) -> Result<()> {
         let mut new_tx_count = self.tx_count;
-        let mut unspent_again = Vec::new();
-        for height in (keep..self.headers.len()).rev() {
+        // (tx number, its txid if given) of each output made unspent again.
+        let mut unspent_again: Vec<(u64, Option<Hash32>)> = Vec::new();
+        for (i, height) in (keep..self.headers.len()).rev().enumerate() {
             let undo = self.undo.read(height as u32)?;
+            let given = if self.lean { spent_txids.get(i) } else { None };
             for &(txnum, vout) in &undo.created {
                 self.utxo.spend(txnum, vout)?;
             }
-            for &(hashx, txnum, vout, value) in &undo.spent {
+            for (j, &(hashx, txnum, vout, value)) in undo.spent.iter().enumerate() {
                 // Outputs created by this same block are gone with it.
                 if txnum < undo.first_txnum {
                     self.utxo.add(hashx, txnum, vout, value);
-                    if !self.lean {
-                        unspent_again.push(txnum);
-                    }
+                    unspent_again.push((txnum, given.and_then(|t| t.get(j).copied())));
                 }
             }
             new_tx_count = undo.first_txnum;
@@ -540,11 +568,14 @@ impl Store {
         }
         self.history.truncate(new_tx_count);
         self.txindex.truncate(new_tx_count);
-        // Their txs may have left the txid index since they were spent (a lean index keeps
-        // them, having no txids to reinstate them from: `unspent_again` stays empty).
-        for txnum in unspent_again {
+        // Their txs may have left the txid index since they were spent.
+        for (txnum, txid) in unspent_again {
             if txnum < new_tx_count {
-                self.txindex.reinstate(self.latest.txid(txnum)?, txnum);
+                let txid = match txid {
+                    Some(txid) => txid,
+                    None => self.latest.txid(txnum)?,
+                };
+                self.txindex.reinstate(txid, txnum);
             }
         }
         self.undo.truncate(keep as u32);
@@ -594,10 +625,7 @@ impl Store {
                 )
             };
             let utxo = &s.utxo;
-            // A lean index keeps what a rollback could revive: it could not reinstate it.
-            let from = s.revivable_from();
-            let revivable = s.lean.then_some((&s.undo, from));
-            let mut live = |base, end| live_txs(&utxo.view(), revivable, base, end, memory);
+            let mut live = |base, end| live_txs(&utxo.view(), base, end, memory);
             let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
@@ -621,28 +649,14 @@ impl Store {
     }
 }
 
-/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, and, given
-/// `revivable` = (undo log, lowest height a rollback can undo), those whose outputs the blocks
-/// from that height on spent; or `None` when the set (a bit per tx) would not fit in `memory`.
-fn live_txs(
-    utxos: &UtxoView,
-    revivable: Option<(&UndoLog, u32)>,
-    base: u64,
-    end: u64,
-    memory: usize,
-) -> Result<Option<LiveTxs>> {
+/// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, or `None`
+/// when the set (a bit per tx) would not fit in `memory`.
+fn live_txs(utxos: &UtxoView, base: u64, end: u64, memory: usize) -> Result<Option<LiveTxs>> {
     if LiveTxs::bytes(base, end) > memory as u64 {
         return Ok(None);
     }
     let mut live = LiveTxs::new(base, end);
     utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
-    if let Some((undo, from)) = revivable {
-        undo.for_each_from(from, &mut |record| {
-            for &(_, txnum, _, _) in &record.spent {
-                live.insert(txnum);
-            }
-        })?;
-    }
     Ok(Some(live))
 }
 
@@ -736,7 +750,7 @@ mod tests {
             h += 1;
             match round % 7 {
                 3 => {
-                    store.rollback(2).unwrap();
+                    store.rollback(2, &[]).unwrap();
                     h -= 2;
                 }
                 5 => {
@@ -761,14 +775,14 @@ mod tests {
             store.apply_block(&block(h)).unwrap();
         }
         store.commit().unwrap();
-        let err = store.rollback(4).unwrap_err().to_string();
+        let err = store.rollback(4, &[]).unwrap_err().to_string();
         assert_eq!(
             err,
             "cannot roll back 4 blocks: undo records cover only the last 3"
         );
         drop(store);
         let mut store = Store::open(dir.path(), opts()).unwrap();
-        store.rollback(3).unwrap();
+        store.rollback(3, &[]).unwrap();
         assert_eq!(store.height(), Some(2));
         drop(store);
         let store = Store::open(dir.path(), opts()).unwrap();
@@ -808,7 +822,7 @@ mod tests {
         let before = store.snapshot();
         drop(store);
         let mut store = Store::open(dir.path(), opts).unwrap();
-        store.rollback(20).unwrap();
+        store.rollback(20, &[]).unwrap();
         let snap = store.snapshot();
         assert_eq!(snap.height(), Some(19));
         assert_eq!(snap.tx_count(), 60);
@@ -823,6 +837,14 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert_eq!(before.tx_count(), 120, "an older snapshot is unchanged");
+    }
+
+    /// A lean rollback's `spent_txids` for the `n` blocks `block(top + 1 - n..=top)`.
+    fn spends(top: u64, n: u64) -> Vec<Vec<Hash32>> {
+        (top + 1 - n..=top)
+            .rev()
+            .map(|h| block(h).spent_txids())
+            .collect()
     }
 
     fn lean(opts: Options) -> Options {
@@ -862,7 +884,11 @@ mod tests {
                     1 if round > 5 => {
                         store.commit().unwrap();
                         store.compact_all().unwrap();
-                        store.rollback(3).unwrap();
+                        let spent = match store.snapshot().stores_txids() {
+                            true => Vec::new(),
+                            false => spends(h, 3),
+                        };
+                        store.rollback(3, &spent).unwrap();
                     }
                     3 => {
                         store.compact().unwrap();
@@ -884,6 +910,66 @@ mod tests {
             let name = e.unwrap().file_name();
             !name.to_string_lossy().starts_with("txh-")
         }));
+    }
+
+    #[test]
+    fn a_lean_rollback_without_the_right_spent_txids_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), lean(opts())).unwrap();
+        for h in 0..6 {
+            store.apply_block(&block(h)).unwrap();
+        }
+        store.commit().unwrap();
+        // Blocks 5 and 4 each spend one output (their last tx spends the block before's).
+        let refused = [
+            (
+                vec![],
+                "rolling back 2 blocks of a lean store needs each block's spent txids: given \
+                 for 0 blocks",
+            ),
+            (
+                spends(5, 1),
+                "rolling back 2 blocks of a lean store needs each block's spent txids: given \
+                 for 1 blocks",
+            ),
+            (
+                spends(5, 3),
+                "rolling back 2 blocks of a lean store needs each block's spent txids: given \
+                 for 3 blocks",
+            ),
+            (
+                vec![vec![txid(12)], vec![]],
+                "block 4: 0 spent txids given, its undo records list 1 spends",
+            ),
+            (
+                vec![vec![txid(12), txid(9)], vec![txid(9)]],
+                "block 5: 2 spent txids given, its undo records list 1 spends",
+            ),
+        ];
+        for (spent, want) in refused {
+            let err = store.rollback(2, &spent).unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+            assert_eq!(err.to_string(), want);
+            assert_eq!(store.height(), Some(5));
+        }
+        // The store was left as it was, usable: the right txids roll back and revive tx 9.
+        store.rollback(2, &spends(5, 2)).unwrap();
+        store.compact_all().unwrap();
+        let snap = store.snapshot();
+        assert_eq!(snap.height(), Some(3));
+        let utxo = Utxo {
+            txnum: 9,
+            vout: 0,
+            value: 9,
+        };
+        assert_eq!(snap.unspent(&txid(9), 0).unwrap(), Some(([0; 11], utxo)));
+        assert_eq!(snap.unspent(&txid(12), 0).unwrap(), None);
+        drop(store);
+        let store = Store::open(dir.path(), lean(opts())).unwrap();
+        assert_eq!(
+            store.snapshot().unspent(&txid(9), 0).unwrap(),
+            Some(([0; 11], utxo))
+        );
     }
 
     #[test]

@@ -17,10 +17,9 @@
 //! (`LiveTxs`). An entry for a spent tx may linger in a newer run until such a merge; that
 //! costs space, never correctness, since the UTXO set has the last word.
 //!
-//! A lean store cannot read a txid back to reinstate a tx a rollback revives, so its index
-//! also keeps every tx that a rollback within the undo horizon could revive: a flush keeps a
-//! spent tx whose last spend is within the horizon, and a pruning merge keeps the txs that
-//! the retained undo records list as spent (the store adds them to `LiveTxs`).
+//! A rollback that makes an output unspent again `reinstate`s its tx, whose txid the store
+//! reads from the hash array, or in a lean store is given by the caller (the rolled-back
+//! blocks' spends), so both modes keep exactly the same entries.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -373,17 +372,15 @@ struct RunRef {
     run: Arc<Run>,
 }
 
-/// An uncommitted tx: its number, how many of its outputs are unspent (a flush leaves the tx
-/// out when none is), and 1 + the height of the block that last spent one (0: none), which
-/// keeps it in a lean index while a rollback could revive it.
+/// An uncommitted tx: its number, and how many of its outputs are unspent (a flush leaves
+/// the tx out when none is).
 struct Pending {
     txnum: u64,
     live: u32,
-    last_spend: u32,
 }
 
-/// The tx numbers in `base..end` that have unspent outputs (in a lean store, also those a
-/// rollback could give one again), one bit each: what a pruning merge keeps. Numbers outside the range count as live (kept), since nothing is known of them.
+/// The tx numbers in `base..end` that have unspent outputs, one bit each: what a pruning merge
+/// keeps. Numbers outside the range count as live (kept), since nothing is known of them.
 pub struct LiveTxs {
     base: u64,
     end: u64,
@@ -495,18 +492,15 @@ impl TxIndexWriter {
             Pending {
                 txnum,
                 live: outputs,
-                last_spend: 0,
             },
         );
     }
 
-    /// An output of `txid` (tx `txnum`) was spent by block `height`: one fewer unspent if the
-    /// tx is uncommitted.
-    pub fn spent(&mut self, txid: &Hash32, txnum: u64, height: u32) {
+    /// An output of `txid` (tx `txnum`) was spent: one fewer unspent if the tx is uncommitted.
+    pub fn spent(&mut self, txid: &Hash32, txnum: u64) {
         if let Some(p) = self.pending.get_mut(txid) {
             if p.txnum == txnum {
                 p.live = p.live.saturating_sub(1);
-                p.last_spend = height.saturating_add(1);
             }
         }
     }
@@ -514,11 +508,10 @@ impl TxIndexWriter {
     /// A rollback made an output of committed tx `txnum` unspent again: the tx must be
     /// findable even if a merge has dropped it.
     pub fn reinstate(&mut self, txid: Hash32, txnum: u64) {
-        let p = self.pending.entry(txid).or_insert(Pending {
-            txnum,
-            live: 0,
-            last_spend: 0,
-        });
+        let p = self
+            .pending
+            .entry(txid)
+            .or_insert(Pending { txnum, live: 0 });
         if p.txnum == txnum {
             p.live += 1;
         }
@@ -541,20 +534,14 @@ impl TxIndexWriter {
         crate::utxo::table_growth(len, capacity, buckets, size_of::<(Hash32, Pending)>())
     }
 
-    /// Writes the uncommitted txids that still have unspent outputs as a new run (fsynced);
-    /// a lean index also keeps those last spent by a block at or above `revivable_from`, the
-    /// lowest height a rollback can undo. Returns whether a file was made.
-    pub fn flush(
-        &mut self,
-        alloc_id: &mut dyn FnMut() -> u64,
-        revivable_from: u32,
-    ) -> Result<bool> {
+    /// Writes the uncommitted txids that still have unspent outputs as a new run (fsynced).
+    /// Returns whether a file was made.
+    pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
         let lean = self.lean;
-        let keep = |p: &Pending| p.live > 0 || (lean && p.last_spend > revivable_from);
         // Full runs sort 12-byte (prefix, tx number) pairs; lean ones need the whole txid.
         let mut full: Vec<(u32, u64)> = Vec::new();
         let mut whole: Vec<(Hash32, u64)> = Vec::new();
-        for (txid, p) in self.pending.drain().filter(|(_, p)| keep(p)) {
+        for (txid, p) in self.pending.drain().filter(|(_, p)| p.live > 0) {
             if lean {
                 whole.push((txid, p.txnum));
             } else {
@@ -759,7 +746,7 @@ mod tests {
                 w.add(txid(n), n, 1);
                 n += 1;
             }
-            w.flush(&mut alloc, 0).unwrap();
+            w.flush(&mut alloc).unwrap();
         }
         let check = |view: &TxIndexView, upto: u64| {
             for k in 0..upto {
@@ -835,10 +822,10 @@ mod tests {
                 (bytes.len(), crc32fast::hash(&bytes))
             };
             golden_batch(&mut w, 0..n, live_mod);
-            w.flush(&mut || 1, 0).unwrap();
+            w.flush(&mut || 1).unwrap();
             assert_eq!(digest(1), flushed);
             golden_batch(&mut w, n..n + n / 2, 1);
-            w.flush(&mut || 2, 0).unwrap();
+            w.flush(&mut || 2).unwrap();
             let mut live = |base, end| {
                 let mut l = LiveTxs::new(base, end);
                 for t in (0..n * 2).step_by(5) {
@@ -865,7 +852,7 @@ mod tests {
             .unwrap();
         w.add(a, 10, 1);
         w.add(b, 12, 1);
-        w.flush(&mut || 1, 0).unwrap();
+        w.flush(&mut || 1).unwrap();
         // Two entries: no bucket bits, so a 4-byte residual prefix (LE), a 1-byte offset
         // from base 10 (the span is 3), the tail; sorted by (prefix, tail, tx number).
         let mut entries = Vec::new();
@@ -890,26 +877,6 @@ mod tests {
     }
 
     #[test]
-    fn lean_flushes_keep_txs_a_rollback_could_revive() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = TxIndexWriter::open(dir.path(), &[], true).unwrap();
-        // Tx n (one output) is spent by block n; tx 100 has no output to spend.
-        for n in 0..10 {
-            w.add(txid(n), n, 1);
-            w.spent(&txid(n), n, n as u32);
-        }
-        w.add(txid(100), 100, 0);
-        w.add(txid(101), 101, 1);
-        // A rollback can undo blocks 7.. : txs spent there stay, older spent ones go.
-        assert!(w.flush(&mut || 1, 7).unwrap());
-        let found: Vec<u64> = (0..10)
-            .chain([100, 101])
-            .filter(|&n| lookup(&w.view(), n) == vec![n])
-            .collect();
-        assert_eq!(found, vec![7, 8, 9, 101]);
-    }
-
-    #[test]
     fn spent_txs_are_left_out_by_flushes_and_pruning_merges() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = TxIndexWriter::open(dir.path(), &[], false).unwrap();
@@ -922,11 +889,11 @@ mod tests {
         for n in 0..100 {
             w.add(txid(n), n, (n % 3) as u32);
             if n % 2 == 1 {
-                w.spent(&txid(n), n, 0);
+                w.spent(&txid(n), n);
             }
         }
-        w.spent(&txid(4), 5, 0); // another tx number: not this tx
-        assert!(w.flush(&mut alloc, 0).unwrap());
+        w.spent(&txid(4), 5); // another tx number: not this tx
+        assert!(w.flush(&mut alloc).unwrap());
         let kept = |n: u64| n % 3 == 2 || (n % 3 == 1 && n.is_multiple_of(2));
         for n in 0..100 {
             assert_eq!(lookup(&w.view(), n).contains(&n), kept(n), "tx {n}");
@@ -936,7 +903,7 @@ mod tests {
         for n in 100..140 {
             w.add(txid(n), n, 1);
         }
-        assert!(w.flush(&mut alloc, 0).unwrap());
+        assert!(w.flush(&mut alloc).unwrap());
         assert!(lookup(&w.view(), 3).contains(&3));
         // The newer run is over a quarter of the oldest: all merge, keeping what `live` says.
         let mut asked = None;
@@ -970,7 +937,7 @@ mod tests {
         for n in 0..1000 {
             w.add(txid(n), n, 1);
         }
-        w.flush(&mut || 1, 0).unwrap();
+        w.flush(&mut || 1).unwrap();
         let path = dir.path().join(file_name(1));
         let good = std::fs::read(&path).unwrap();
         let prefix = format!("corrupt store file {} at offset ", path.display());

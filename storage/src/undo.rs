@@ -1,7 +1,8 @@
 //! Undo records for the most recent blocks: what each block added to and removed from the UTXO
 //! set, so a rollback can restore it. One immutable file per commit, one crc frame per block;
 //! a record lists added outputs as per-tx counts and spent outputs grouped under front-coded
-//! script keys, zstd-compressed when that is smaller (see docs/STORAGE.md).
+//! script keys, zstd-compressed when that is smaller (see docs/STORAGE.md). A lean store's
+//! records also keep the spends' input order, in which its rollbacks are given their txids.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -32,13 +33,14 @@ pub struct BlockUndo {
     /// Outpoints (tx number, vout) the block added, ascending.
     pub created: Vec<(u64, u32)>,
     /// Outputs the block spent: (key, tx number, vout, value). Any order on input; a decoded
-    /// record has them sorted.
+    /// record has them sorted, or with `input_order` in the order they were given.
     pub spent: Vec<(HashX, u64, u32, u64)>,
 }
 
 impl BlockUndo {
-    /// The record body (before compression): everything but the height.
-    fn encode_body(&self) -> Vec<u8> {
+    /// The record body (before compression): everything but the height. With `input_order`,
+    /// the sorted spent outputs are followed by the index of each in `spent` as given.
+    fn encode_body(&self, input_order: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.created.len() + self.spent.len() * 20);
         varint::put(&mut out, self.first_txnum);
         // Added outputs: per tx up to the last one that added any, `k << 1 | listed`.
@@ -66,8 +68,9 @@ impl BlockUndo {
             }
         }
         // Spent outputs, grouped by key: `count << 4 | shared`, key suffix, entries.
-        let mut spent = self.spent.clone();
-        spent.sort_unstable();
+        let mut order: Vec<usize> = (0..self.spent.len()).collect();
+        order.sort_unstable_by_key(|&i| self.spent[i]);
+        let spent: Vec<_> = order.iter().map(|&i| self.spent[i]).collect();
         let groups = spent.chunk_by(|a, b| a.0 == b.0);
         varint::put(&mut out, groups.clone().count() as u64);
         let mut prev: Option<&HashX> = None;
@@ -87,11 +90,23 @@ impl BlockUndo {
             }
             prev = Some(hashx);
         }
+        if input_order {
+            for i in order {
+                varint::put(&mut out, i as u64);
+            }
+        }
         out
     }
 
-    /// Decodes the body of block `height`'s record, found in the frame at `offset`.
-    fn decode(body: &[u8], height: u32, path: &Path, offset: u64) -> Result<BlockUndo> {
+    /// Decodes the body of block `height`'s record, found in the frame at `offset`; with
+    /// `input_order`, one written so, its spent outputs in the order they were given.
+    fn decode(
+        body: &[u8],
+        height: u32,
+        path: &Path,
+        offset: u64,
+        input_order: bool,
+    ) -> Result<BlockUndo> {
         let mut c = Cursor::new(body, path, offset);
         let first_txnum = c.varint()?;
         let txs = c.count(1)? as u64;
@@ -144,6 +159,17 @@ impl BlockUndo {
                 spent.push((hashx, txnum, c.u32()?, c.varint()?));
             }
             prev = Some(hashx);
+        }
+        if input_order {
+            let mut given: Vec<Option<(HashX, u64, u32, u64)>> = vec![None; spent.len()];
+            for entry in spent.drain(..) {
+                let i = c.varint()?;
+                match given.get_mut(i as usize) {
+                    Some(slot @ None) => *slot = Some(entry),
+                    _ => return Err(c.corrupt("bad spent-output input order")),
+                }
+            }
+            spent = given.into_iter().flatten().collect();
         }
         c.finish()?;
         Ok(BlockUndo {
@@ -245,6 +271,8 @@ struct UndoFile {
 pub struct UndoLog {
     dir: PathBuf,
     keep: u32,
+    /// Records keep the spends' input order (a lean store's).
+    input_order: bool,
     files: Vec<UndoFile>,
     pending: VecDeque<(u32, Vec<u8>)>,
     pending_bytes: usize,
@@ -252,7 +280,8 @@ pub struct UndoLog {
 }
 
 impl UndoLog {
-    pub fn open(dir: &Path, keep: u32, refs: &[UndoRef]) -> Result<UndoLog> {
+    /// `input_order`: records keep the spends' input order (a lean store's).
+    pub fn open(dir: &Path, keep: u32, refs: &[UndoRef], input_order: bool) -> Result<UndoLog> {
         let mut files = Vec::with_capacity(refs.len());
         for r in refs {
             let file = ImmutableFile::open(&dir.join(file_name(r.id)))?;
@@ -264,6 +293,7 @@ impl UndoLog {
         Ok(UndoLog {
             dir: dir.to_path_buf(),
             keep,
+            input_order,
             files,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -288,7 +318,7 @@ impl UndoLog {
         if self.keep == 0 {
             return;
         }
-        let bytes = undo.encode_body();
+        let bytes = undo.encode_body(self.input_order);
         self.pending_bytes += bytes.len();
         self.pending.push_back((undo.height, bytes));
         while self.pending.len() > self.keep as usize {
@@ -341,31 +371,16 @@ impl UndoLog {
                 return Ok(true);
             }
             let body = records[(height - first) as usize];
-            found = Some(BlockUndo::decode(body, height, f.file.path(), offset)?);
+            found = Some(BlockUndo::decode(
+                body,
+                height,
+                f.file.path(),
+                offset,
+                self.input_order,
+            )?);
             Ok(false)
         })?;
         found.ok_or_else(|| Error::Invalid(format!("no undo record for block {height}")))
-    }
-
-    /// Calls `visit` with the committed undo record of every block from `from` on, in height
-    /// order, decompressing each chunk once (`read` per height would decompress a chunk per
-    /// record).
-    pub fn for_each_from(&self, from: u32, visit: &mut dyn FnMut(BlockUndo)) -> Result<()> {
-        for f in self.files.iter().filter(|f| f.r.last >= from) {
-            for_each_chunk(f, from, &mut |first, records, offset| {
-                for (i, body) in records.iter().enumerate() {
-                    let height = first + i as u32;
-                    if height > f.r.last {
-                        return Ok(false);
-                    }
-                    if height >= from {
-                        visit(BlockUndo::decode(body, height, f.file.path(), offset)?);
-                    }
-                }
-                Ok(first + (records.len() as u32) <= f.r.last)
-            })?;
-        }
-        Ok(())
     }
 
     /// Merges the newest files, size-tiered by the blocks they span: take the newest file,
@@ -538,7 +553,7 @@ mod tests {
     /// A one-record chunk of `u`, as `flush` lays it out.
     fn chunk_of(u: &BlockUndo) -> Vec<u8> {
         let mut chunk = Vec::new();
-        put_blob(&mut chunk, &u.encode_body());
+        put_blob(&mut chunk, &u.encode_body(false));
         chunk
     }
 
@@ -549,8 +564,16 @@ mod tests {
             let want = undo(h);
             let mut shuffled = want.clone();
             shuffled.spent.reverse();
-            let body = shuffled.encode_body();
-            assert_eq!(BlockUndo::decode(&body, h, path, 0).unwrap(), want);
+            let body = shuffled.encode_body(false);
+            assert_eq!(BlockUndo::decode(&body, h, path, 0, false).unwrap(), want);
+            // Kept in input order: the same bytes, then the order.
+            let kept = shuffled.encode_body(true);
+            assert_eq!(kept[..body.len()], body[..]);
+            assert_eq!(kept[body.len()..], [3, 2, 1, 0]);
+            assert_eq!(
+                BlockUndo::decode(&kept, h, path, 0, true).unwrap(),
+                shuffled
+            );
         }
         let empty = BlockUndo {
             height: 1,
@@ -558,7 +581,7 @@ mod tests {
             ..BlockUndo::default()
         };
         assert_eq!(
-            BlockUndo::decode(&empty.encode_body(), 1, path, 0).unwrap(),
+            BlockUndo::decode(&empty.encode_body(true), 1, path, 0, true).unwrap(),
             empty
         );
     }
@@ -584,10 +607,10 @@ mod tests {
     #[test]
     fn a_commit_packs_records_into_compressed_chunks_of_at_most_a_mebibyte() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = UndoLog::open(dir.path(), 100, &[]).unwrap();
+        let mut log = UndoLog::open(dir.path(), 100, &[], false).unwrap();
         // 60k spends ≈ 600 KiB raw each: no two fit in one chunk.
         let records: Vec<BlockUndo> = (10..13).map(|h| big(h, 60_000)).collect();
-        let raw: usize = records.iter().map(|r| r.encode_body().len()).sum();
+        let raw: usize = records.iter().map(|r| r.encode_body(false).len()).sum();
         assert!(raw > 3 * 500_000 && raw < 3 * CHUNK_RAW, "{raw}");
         for r in &records {
             log.push(r);
@@ -619,7 +642,7 @@ mod tests {
 
     /// Decodes a hand-made record body and returns the error message.
     fn decode_err(body: &[u8]) -> String {
-        BlockUndo::decode(body, 3, Path::new("undo-7.log"), 12)
+        BlockUndo::decode(body, 3, Path::new("undo-7.log"), 12, false)
             .unwrap_err()
             .to_string()
     }
@@ -674,6 +697,21 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(decode_err(&body), format!("{at}{want}"), "{body:?}");
         }
+        // Kept in input order: an index out of range or repeated, or none at all.
+        let two = [&with_groups(&[group(0x20, &key)])[..], &[5, 0, 9]].concat();
+        for order in [&[0, 2][..], &[1, 1], &[0]] {
+            let body = [&two[..], order].concat();
+            let err = BlockUndo::decode(&body, 3, Path::new("undo-7.log"), 12, true)
+                .unwrap_err()
+                .to_string();
+            let want = match order.len() {
+                1 => "bad varint",
+                _ => "bad spent-output input order",
+            };
+            assert_eq!(err, format!("{at}{want}"), "{order:?}");
+        }
+        let ok = BlockUndo::decode(&[&two[..], &[1, 0]].concat(), 3, Path::new("u"), 0, true);
+        assert_eq!(ok.unwrap().spent, vec![(key, 10, 0, 9), (key, 5, 0, 9)]);
     }
 
     #[test]
@@ -707,7 +745,7 @@ mod tests {
                 first: 4,
                 last: 5,
             };
-            let log = UndoLog::open(dir.path(), 5, &[r]).unwrap();
+            let log = UndoLog::open(dir.path(), 5, &[r], false).unwrap();
             assert_eq!(log.read(4).unwrap(), undo(4));
             assert_eq!(
                 log.read(5).unwrap_err().to_string(),
@@ -728,7 +766,7 @@ mod tests {
             id
         };
         // keep 100: merged files span at most 16 blocks.
-        let mut log = UndoLog::open(dir.path(), 100, &[]).unwrap();
+        let mut log = UndoLog::open(dir.path(), 100, &[], false).unwrap();
         let mut written = 0;
         for h in 0..300 {
             log.push(&undo(h));
@@ -774,7 +812,7 @@ mod tests {
         log.committed();
         let refs = log.refs();
         drop(log);
-        let log = UndoLog::open(dir.path(), 100, &refs).unwrap();
+        let log = UndoLog::open(dir.path(), 100, &refs, false).unwrap();
         for h in 200..298 {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
@@ -784,21 +822,12 @@ mod tests {
             assert_eq!(log.read(h).unwrap(), want);
         }
         assert!(log.read(305).is_err());
-        // Walking from a height gives the same records, dead ones left out.
-        for from in [0, 250, 298, 304, 305] {
-            let mut walked = Vec::new();
-            log.for_each_from(from, &mut |u| walked.push(u)).unwrap();
-            let want: Vec<BlockUndo> = (from.max(refs[0].first)..305)
-                .map(|h| log.read(h).unwrap())
-                .collect();
-            assert_eq!(walked, want, "from {from}");
-        }
     }
 
     #[test]
     fn keeps_the_horizon_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = UndoLog::open(dir.path(), 5, &[]).unwrap();
+        let mut log = UndoLog::open(dir.path(), 5, &[], false).unwrap();
         let mut id = 0;
         let mut alloc = || {
             id += 1;
@@ -823,7 +852,7 @@ mod tests {
         log.committed();
         let refs = log.refs();
         drop(log);
-        let log = UndoLog::open(dir.path(), 5, &refs).unwrap();
+        let log = UndoLog::open(dir.path(), 5, &refs, false).unwrap();
         for h in 3..9 {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
@@ -834,7 +863,7 @@ mod tests {
     fn the_oldest_file_is_trimmed_to_the_horizon_once_a_quarter_is_below() {
         let dir = tempfile::tempdir().unwrap();
         // A horizon of 64 blocks: merges span at most 16.
-        let mut log = UndoLog::open(dir.path(), 64, &[]).unwrap();
+        let mut log = UndoLog::open(dir.path(), 64, &[], false).unwrap();
         let mut id = 0;
         let mut alloc = || {
             id += 1;
@@ -862,7 +891,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
         let refs = log.refs();
         drop(log);
-        let log = UndoLog::open(dir.path(), 64, &refs).unwrap();
+        let log = UndoLog::open(dir.path(), 64, &refs, false).unwrap();
         assert!(log.read(15).is_err());
         for h in 16..80 {
             assert_eq!(log.read(h).unwrap(), undo(h));
@@ -872,7 +901,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_is_reported_with_the_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = UndoLog::open(dir.path(), 5, &[]).unwrap();
+        let mut log = UndoLog::open(dir.path(), 5, &[], false).unwrap();
         log.push(&undo(0));
         log.flush(&mut || 1, Some(0)).unwrap();
         log.push(&undo(1));
@@ -881,7 +910,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[5] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let log = UndoLog::open(dir.path(), 5, &log.refs()).unwrap();
+        let log = UndoLog::open(dir.path(), 5, &log.refs(), false).unwrap();
         assert_eq!(log.read(0).unwrap(), undo(0));
         let err = log.read(1).unwrap_err().to_string();
         assert_eq!(

@@ -37,7 +37,8 @@ fn build(dir: &Path, chain: &mut Chain, lean: bool) {
             store.compact().unwrap();
         }
     }
-    store.rollback(2).unwrap();
+    let spent = chain.rollback_txids(BLOCKS, 2, lean);
+    store.rollback(2, &spent).unwrap();
     for h in BLOCKS - 2..BLOCKS {
         store.apply_block(chain.block(h)).unwrap();
     }
@@ -63,7 +64,8 @@ fn copy_dir(from: &Path, to: &Path) {
 fn exercise(dir: &Path, chain: &mut Chain, lean: bool) -> ferrum_storage::Result<()> {
     let mut store = Store::open(dir, options(lean))?;
     check(&store.snapshot(), chain.state(BLOCKS as usize), &[])?;
-    store.rollback(UNDO)?;
+    let spent = chain.rollback_txids(BLOCKS, UNDO, lean);
+    store.rollback(UNDO, &spent)?;
     check(
         &store.snapshot(),
         chain.state((BLOCKS - UNDO) as usize),

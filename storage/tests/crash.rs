@@ -54,7 +54,9 @@ fn crash_child() {
                 let n = (rng.below(4) as u32).min(store.height().unwrap());
                 // A rollback lowers the committed height: announce the floor first.
                 println!("floor {}", store.height().unwrap() - n);
-                store.rollback(n).expect("rollback");
+                let top = store.height().unwrap() + 1;
+                let spent = chain.rollback_txids(top, n, lean);
+                store.rollback(n, &spent).expect("rollback");
             }
             1 => {
                 store.compact().expect("compact");

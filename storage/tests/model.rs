@@ -6,7 +6,7 @@
 mod common;
 
 use common::{check, Model};
-use ferrum_storage::{Error, Hash32, Options, Snapshot, Store};
+use ferrum_storage::{BlockData, Error, Hash32, Options, Snapshot, Store};
 use proptest::prelude::*;
 
 const UNDO: u32 = 4;
@@ -66,6 +66,9 @@ struct Harness {
     store: Option<Store>,
     /// `states[n]` = model after the first n applied blocks (committed or not).
     states: Vec<Model>,
+    /// The applied blocks (committed or not), by height: a lean rollback is given their
+    /// spends.
+    blocks: Vec<BlockData>,
     committed: usize,
     meta_pending: Vec<(String, Vec<u8>)>,
     /// Lowest height whose undo record the store must still hold.
@@ -105,6 +108,7 @@ impl Harness {
                     self.store().apply_block(&block).unwrap();
                     assert_eq!(self.store().height(), next.height());
                     self.states.push(next);
+                    self.blocks.push(block);
                 }
             }
             Op::Commit => {
@@ -115,7 +119,15 @@ impl Harness {
                 let n = usize::from(*n);
                 let blocks = self.applied();
                 let guaranteed = (UNDO as usize).min(blocks.saturating_sub(self.undo_low));
-                let result = self.store().rollback(n as u32);
+                let spent: Vec<Vec<Hash32>> = match self.lean {
+                    true => self.blocks[blocks.saturating_sub(n)..]
+                        .iter()
+                        .rev()
+                        .map(BlockData::spent_txids)
+                        .collect(),
+                    false => Vec::new(),
+                };
+                let result = self.store().rollback(n as u32, &spent);
                 self.commit_model();
                 match result {
                     Ok(()) => {
@@ -125,6 +137,7 @@ impl Harness {
                             .max(blocks.saturating_sub(UNDO as usize))
                             .min(blocks - n);
                         self.states.truncate(blocks - n + 1);
+                        self.blocks.truncate(blocks - n);
                         self.committed = blocks - n;
                     }
                     Err(Error::Invalid(msg)) => {
@@ -154,6 +167,7 @@ impl Harness {
                 self.store = Some(Store::open(self.dir.path(), options(self.lean)).unwrap());
                 assert_eq!(self.store().snapshot().stores_txids(), !self.lean);
                 self.states.truncate(self.committed + 1);
+                self.blocks.truncate(self.committed);
                 self.meta_pending.clear();
             }
             Op::Meta(v) => {
@@ -207,6 +221,7 @@ proptest! {
                 lean,
                 store: Some(store),
                 states: vec![Model::default()],
+                blocks: Vec::new(),
                 committed: 0,
                 meta_pending: Vec::new(),
                 undo_low: 0,

@@ -237,7 +237,7 @@ async fn a_reorg_announces_the_new_tip_once() {
     let mut c = Client::new(&f, 1);
     c.subscribe(&f, &[A, B]).await;
     // Two blocks replaced by three that pay B only.
-    f.store.rollback(2).unwrap();
+    f.store.rollback(2, &[]).unwrap();
     for h in 8..11 {
         f.store.apply_block(&block(1, h, &[B])).unwrap();
     }
@@ -252,7 +252,7 @@ async fn a_reorg_announces_the_new_tip_once() {
         [header_note(1, 10), status_note(&f, A), status_note(&f, B)]
     );
     // Same height, another block: a new tip all the same.
-    f.store.rollback(1).unwrap();
+    f.store.rollback(1, &[]).unwrap();
     f.store.apply_block(&block(2, 10, &[A])).unwrap();
     f.store.commit().unwrap();
     f.electrum.notify(touched(&[A, B]), true).await;

@@ -135,7 +135,7 @@ fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
     assert_eq!(check(&cache, &snap, &key(A), &[]), Source::Extended(2));
 
     // A longer branch replaces the last two blocks: rebuilt, whatever it touches.
-    store.rollback(2).unwrap();
+    store.rollback(2, &[]).unwrap();
     store.apply_block(&block(1, 5, &[B])).unwrap();
     store.apply_block(&block(1, 6, &[C, C])).unwrap();
     store.apply_block(&block(1, 7, &[A])).unwrap();
@@ -148,7 +148,7 @@ fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
         ));
     }
     // Same height, another block: rebuilt again.
-    store.rollback(1).unwrap();
+    store.rollback(1, &[]).unwrap();
     store.apply_block(&block(2, 7, &[B])).unwrap();
     store.commit().unwrap();
     let snap = store.snapshot();
@@ -159,7 +159,7 @@ fn blocks_mempool_and_reorgs_match_statuses_from_scratch() {
         ));
     }
     // A shorter chain: rebuilt; then new blocks on it extend.
-    store.rollback(3).unwrap();
+    store.rollback(3, &[]).unwrap();
     store.commit().unwrap();
     let snap = store.snapshot();
     for k in [A, B, C] {
@@ -204,7 +204,7 @@ fn a_random_walk_matches_statuses_from_scratch() {
         let height = store.height().unwrap();
         match next(6) {
             0 if height > 3 => {
-                store.rollback(1 + next(3) as u32).unwrap();
+                store.rollback(1 + next(3) as u32, &[]).unwrap();
                 branch += 1;
                 if next(2) == 0 {
                     check_all(&store.snapshot(), &mempool); // the fork point, seen or not

@@ -179,6 +179,18 @@ impl Chain {
         &self.blocks[height as usize]
     }
 
+    /// What `Store::rollback` is given to roll back from `blocks` blocks by `n`: a lean
+    /// store, each rolled-back block's spent txids, newest first; a full store, nothing.
+    pub fn rollback_txids(&mut self, blocks: u32, n: u32, lean: bool) -> Vec<Vec<Hash32>> {
+        if !lean {
+            return Vec::new();
+        }
+        (blocks.saturating_sub(n)..blocks)
+            .rev()
+            .map(|h| self.block(h).spent_txids())
+            .collect()
+    }
+
     /// Model after `blocks` blocks.
     pub fn state(&mut self, blocks: usize) -> &Model {
         if blocks > 0 {
