@@ -1,5 +1,6 @@
 //! Reorganisations against the emulated node: within REORG_LIMIT (index equals the new
-//! chain), beyond it (the indexer stops, index untouched), and the admin forced rollback.
+//! chain), beyond it (the indexer stops, index untouched), and the admin forced rollback;
+//! the rollbacks also in lean mode (no txids stored: the rolled-back blocks are fetched).
 
 mod indexer_support;
 
@@ -7,14 +8,24 @@ use std::time::Duration;
 
 use indexer_support::*;
 
+use ferrum::config::IndexMode;
 use ferrum::indexer::IndexError;
 
 #[test]
 fn reorg_within_the_limit_follows_the_new_chain() {
+    reorg_within_the_limit_follows_the_new_chain_in(IndexMode::Full);
+}
+
+#[test]
+fn reorg_within_the_limit_follows_the_new_chain_in_lean_mode() {
+    reorg_within_the_limit_follows_the_new_chain_in(IndexMode::Lean);
+}
+
+fn reorg_within_the_limit_follows_the_new_chain_in(mode: IndexMode) {
     let emu = emulator(4, 120, 10);
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
+        let run = start_indexer_in(dir.path(), emulator_daemon(&emu), settings(10), mode);
         wait_for_tip(&run.handle, emu.best_hash()).await;
         let old_chain = emulator_chain(&emu);
         // Replace the last 3 blocks with 5 others, then with a shorter branch of 2.
@@ -76,10 +87,19 @@ fn reorg_beyond_the_limit_stops_and_leaves_the_index_alone() {
 
 #[test]
 fn forced_rollback_then_resync() {
+    forced_rollback_then_resync_in(IndexMode::Full);
+}
+
+#[test]
+fn forced_rollback_then_resync_in_lean_mode() {
+    forced_rollback_then_resync_in(IndexMode::Lean);
+}
+
+fn forced_rollback_then_resync_in(mode: IndexMode) {
     let emu = emulator(6, 110, 10);
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let run = start_indexer(dir.path(), emulator_daemon(&emu), settings(10));
+        let run = start_indexer_in(dir.path(), emulator_daemon(&emu), settings(10), mode);
         let tip = wait_for_tip(&run.handle, emu.best_hash()).await;
         match run.handle.force_rollback(11).await {
             Err(IndexError::Invalid(m)) => {
@@ -101,6 +121,52 @@ fn forced_rollback_then_resync() {
         }
         assert_eq!(run.handle.current_tip(), Some(tip));
         assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
+    });
+}
+
+#[test]
+fn a_lean_rollback_reads_the_blocks_from_the_node_in_chunks() {
+    let emu = emulator(7, 110, 10);
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let proxy = Proxy::start(emu.rpc_addr()).await;
+        let daemon = daemon_for(format!("{}@127.0.0.1:{}", emu.credentials(), proxy.port));
+        let run = start_indexer_in(dir.path(), daemon, settings(200), IndexMode::Lean);
+        let tip = wait_for_tip(&run.handle, emu.best_hash()).await;
+        // A block the node cannot give: the rollback is refused, the index left as it was.
+        let chain = emulator_chain(&emu);
+        let missing = chain[tip.height as usize - 1].block_hash();
+        proxy.faults.lock().unwrap().insert(missing, Fault::Missing);
+        match run.handle.force_rollback(3).await {
+            Err(IndexError::Invalid(m)) => assert_eq!(
+                m,
+                format!(
+                    "cannot roll back block {missing} at height {}: the node cannot give it \
+                     (the node has no block {missing}); a lean index (INDEX_MODE=lean) reads \
+                     the blocks it rolls back from the node, which must keep them (bitcoind \
+                     does, unless pruned): restore the block, or rebuild the index in an \
+                     empty DB_DIRECTORY",
+                    tip.height - 1
+                )
+            ),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        assert_eq!(run.reader.snapshot().height(), Some(tip.height));
+        proxy.faults.lock().unwrap().clear();
+        // 105 blocks: two store rollbacks (100, then 5), then the same blocks again.
+        assert_eq!(
+            run.handle.force_rollback(105).await.unwrap(),
+            Some(tip.height - 105)
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while run.reader.snapshot().height() != Some(tip.height)
+            || run.handle.current_tip() != Some(tip)
+        {
+            assert!(tokio::time::Instant::now() < deadline, "resync timed out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_index_matches(&run.reader.snapshot(), &chain);
         run.stop().await;
     });
 }

@@ -3,7 +3,8 @@
 //! tamper with them); over TCP both give the same answers, and the answers computed from the
 //! blocks alone, for histories, unspent outputs, balances, statuses (read whole, and kept
 //! subscribed across new blocks), merkle proofs and ids by position: after sync, after new
-//! blocks, after a node reorg and after the admin `reorg`. A block whose
+//! blocks, after a node reorg (which revives outputs that the next block spends again) and
+//! after the admin `reorg`. A block whose
 //! transactions do not match its merkle root is an error, never a wrong answer.
 
 mod indexer_support;
@@ -12,7 +13,7 @@ mod mempool_support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bitcoin::{ScriptBuf, Txid};
+use bitcoin::{OutPoint, ScriptBuf, Txid};
 use ferrum_tools::chaingen::ChainParams;
 use ferrum_tools::emulator::{ChainSource, Emulator, EmulatorConfig};
 use indexer_support::{Fault, Proxy};
@@ -135,6 +136,28 @@ async fn settled(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the node's chain (not its mempool) has `op` unspent.
+fn chain_unspent(expected: &Expected, op: &OutPoint) -> bool {
+    let Some(out) = expected.chain.output(op) else {
+        return false;
+    };
+    let listed = expected.chain.listunspent_json(&out.script_pubkey);
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["tx_hash"] == json!(op.txid.to_string()) && u["tx_pos"] == json!(op.vout))
+}
+
+/// How many outputs of confirmed tx `txid` the node's chain has unspent.
+fn unspent_outputs(expected: &Expected, txid: &Txid) -> usize {
+    let (height, pos) = expected.chain.positions[txid];
+    let tx = &expected.chain.blocks[height as usize].txdata[pos as usize];
+    (0..tx.output.len() as u32)
+        .filter(|&vout| chain_unspent(expected, &OutPoint::new(*txid, vout)))
+        .count()
 }
 
 /// One local RPC command: its result.
@@ -281,6 +304,20 @@ async fn lean_and_full_servers_answer_alike() {
         assert_eq!(statuses, want);
     }
 
+    // Outputs that the two blocks about to be replaced spend, each its tx's last unspent one
+    // (so a pruning merge may have dropped the tx from the txid index).
+    let pre_reorg = node_state(&emu);
+    let tip = pre_reorg.chain.tip();
+    let last_spent: Vec<OutPoint> = pre_reorg.chain.blocks[tip as usize - 1..]
+        .iter()
+        .flat_map(|block| block.txdata.iter().skip(1))
+        .flat_map(|tx| tx.input.iter().map(|input| input.previous_output))
+        .filter(|op| {
+            let older = pre_reorg.chain.positions[&op.txid].0 + 1 < tip;
+            older && unspent_outputs(&pre_reorg, &op.txid) == 0
+        })
+        .collect();
+
     // The node replaces its last two blocks with three others (their transactions go back
     // to its mempool): blocks cached or proven before are not mistaken for the new ones.
     emu.reorg(2, 3, 5).unwrap();
@@ -295,7 +332,42 @@ async fn lean_and_full_servers_answer_alike() {
         assert_eq!(statuses, want);
     }
 
-    // The lean index rolls back blocks (no txids to reinstate) and syncs forward again.
+    // The rollback revived some of those outputs: both servers count them again, and the
+    // node's next block spends them again (their spenders are back in its mempool), which
+    // a lean index can apply only if the rollback put their txs back in its txid index.
+    let revived: Vec<OutPoint> = last_spent
+        .into_iter()
+        .filter(|op| chain_unspent(&expected, op))
+        .collect();
+    assert!(!revived.is_empty(), "the reorg revives no spent output");
+    let mut revived_scripts: Vec<ScriptBuf> = revived
+        .iter()
+        .map(|op| expected.chain.output(op).unwrap().script_pubkey.clone())
+        .collect();
+    revived_scripts.dedup();
+    let what = "revived outputs";
+    let from_full = settled(full.tcp, &expected, &revived_scripts, &txs, what).await;
+    assert_eq!(
+        settled(lean.tcp, &expected, &revived_scripts, &txs, what).await,
+        from_full
+    );
+    emu.mine(1).unwrap();
+    let expected = node_state(&emu);
+    assert!(
+        revived.iter().any(|op| !chain_unspent(&expected, op)),
+        "the next block spends a revived output"
+    );
+    let txs = sample_txs(&expected);
+    let what = "revived outputs spent again";
+    let from_full = settled(full.tcp, &expected, &revived_scripts, &txs, what).await;
+    assert_eq!(
+        settled(lean.tcp, &expected, &revived_scripts, &txs, what).await,
+        from_full
+    );
+    let from_full = settled(full.tcp, &expected, &scripts, &txs, "full after a block").await;
+
+    // The lean index rolls back blocks (their spends read from the node's blocks, to put
+    // revived txs back in its txid index) and syncs forward again.
     assert_eq!(
         admin(lean.rpc, "reorg", json!([5])).await,
         json!("scheduled a reorg of 5 blocks")
