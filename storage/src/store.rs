@@ -854,12 +854,14 @@ mod tests {
         }
     }
 
-    /// Everything but txids, as a snapshot answers it for the blocks of `block(0..blocks)`.
+    /// Everything but txids, as a snapshot answers it for the blocks of `block(0..blocks)`,
+    /// and which txs have txid index entries (the same in both modes).
     fn answers(snap: &Snapshot, blocks: u64) -> Vec<String> {
         let mut out = vec![format!("{:?}", snap.history(&[0; 11]).unwrap())];
         out.push(format!("{:?}", snap.utxos(&[0; 11]).unwrap()));
         for n in 0..3 * blocks {
             out.push(format!("{n}: {:?}", snap.unspent(&txid(n), 0).unwrap()));
+            out.push(format!("{n} indexed: {:?}", snap.find_tx(&txid(n)).unwrap()));
         }
         let all: Vec<u64> = (0..snap.tx_count()).collect();
         out.push(format!("{:?}", snap.tx_heights(&all).unwrap()));

@@ -878,8 +878,14 @@ mod tests {
 
     #[test]
     fn spent_txs_are_left_out_by_flushes_and_pruning_merges() {
+        for lean in [false, true] {
+            spent_txs_are_left_out_by_flushes_and_pruning_merges_in(lean);
+        }
+    }
+
+    fn spent_txs_are_left_out_by_flushes_and_pruning_merges_in(lean: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = TxIndexWriter::open(dir.path(), &[], false).unwrap();
+        let mut w = TxIndexWriter::open(dir.path(), &[], lean).unwrap();
         let mut id = 0;
         let mut alloc = || {
             id += 1;
