@@ -861,7 +861,10 @@ mod tests {
         out.push(format!("{:?}", snap.utxos(&[0; 11]).unwrap()));
         for n in 0..3 * blocks {
             out.push(format!("{n}: {:?}", snap.unspent(&txid(n), 0).unwrap()));
-            out.push(format!("{n} indexed: {:?}", snap.find_tx(&txid(n)).unwrap()));
+            out.push(format!(
+                "{n} indexed: {:?}",
+                snap.find_tx(&txid(n)).unwrap()
+            ));
         }
         let all: Vec<u64> = (0..snap.tx_count()).collect();
         out.push(format!("{:?}", snap.tx_heights(&all).unwrap()));
