@@ -1,6 +1,7 @@
-//! Fuzz target: a small valid store is built once; each input replaces one of its files (the
-//! first byte picks which) with the remaining bytes, then the store is opened and everything
-//! is read, including a rollback through the undo records. Errors are fine; panics are not.
+//! Fuzz target: a small valid store is built once per index mode (full, lean); each input
+//! replaces one of its files (the first byte picks the mode and the file) with the remaining
+//! bytes, then the store is opened and everything is read, including a rollback through the
+//! undo records. Errors are fine; panics are not.
 #![no_main]
 
 use std::path::Path;
@@ -11,11 +12,11 @@ use libfuzzer_sys::fuzz_target;
 
 const BLOCKS: u32 = 24;
 
-fn options() -> Options {
+fn options(lean: bool) -> Options {
     Options {
         undo_blocks: 4,
         compaction_memory: 1 << 16,
-        store_txids: true,
+        store_txids: !lean,
     }
 }
 
@@ -54,13 +55,13 @@ fn block(h: u32) -> BlockData {
     BlockData { header, txs }
 }
 
-/// The pristine store's files: (name, bytes), sorted by name.
-fn pristine() -> &'static Vec<(String, Vec<u8>)> {
-    static FILES: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
-    FILES.get_or_init(|| {
-        let dir = scratch_root().join("pristine");
+/// The pristine store's files in a mode: (name, bytes), sorted by name.
+fn pristine(lean: bool) -> &'static Vec<(String, Vec<u8>)> {
+    static FILES: [OnceLock<Vec<(String, Vec<u8>)>>; 2] = [OnceLock::new(), OnceLock::new()];
+    FILES[usize::from(lean)].get_or_init(|| {
+        let dir = scratch_root().join(if lean { "pristine-lean" } else { "pristine" });
         let _ = std::fs::remove_dir_all(&dir);
-        let mut store = Store::open(&dir, options()).expect("open");
+        let mut store = Store::open(&dir, options(lean)).expect("open");
         for h in 0..BLOCKS {
             store.apply_block(&block(h)).expect("apply");
             if h % 3 == 2 {
@@ -100,8 +101,8 @@ fn scratch_root() -> &'static Path {
     .path()
 }
 
-fn read_everything(dir: &Path) -> ferrum_storage::Result<()> {
-    let mut store = Store::open(dir, options())?;
+fn read_everything(dir: &Path, lean: bool) -> ferrum_storage::Result<()> {
+    let mut store = Store::open(dir, options(lean))?;
     let snap = store.snapshot();
     let blocks = snap.height().map_or(0, |h| h + 1);
     for h in 0..blocks.min(BLOCKS + 2) {
@@ -109,7 +110,9 @@ fn read_everything(dir: &Path) -> ferrum_storage::Result<()> {
         snap.block_txs(h)?;
     }
     for n in 0..snap.tx_count().min(u64::from(BLOCKS) * 2 + 4) {
-        snap.txid(n)?;
+        if !lean {
+            snap.txid(n)?;
+        }
         snap.tx_height(n)?;
         snap.utxo(n, 0)?;
         snap.unspent(&txid(n), 0)?;
@@ -121,7 +124,13 @@ fn read_everything(dir: &Path) -> ferrum_storage::Result<()> {
     snap.for_each_utxo(|_, _| {})?;
     snap.for_each_history(|_, _| {})?;
     snap.meta("tip");
-    store.rollback(3, &[])?;
+    // A lean store is given the rolled-back blocks' spent txids, newest block first.
+    let top = store.height().unwrap_or(0);
+    let spent: Vec<_> = match lean {
+        true => (0..3.min(top + 1)).map(|i| block(top - i).spent_txids()).collect(),
+        false => Vec::new(),
+    };
+    store.rollback(3, &spent)?;
     let next = store.height().map_or(0, |h| h + 1);
     if next < BLOCKS * 2 {
         // Applying may fail (a spend the corrupted store cannot resolve); it must not panic.
@@ -135,14 +144,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, content)) = data.split_first() else {
         return;
     };
-    let files = pristine();
+    let lean = which & 1 == 1;
+    let files = pristine(lean);
     let dir = scratch_root().join("work");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let target = usize::from(which) % files.len();
+    let target = usize::from(which >> 1) % files.len();
     for (i, (name, bytes)) in files.iter().enumerate() {
         let bytes = if i == target { content } else { &bytes[..] };
         std::fs::write(dir.join(name), bytes).expect("write");
     }
-    let _ = read_everything(&dir);
+    let _ = read_everything(&dir, lean);
 });
