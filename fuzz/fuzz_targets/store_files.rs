@@ -127,7 +127,9 @@ fn read_everything(dir: &Path, lean: bool) -> ferrum_storage::Result<()> {
     // A lean store is given the rolled-back blocks' spent txids, newest block first.
     let top = store.height().unwrap_or(0);
     let spent: Vec<_> = match lean {
-        true => (0..3.min(top + 1)).map(|i| block(top - i).spent_txids()).collect(),
+        true => (0..3.min(top + 1))
+            .map(|i| block(top - i).spent_txids())
+            .collect(),
         false => Vec::new(),
     };
     store.rollback(3, &spent)?;
