@@ -502,45 +502,30 @@ impl Store {
             )));
         }
         let keep = blocks - u64::from(n);
+        // The rolled-back blocks' undo records, newest first, read once: checked, then undone.
+        let undos = (keep..blocks)
+            .rev()
+            .map(|height| self.undo.read(height as u32))
+            .collect::<Result<Vec<_>>>()?;
         if self.lean {
-            self.check_spent_txids(keep, spent_txids)?;
+            check_spent_txids(&undos, spent_txids)?;
         }
-        self.guarded(|s| s.undo_blocks(keep, spent_txids))?;
+        self.guarded(|s| s.undo_blocks(keep, &undos, spent_txids))?;
         self.commit()
     }
 
-    /// Refuses a lean rollback to the first `keep` blocks unless `spent_txids` lists as many
-    /// spends for each rolled-back block as its undo record.
-    fn check_spent_txids(&self, keep: u64, spent_txids: &[Vec<Hash32>]) -> Result<()> {
-        let n = self.headers.len() - keep;
-        if spent_txids.len() as u64 != n {
-            return Err(Error::Invalid(format!(
-                "rolling back {n} blocks of a lean store needs each block's spent txids: \
-                 given for {} blocks",
-                spent_txids.len()
-            )));
-        }
-        for (height, txids) in (keep..self.headers.len()).rev().zip(spent_txids) {
-            let listed = self.undo.read(height as u32)?.spent.len();
-            if txids.len() != listed {
-                return Err(Error::Invalid(format!(
-                    "block {height}: {} spent txids given, its undo records list {listed} \
-                     spends",
-                    txids.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Rolls the buffers back to the first `keep` blocks using the undo records (and, in a
-    /// lean store, the checked `spent_txids`).
-    fn undo_blocks(&mut self, keep: u64, spent_txids: &[Vec<Hash32>]) -> Result<()> {
+    /// Rolls the buffers back to the first `keep` blocks using their undo records `undos`,
+    /// newest first (and, in a lean store, the checked `spent_txids`).
+    fn undo_blocks(
+        &mut self,
+        keep: u64,
+        undos: &[BlockUndo],
+        spent_txids: &[Vec<Hash32>],
+    ) -> Result<()> {
         let mut new_tx_count = self.tx_count;
         // (tx number, its txid if given) of each output made unspent again.
         let mut unspent_again: Vec<(u64, Option<Hash32>)> = Vec::new();
-        for (i, height) in (keep..self.headers.len()).rev().enumerate() {
-            let undo = self.undo.read(height as u32)?;
+        for (i, undo) in undos.iter().enumerate() {
             let given = if self.lean { spent_txids.get(i) } else { None };
             for &(txnum, vout) in &undo.created {
                 self.utxo.spend(txnum, vout)?;
@@ -658,6 +643,30 @@ fn live_txs(utxos: &UtxoView, base: u64, end: u64, memory: usize) -> Result<Opti
     let mut live = LiveTxs::new(base, end);
     utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
     Ok(Some(live))
+}
+
+/// Refuses a lean rollback unless `spent_txids` lists, for each rolled-back block (`undos`,
+/// newest first), as many spends as its undo record.
+fn check_spent_txids(undos: &[BlockUndo], spent_txids: &[Vec<Hash32>]) -> Result<()> {
+    if spent_txids.len() != undos.len() {
+        return Err(Error::Invalid(format!(
+            "rolling back {} blocks of a lean store needs each block's spent txids: given for \
+             {} blocks",
+            undos.len(),
+            spent_txids.len()
+        )));
+    }
+    for (undo, txids) in undos.iter().zip(spent_txids) {
+        let listed = undo.spent.len();
+        if txids.len() != listed {
+            return Err(Error::Invalid(format!(
+                "block {}: {} spent txids given, its undo records list {listed} spends",
+                undo.height,
+                txids.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
