@@ -842,18 +842,22 @@ impl Indexer {
         if blocks == 0 {
             return Ok(());
         }
-        if self.stores_txids() {
-            self.with_store(move |store| store.rollback(blocks, &[]))
-                .await??;
-            self.touched = None;
-            self.applied = Tip::of(&self.store().snapshot())?;
-            return Ok(());
+        let (lean, chunk) = match self.stores_txids() {
+            true => (false, blocks),
+            false => (true, LEAN_ROLLBACK_CHUNK),
+        };
+        if lean {
+            // The blocks it fetches are the committed ones (the store commits before a
+            // rollback anyway).
+            self.commit().await?;
         }
-        self.commit().await?;
         let mut left = blocks;
         while left > 0 {
-            let n = left.min(LEAN_ROLLBACK_CHUNK);
-            let spent = self.spent_txids_of_top(n).await?;
+            let n = left.min(chunk);
+            let spent = match lean {
+                true => self.spent_txids_of_top(n).await?,
+                false => Vec::new(),
+            };
             let result = self
                 .with_store(move |store| store.rollback(n, &spent))
                 .await?;
