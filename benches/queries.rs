@@ -14,6 +14,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ferrum::electrum::SessionState;
 use ferrum::jsonrpc::Params;
 use ferrum::session::Backend;
+use ferrum::txids::StoreTxids;
 use ferrum_storage::{BlockData, Hash32, Options, Store, TxData, HASHX_LEN};
 use serde_json::json;
 
@@ -134,13 +135,18 @@ fn queries(c: &mut Criterion) {
         b.iter(|| black_box(snap.history(&key).unwrap()).len())
     });
     group.bench_function("store history with txids and heights", |b| {
-        b.iter(|| black_box(ferrum::query::confirmed_history(&snap, &key, None).unwrap()).len())
+        b.iter(|| {
+            black_box(ferrum::query::confirmed_history(&snap, &StoreTxids, &key, None).unwrap())
+                .len()
+        })
     });
     group.bench_function("store utxos", |b| {
         b.iter(|| black_box(snap.utxos(&key).unwrap()).len())
     });
     group.bench_function("store utxos with txids and heights", |b| {
-        b.iter(|| black_box(ferrum::query::confirmed_unspent(&snap, &key).unwrap()).len())
+        b.iter(|| {
+            black_box(ferrum::query::confirmed_unspent(&snap, &StoreTxids, &key).unwrap()).len()
+        })
     });
     group.finish();
 }

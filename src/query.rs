@@ -7,7 +7,7 @@ use std::fmt;
 
 use ferrum_storage::{Hash32, HashX, Snapshot};
 
-use crate::txids::{StoreTxids, TxidError, TxidSource};
+use crate::txids::{TxidError, TxidSource};
 
 /// A confirmed transaction of a script's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,18 +129,9 @@ impl From<TxidError> for QueryError {
     }
 }
 
-/// [`confirmed_history_from`] a full index's own txids.
-pub fn confirmed_history(
-    snap: &Snapshot,
-    hashx: &HashX,
-    limit: Option<usize>,
-) -> Result<Vec<ConfirmedTx>, QueryError> {
-    confirmed_history_from(snap, &StoreTxids, hashx, limit)
-}
-
 /// The confirmed history of `hashx` in chain order, txids from `txids`. With a `limit`, a
 /// history of that many entries or more is refused before any txid is read.
-pub fn confirmed_history_from(
+pub fn confirmed_history(
     snap: &Snapshot,
     txids: &dyn TxidSource,
     hashx: &HashX,
@@ -161,14 +152,9 @@ pub fn confirmed_history_from(
         .collect())
 }
 
-/// [`confirmed_unspent_from`] a full index's own txids.
-pub fn confirmed_unspent(snap: &Snapshot, hashx: &HashX) -> Result<Vec<Unspent>, QueryError> {
-    confirmed_unspent_from(snap, &StoreTxids, hashx)
-}
-
 /// The confirmed unspent outputs of `hashx` in chain order (tx number, then vout), txids
 /// from `txids`.
-pub fn confirmed_unspent_from(
+pub fn confirmed_unspent(
     snap: &Snapshot,
     txids: &dyn TxidSource,
     hashx: &HashX,
@@ -197,7 +183,7 @@ pub fn unspent(
     mempool: &dyn MempoolView,
     hashx: &HashX,
 ) -> Result<(Vec<Unspent>, usize), QueryError> {
-    let mut all = confirmed_unspent_from(snap, txids, hashx)?;
+    let mut all = confirmed_unspent(snap, txids, hashx)?;
     all.extend(mempool.outputs(hashx).into_iter().map(|o| Unspent {
         txid: o.txid,
         vout: o.vout,
@@ -242,6 +228,7 @@ pub fn balance(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::txids::StoreTxids;
     use ferrum_storage::{BlockData, Options, Store, TxData};
 
     const K: HashX = [7; 11];
@@ -317,14 +304,19 @@ mod tests {
     fn views_of_one_script() {
         let dir = tempfile::tempdir().unwrap();
         let snap = store(dir.path()).snapshot();
-        let history = confirmed_history(&snap, &K, None).unwrap();
+        let history = confirmed_history(&snap, &StoreTxids, &K, None).unwrap();
         let expect = |n: u8, height: u32| ConfirmedTx { txid: t(n), height };
         assert_eq!(history, [expect(1, 1), expect(4, 2), expect(5, 2)]);
         assert!(matches!(
-            confirmed_history(&snap, &K, Some(3)),
+            confirmed_history(&snap, &StoreTxids, &K, Some(3)),
             Err(QueryError::HistoryTooLarge { limit: 3 })
         ));
-        assert_eq!(confirmed_history(&snap, &K, Some(4)).unwrap().len(), 3);
+        assert_eq!(
+            confirmed_history(&snap, &StoreTxids, &K, Some(4))
+                .unwrap()
+                .len(),
+            3
+        );
         let unspent = |n: u8, vout: u32, height: u32, value: u64| Unspent {
             txid: t(n),
             vout,
@@ -332,7 +324,7 @@ mod tests {
             value,
         };
         assert_eq!(
-            confirmed_unspent(&snap, &K).unwrap(),
+            confirmed_unspent(&snap, &StoreTxids, &K).unwrap(),
             [unspent(1, 0, 1, 10), unspent(4, 1, 2, 40)]
         );
         // Mempool: tx 4's output is spent (left out), the new output comes last at height 0.

@@ -61,7 +61,7 @@ fn limited_history(
         return Ok((history, 0.1));
     }
     let history =
-        Arc::new(query::confirmed_history_from(snap, txids, hashx, limit).map_err(query_error)?);
+        Arc::new(query::confirmed_history(snap, txids, hashx, limit).map_err(query_error)?);
     if let Some(tip) = tip {
         shared.history_cache.insert(tip, *hashx, history.clone());
     }

@@ -20,6 +20,7 @@ use crate::services::Protocol;
 use crate::session::{Backend, ProtocolVersion, SessionContext, SessionLimits};
 use crate::status::{history, status};
 use crate::test_store::committed_store;
+use crate::txids::StoreTxids;
 
 const A: u8 = 0xa1;
 const B: u8 = 0xb2;
@@ -180,7 +181,8 @@ fn status_note(f: &Fixture, b: u8) -> Value {
 
 /// The same with mempool transactions after the confirmed history.
 fn status_note_with(f: &Fixture, b: u8, mempool: &[MempoolTx]) -> Value {
-    let confirmed = query::confirmed_history(&f.store.snapshot(), &key(b), None).unwrap();
+    let confirmed =
+        query::confirmed_history(&f.store.snapshot(), &StoreTxids, &key(b), None).unwrap();
     let status = status(&history(&confirmed, mempool)).0.map(|s| to_hex(&s));
     json!({"jsonrpc": "2.0", "method": "blockchain.scripthash.subscribe",
            "params": [scripthash(b), status]})

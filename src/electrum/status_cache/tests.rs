@@ -48,7 +48,7 @@ fn tip_of(snap: &Snapshot) -> Option<Tip> {
 
 /// The whole confirmed history, as the methods read it when the cache cannot help.
 fn whole(snap: &Snapshot, hashx: &HashX) -> Result<(Arc<Vec<ConfirmedTx>>, f64), RpcError> {
-    let history = query::confirmed_history(snap, hashx, None).map_err(internal)?;
+    let history = query::confirmed_history(snap, &StoreTxids, hashx, None).map_err(internal)?;
     Ok((Arc::new(history), 1.0))
 }
 
@@ -73,7 +73,7 @@ fn cached(
 
 /// The status computed from scratch, and the confirmed history's length.
 fn scratch(snap: &Snapshot, hashx: &HashX, mempool: &[MempoolTx]) -> (Option<Hash32>, usize) {
-    let confirmed = query::confirmed_history(snap, hashx, None).unwrap();
+    let confirmed = query::confirmed_history(snap, &StoreTxids, hashx, None).unwrap();
     (status(&history(&confirmed, mempool)).0, confirmed.len())
 }
 
