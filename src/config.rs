@@ -90,6 +90,15 @@ fn parse_index_mode(value: &str) -> Result<IndexMode> {
     }
 }
 
+fn parse_daemon_zmq(value: &str) -> Result<crate::zmq::Setting> {
+    match crate::zmq::Setting::parse(value) {
+        Some(setting) => Ok(setting),
+        None => err(format!(
+            "envvar DAEMON_ZMQ must be auto, off or tcp://host:port, not '{value}'"
+        )),
+    }
+}
+
 /// `PEER_DISCOVERY`: on (default), off (also when empty) or self.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerDiscovery {
@@ -115,6 +124,8 @@ pub struct Config {
     pub reorg_limit: Option<u32>,
     pub daemon_poll_interval_blocks: Duration,
     pub daemon_poll_interval_mempool: Duration,
+    /// `DAEMON_ZMQ`: where new-block notifications come from, besides polling.
+    pub daemon_zmq: crate::zmq::Setting,
     pub services: Vec<Service>,
     pub report_services: Vec<Service>,
     pub ssl_certfile: Option<PathBuf>,
@@ -398,6 +409,7 @@ impl Config {
             daemon_poll_interval_mempool: Duration::from_millis(
                 vars.count("DAEMON_POLL_INTERVAL_MEMPOOL", 1000)?,
             ),
+            daemon_zmq: parse_daemon_zmq(&vars.string("DAEMON_ZMQ", "auto"))?,
             services,
             report_services,
             ssl_certfile,
@@ -558,6 +570,29 @@ mod tests {
         assert_eq!(
             error(&[("TXID_CACHE_MB", "x")]),
             "cannot convert envvar TXID_CACHE_MB value x to an integer"
+        );
+    }
+
+    #[test]
+    fn daemon_zmq() {
+        use crate::zmq::{Endpoint, Setting};
+        assert_eq!(with(&[]).unwrap().daemon_zmq, Setting::Auto);
+        assert_eq!(
+            with(&[("DAEMON_ZMQ", " OFF ")]).unwrap().daemon_zmq,
+            Setting::Off
+        );
+        assert_eq!(
+            with(&[("DAEMON_ZMQ", "tcp://10.0.0.2:28332")])
+                .unwrap()
+                .daemon_zmq,
+            Setting::Endpoint(Endpoint {
+                host: "10.0.0.2".into(),
+                port: 28332
+            })
+        );
+        assert_eq!(
+            error(&[("DAEMON_ZMQ", "ipc:///tmp/zmq")]),
+            "envvar DAEMON_ZMQ must be auto, off or tcp://host:port, not 'ipc:///tmp/zmq'"
         );
     }
 

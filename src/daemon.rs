@@ -324,6 +324,15 @@ impl Daemon {
             .logged()
     }
 
+    /// The current node's host, as in its URL.
+    pub fn current_host(&self) -> String {
+        let nodes = self.nodes();
+        nodes[self.current.load(Ordering::Relaxed) % nodes.len()]
+            .url
+            .host
+            .clone()
+    }
+
     /// Whether blocks are fetched over REST (set by [`Daemon::check`]).
     pub fn rest_enabled(&self) -> bool {
         self.rest.load(Ordering::Relaxed)

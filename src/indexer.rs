@@ -12,7 +12,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use ferrum_storage::{BlockData, Hash32, HashX, Options, Snapshot, Store};
 use futures_util::{stream, StreamExt, TryStreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tracing::{info, warn};
 
 use crate::blocks::parse_block;
@@ -47,6 +47,8 @@ pub struct IndexerSettings {
     pub reorg_limit: u32,
     /// `DAEMON_POLL_INTERVAL_BLOCKS`: how often the node is asked for its best block.
     pub poll_interval: Duration,
+    /// Signalled when the node announces a block (ZMQ): poll at once.
+    pub new_block: Arc<Notify>,
     pub fetch: FetchSettings,
 }
 
@@ -57,6 +59,7 @@ impl IndexerSettings {
             cache_mb: 1200,
             reorg_limit: network.reorg_limit,
             poll_interval: Duration::from_millis(1000),
+            new_block: Arc::new(Notify::new()),
             fetch: FetchSettings::default(),
         }
     }
@@ -495,10 +498,11 @@ impl Indexer {
         }
     }
 
-    /// Sleeps one poll interval, waking early for a command.
+    /// Sleeps one poll interval, waking early for a command or a block announced by the node.
     async fn wait_for_poll(&mut self) {
         tokio::select! {
             _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            _ = self.settings.new_block.notified() => {}
             command = self.commands.recv() => {
                 // All handles gone: nobody can stop us, so stop now.
                 self.deferred = Some(command.unwrap_or(Command::Stop { reply: oneshot::channel().0 }));

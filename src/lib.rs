@@ -22,3 +22,4 @@ pub mod status;
 mod test_store;
 pub mod transport;
 pub mod txids;
+pub mod zmq;

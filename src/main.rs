@@ -122,6 +122,7 @@ async fn run(config: Config) -> Result<(), String> {
     settings.cache_mb = config.cache_mb as usize;
     settings.reorg_limit = reorg_limit;
     settings.poll_interval = config.daemon_poll_interval_blocks;
+    settings.new_block = ferrum::zmq::spawn(config.daemon_zmq.clone(), daemon.clone());
     let (indexer, handle) =
         Indexer::new(store, daemon.clone(), network, settings).map_err(|e| e.to_string())?;
 

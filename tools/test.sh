@@ -7,9 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools/bitcoind.sh path >/dev/null
-command -v openssl >/dev/null || {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-}
+# openssl makes the TLS tests' certificates; libzmq5 is the real ZMQ publisher of tests/zmq_blocks.rs.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+python3 -c 'import ctypes; ctypes.CDLL("libzmq.so.5")' 2>/dev/null || missing+=(libzmq5)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -26,6 +26,7 @@ pub const METHODS: &[&str] = &[
     "getnetworkinfo",
     "getrawmempool",
     "getrawtransaction",
+    "getzmqnotifications",
     "help",
     "sendrawtransaction",
     "submitpackage",
@@ -59,6 +60,17 @@ impl Dispatch for Rpc<'_> {
             "getnetworkinfo" => {
                 bind(&[], 0)?;
                 Ok(network_info().into())
+            }
+            "getzmqnotifications" => {
+                bind(&[], 0)?;
+                let node = read(self.node);
+                Ok(match &node.zmq_pubhashblock {
+                    Some(address) => {
+                        json!([{"type": "pubhashblock", "address": address, "hwm": 1000}])
+                    }
+                    None => json!([]),
+                }
+                .into())
             }
             "getblockcount" => {
                 bind(&[], 0)?;

@@ -70,6 +70,9 @@ pub struct EmulatorConfig {
     pub warmup: Option<(String, Option<Duration>)>,
     /// How many blocks back a reorg of a generated chain can reach.
     pub reorg_depth: usize,
+    /// The address `getzmqnotifications` reports for `pubhashblock` (None: none, as a node
+    /// started without `-zmqpubhashblock`). The emulator publishes nothing itself.
+    pub zmq_pubhashblock: Option<String>,
 }
 
 impl EmulatorConfig {
@@ -85,6 +88,7 @@ impl EmulatorConfig {
             auth: Auth::Cookie(None),
             warmup: None,
             reorg_depth: 10,
+            zmq_pubhashblock: None,
         }
     }
 
@@ -443,6 +447,7 @@ fn load(config: &EmulatorConfig) -> io::Result<Node> {
     if let Some((message, duration)) = &config.warmup {
         node.set_warmup(Some(message.clone()), *duration);
     }
+    node.zmq_pubhashblock = config.zmq_pubhashblock.clone();
     Ok(node)
 }
 

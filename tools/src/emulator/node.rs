@@ -18,6 +18,8 @@ pub struct Node {
     /// Fee rate estimatesmartfee reports, in sat/kvB (None: Core's "Insufficient data").
     pub fee_rate: Option<u64>,
     pub started: Instant,
+    /// What `getzmqnotifications` reports for `pubhashblock`.
+    pub zmq_pubhashblock: Option<String>,
     warmup: Option<(String, Option<Instant>)>,
     /// Blocks of a loaded chain not served yet (`initial_height`); mined first.
     pending: VecDeque<Vec<u8>>,
@@ -38,6 +40,7 @@ impl Node {
             mempool: Mempool::default(),
             fee_rate: None,
             started: Instant::now(),
+            zmq_pubhashblock: None,
             warmup: None,
             pending: VecDeque::new(),
             generator,
