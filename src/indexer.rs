@@ -165,6 +165,7 @@ pub fn open_store_as(
             .compaction_memory
             .max(cache_mb.saturating_mul(1 << 18)),
         store_txids: mode.stores_txids(),
+        ..default
     };
     // The mode a store with blocks was built in, refused in INDEX_MODE's terms.
     let built = ferrum_storage::built_with_txids(dir)?.map(|txids| {

@@ -17,6 +17,7 @@ fn options(lean: bool) -> Options {
         undo_blocks: 4,
         compaction_memory: 1 << 16,
         store_txids: !lean,
+        background_merge_bytes: u64::MAX,
     }
 }
 

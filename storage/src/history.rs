@@ -12,7 +12,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::utxo::sorted_file::pick_merge;
@@ -22,6 +24,38 @@ use segment::{Segment, SegmentCursor};
 use segment_writer::SegmentWriter;
 
 const STATE_VERSION: u8 = 1;
+
+/// Merges `inputs` (their cuts folded in) into a new segment at `path`; None when nothing is
+/// left. Stops with an error once `cancel` is set; the unfinished file is removed.
+fn merge_segments(
+    inputs: &[SegRef],
+    path: &Path,
+    id: u64,
+    cancel: &AtomicBool,
+) -> Result<Option<Segment>> {
+    let mut writer = SegmentWriter::create(path)?;
+    let cursors = inputs
+        .iter()
+        .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
+        .collect();
+    segment::merge(cursors, &mut |h, t| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("history merge cancelled".into()));
+        }
+        writer.push(h, t)
+    })?;
+    if writer.finish()? {
+        Ok(Some(Segment::open(path, id)?))
+    } else {
+        Ok(None)
+    }
+}
+
+impl Drop for HistorySet {
+    fn drop(&mut self) {
+        self.cancel_background();
+    }
+}
 
 /// Script keys are hash prefixes already: their first 8 bytes are a good hash.
 #[derive(Default)]
@@ -60,6 +94,20 @@ pub struct HistorySet {
     buffer_nums: usize, // capacity of all buffered vectors, in numbers
     /// Segments replaced or emptied, still named by the last committed manifest.
     pending_obsolete: Vec<Arc<Segment>>,
+    /// Merges of at least this many input bytes run on a thread of their own.
+    background_from: u64,
+    background: Option<Background>,
+}
+
+/// A merge running on its own thread. At the tip a merge of the whole history would hold up
+/// the next block for as long as it takes (about 1.5M entries a second: half an hour for
+/// mainnet's billions), so big merges are started by one `compact` and installed by a later
+/// one, if their inputs are still in place.
+struct Background {
+    /// The merged segments as (id, cut): installing finds them again by these.
+    inputs: Vec<(u64, Option<u64>)>,
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<Result<Option<Segment>>>,
 }
 
 /// A consistent set of segments for readers. Holding it keeps the files alive.
@@ -105,7 +153,15 @@ impl HistorySet {
             buffer: Buffer::default(),
             buffer_nums: 0,
             pending_obsolete: Vec::new(),
+            background_from: u64::MAX,
+            background: None,
         })
+    }
+
+    /// Runs merges of at least `bytes` of input on a thread of their own (see
+    /// [`HistorySet::compact`]); the default, `u64::MAX`, runs every merge in the caller.
+    pub fn merge_in_background_from(&mut self, bytes: u64) {
+        self.background_from = bytes;
     }
 
     /// Records that tx `txnum` touches `hashx`. Numbers normally arrive ascending; a repeat
@@ -128,6 +184,10 @@ impl HistorySet {
     /// Forgets every entry with txnum >= `from`: buffered ones now, flushed ones through a
     /// cut on each existing segment (segments written later are not affected).
     pub fn truncate(&mut self, from: u64) {
+        // A merge running in the background read the segments before this cut.
+        if let Some(bg) = &self.background {
+            bg.cancel.store(true, Ordering::Relaxed);
+        }
         self.buffer.retain(|_, nums| {
             nums.truncate(nums.partition_point(|&t| t < from));
             !nums.is_empty()
@@ -181,14 +241,34 @@ impl HistorySet {
     /// Merges segments per the size-tiered policy, folding their cuts in; then, if the
     /// newer segments together reach 1/4 of the oldest's size, merges everything. A merge
     /// streams one block per input segment, so `memory` is not needed beyond that.
+    ///
+    /// A merge of at least `merge_in_background_from` bytes runs on its own thread instead,
+    /// one at a time: later calls leave its inputs alone (merging only newer segments) and
+    /// install its output once it is done, unless a `truncate` came in between. Returns
+    /// whether the segments changed.
     pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, _memory: usize) -> Result<bool> {
-        let mut worked = false;
+        let mut worked = self.finish_background(false)?;
         loop {
-            let sizes: Vec<u64> = self.segs.iter().map(|s| s.seg.size()).collect();
-            let range = pick_merge(&sizes).or_else(|| Self::newer_heavy(&sizes));
+            // Segments up to the background merge's last input are its own.
+            let floor = self.background_range().map_or(0, |r| r.end);
+            let sizes: Vec<u64> = self.segs[floor..].iter().map(|s| s.seg.size()).collect();
+            let range = pick_merge(&sizes).or_else(|| {
+                self.background
+                    .is_none()
+                    .then(|| Self::newer_heavy(&sizes))
+                    .flatten()
+            });
             let Some(range) = range else {
                 return Ok(worked);
             };
+            let range = range.start + floor..range.end + floor;
+            let bytes: u64 = sizes[range.start - floor..range.end - floor].iter().sum();
+            if bytes >= self.background_from {
+                if self.background.is_none() {
+                    self.start_background(range, alloc_id)?;
+                }
+                return Ok(worked);
+            }
             self.merge_range(range, alloc_id)?;
             worked = true;
         }
@@ -208,6 +288,7 @@ impl HistorySet {
     /// the end of an initial sync, whose flushes leave several). Returns whether there was
     /// work.
     pub fn compact_all(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
+        self.cancel_background();
         match self.segs.as_slice() {
             [] => Ok(false),
             [only] if only.cut.is_none() => Ok(false),
@@ -225,23 +306,101 @@ impl HistorySet {
     ) -> Result<()> {
         let id = alloc_id();
         let path = self.dir.join(segment_name(id));
-        let mut writer = SegmentWriter::create(&path)?;
-        let cursors = self.segs[range.clone()]
-            .iter()
-            .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
-            .collect();
-        segment::merge(cursors, &mut |h, t| writer.push(h, t))?;
-        let merged = if writer.finish()? {
-            vec![SegRef {
-                seg: Arc::new(Segment::open(&path, id)?),
-                cut: None,
-            }]
-        } else {
-            Vec::new()
-        };
+        let merged = merge_segments(
+            &self.segs[range.clone()],
+            &path,
+            id,
+            &AtomicBool::new(false),
+        )?;
+        self.install(range, merged);
+        Ok(())
+    }
+
+    /// Puts `merged` (None: every entry was cut) in place of the segments in `range`.
+    fn install(&mut self, range: Range<usize>, merged: Option<Segment>) {
+        let merged = merged.map(|seg| SegRef {
+            seg: Arc::new(seg),
+            cut: None,
+        });
         let old = self.segs.splice(range, merged);
         self.pending_obsolete.extend(old.map(|s| s.seg));
+    }
+
+    fn start_background(
+        &mut self,
+        range: Range<usize>,
+        alloc_id: &mut dyn FnMut() -> u64,
+    ) -> Result<()> {
+        let id = alloc_id();
+        let path = self.dir.join(segment_name(id));
+        let inputs: Vec<SegRef> = self.segs[range].to_vec();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        let ids = inputs.iter().map(|s| (s.seg.id(), s.cut)).collect();
+        let thread = std::thread::Builder::new()
+            .name("history-merge".into())
+            .spawn(move || merge_segments(&inputs, &path, id, &flag))
+            .map_err(|e| Error::io(&self.dir, e))?;
+        self.background = Some(Background {
+            inputs: ids,
+            cancel,
+            thread,
+        });
         Ok(())
+    }
+
+    /// Where the background merge's inputs are now, if they are all still there as it read
+    /// them (same ids and cuts, side by side) and it was not cancelled.
+    fn background_range(&self) -> Option<Range<usize>> {
+        let bg = self.background.as_ref()?;
+        if bg.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        let first = bg.inputs.first()?.0;
+        let start = self.segs.iter().position(|s| s.seg.id() == first)?;
+        let range = start..start + bg.inputs.len();
+        let now = self.segs.get(range.clone())?;
+        now.iter()
+            .map(|s| (s.seg.id(), s.cut))
+            .eq(bg.inputs.iter().copied())
+            .then_some(range)
+    }
+
+    /// Installs the background merge if it is done (or, with `wait`, once it is); a merge
+    /// whose inputs changed meanwhile is thrown away. Returns whether the segments changed.
+    fn finish_background(&mut self, wait: bool) -> Result<bool> {
+        match &self.background {
+            Some(bg) if wait || bg.thread.is_finished() => {}
+            _ => return Ok(false),
+        }
+        let range = self.background_range();
+        let bg = self.background.take().expect("checked above");
+        let result = bg
+            .thread
+            .join()
+            .map_err(|_| Error::Invalid("the history merge thread panicked".into()))?;
+        match (range, result) {
+            (Some(range), Ok(merged)) => {
+                self.install(range, merged);
+                Ok(true)
+            }
+            (Some(_), Err(e)) => Err(e),
+            // Stale or cancelled: its output, named by no manifest, goes.
+            (None, Ok(Some(seg))) => {
+                seg.file().mark_obsolete();
+                Ok(false)
+            }
+            (None, _) => Ok(false),
+        }
+    }
+
+    /// Stops a background merge and throws its output away.
+    fn cancel_background(&mut self) {
+        if let Some(bg) = &self.background {
+            bg.cancel.store(true, Ordering::Relaxed);
+            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
+            let _ = self.finish_background(true);
+        }
     }
 
     /// Segment ids and cuts, for the manifest.

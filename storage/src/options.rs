@@ -11,6 +11,10 @@ pub struct Options {
     /// with unspent outputs only. Fixed when the first block is stored: opening a non-empty
     /// store in the other mode fails.
     pub store_txids: bool,
+    /// History merges of at least this many bytes of input run on a thread of their own,
+    /// so that following the tip is not held up by a merge of the whole history (installed
+    /// by a later `Store::compact`). `u64::MAX` runs every merge in the caller.
+    pub background_merge_bytes: u64,
 }
 
 impl Default for Options {
@@ -19,6 +23,7 @@ impl Default for Options {
             undo_blocks: 200,
             compaction_memory: 64 << 20,
             store_txids: true,
+            background_merge_bytes: 64 << 20,
         }
     }
 }

@@ -150,7 +150,8 @@ impl Store {
         let txindex = TxIndexWriter::open(dir, &m.txindex, lean)?;
         let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo, lean)?;
         let utxo = UtxoSet::open(dir, &m.utxo)?;
-        let history = HistorySet::open(dir, &m.history)?;
+        let mut history = HistorySet::open(dir, &m.history)?;
+        history.merge_in_background_from(opts.background_merge_bytes);
         let blocks = headers.len();
         if blocks > 0 {
             let last = counts.view().get(blocks - 1)?;
@@ -575,7 +576,9 @@ impl Store {
     }
 
     /// Merges UTXO runs, history segments, txid index runs and undo files per their
-    /// policies, with bounded memory, and commits. Returns whether any merge happened.
+    /// policies, with bounded memory, and commits. Big history merges run in the
+    /// background: a call starts one and a later call installs it (see
+    /// `Options::background_merge_bytes`). Returns whether any merge happened.
     pub fn compact(&mut self) -> Result<bool> {
         self.merge(false)
     }
@@ -708,6 +711,7 @@ mod tests {
             undo_blocks: 3,
             compaction_memory: 1 << 16,
             store_txids: true,
+            background_merge_bytes: u64::MAX,
         }
     }
 
@@ -815,6 +819,7 @@ mod tests {
             undo_blocks: 20,
             compaction_memory: 1 << 16,
             store_txids: true,
+            background_merge_bytes: u64::MAX,
         };
         let mut store = Store::open(dir.path(), opts.clone()).unwrap();
         for h in 0..40 {

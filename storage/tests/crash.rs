@@ -27,6 +27,7 @@ fn options(lean: bool) -> Options {
         undo_blocks: 6,
         compaction_memory: 1 << 16,
         store_txids: !lean,
+        background_merge_bytes: 0,
     }
 }
 

@@ -43,6 +43,7 @@ fn options(lean: bool) -> Options {
         undo_blocks: UNDO,
         compaction_memory: 1 << 16,
         store_txids: !lean,
+        background_merge_bytes: 0,
     }
 }
 

@@ -519,6 +519,8 @@ enum Op {
     Flush,
     Compact,
     CompactAll,
+    /// Waits for a background merge and installs it.
+    Settle,
     Commit,
     Reopen,
 }
@@ -531,6 +533,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         1 => Just(Op::Compact),
         1 => Just(Op::CompactAll),
+        1 => Just(Op::Settle),
         1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
     ]
@@ -559,10 +562,16 @@ fn check(set: &HistorySet, model: &BTreeMap<HashX, BTreeSet<u64>>) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn matches_a_model(ops in proptest::collection::vec(op(), 1..80)) {
+    fn matches_a_model(
+        ops in proptest::collection::vec(op(), 1..80),
+        background in any::<bool>(),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut alloc = ids();
+        // In the background every merge runs on its own thread.
+        let threshold = if background { 0 } else { u64::MAX };
         let mut set = HistorySet::open(dir.path(), &[]).unwrap();
+        set.merge_in_background_from(threshold);
         let mut model: BTreeMap<HashX, BTreeSet<u64>> = BTreeMap::new();
         let mut next = 0u64;
         for op in ops {
@@ -596,13 +605,22 @@ proptest! {
                     assert!(!set.compact_all(&mut alloc).unwrap(), "nothing left to merge");
                     check(&set, &model);
                 }
+                Op::Settle => {
+                    set.flush(&mut alloc).unwrap();
+                    set.finish_background(true).unwrap();
+                    check(&set, &model);
+                }
                 Op::Commit => set.committed(),
                 Op::Reopen => {
                     set.flush(&mut alloc).unwrap();
                     set.committed();
                     let state = set.state();
+                    let named = set.file_names();
                     drop(set);
+                    // Dropped mid-merge or not, no unnamed segment is left behind.
+                    assert_eq!(segment_files(dir.path()), named);
                     set = HistorySet::open(dir.path(), &state).unwrap();
+                    set.merge_in_background_from(threshold);
                     check(&set, &model);
                 }
             }
@@ -642,4 +660,134 @@ fn newer_segments_worth_a_quarter_of_the_oldest_are_merged_into_it() {
         );
     }
     assert!(merged_all, "{:?}", set.file_names());
+}
+
+/// The segment files in `dir`, oldest (lowest id) first.
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<(u64, String)> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let id = name
+                .strip_prefix("hist-")?
+                .strip_suffix(".seg")?
+                .parse()
+                .ok()?;
+            Some((id, name))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, name)| name).collect()
+}
+
+/// A set holding `segments` flushed segments of 300 entries over 30 scripts.
+fn flushed(dir: &Path, alloc: &mut dyn FnMut() -> u64, segments: u64) -> HistorySet {
+    let mut set = HistorySet::open(dir, &[]).unwrap();
+    for t in 0..segments * 300 {
+        set.append(hx((t % 30) as u8), t);
+        if t % 300 == 299 {
+            set.flush(alloc).unwrap();
+        }
+    }
+    set
+}
+
+fn model_of(tx_count: u64) -> BTreeMap<HashX, BTreeSet<u64>> {
+    let mut model: BTreeMap<HashX, BTreeSet<u64>> = BTreeMap::new();
+    for t in 0..tx_count {
+        model.entry(hx((t % 30) as u8)).or_default().insert(t);
+    }
+    model
+}
+
+#[test]
+fn a_background_merge_writes_what_an_inline_merge_writes() {
+    let (inline_dir, bg_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (ids(), ids());
+    let mut inline = flushed(inline_dir.path(), &mut a, 4);
+    let mut bg = flushed(bg_dir.path(), &mut b, 4);
+    bg.merge_in_background_from(0);
+    assert!(inline.compact(&mut a, 0).unwrap());
+    // The first call only starts the merge; the segments stay as they are until it is done.
+    assert!(!bg.compact(&mut b, 0).unwrap());
+    assert!(bg.background.is_some());
+    assert_eq!(bg.file_names().len(), 4);
+    check(&bg, &model_of(1200));
+    assert!(bg.finish_background(true).unwrap());
+    assert_eq!(bg.file_names(), inline.file_names());
+    let name = inline.file_names()[0].clone();
+    assert_eq!(
+        fs::read(inline_dir.path().join(&name)).unwrap(),
+        fs::read(bg_dir.path().join(&name)).unwrap(),
+        "byte for byte the same segment"
+    );
+    check(&bg, &model_of(1200));
+}
+
+#[test]
+fn newer_segments_are_merged_while_a_background_merge_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 2);
+    // A background merge of both segments that finishes only when the test says so.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let inputs = set.segs.clone();
+    let (id, cancel) = (alloc(), Arc::new(AtomicBool::new(false)));
+    let (path, flag) = (dir.path().join(segment_name(id)), Arc::clone(&cancel));
+    set.background = Some(Background {
+        inputs: inputs.iter().map(|s| (s.seg.id(), s.cut)).collect(),
+        cancel,
+        thread: std::thread::spawn(move || {
+            wait.recv().unwrap();
+            merge_segments(&inputs, &path, id, &flag)
+        }),
+    });
+    // Two small new segments merge in place, after its inputs, which stay as they are.
+    for t in 600..700 {
+        set.append(hx((t % 30) as u8), t);
+        if t % 50 == 49 {
+            set.flush(&mut alloc).unwrap();
+        }
+    }
+    assert!(set.compact(&mut alloc, 0).unwrap());
+    assert_eq!(set.segs.len(), 3, "{:?}", set.file_names());
+    assert_eq!(set.background_range(), Some(0..2));
+    check(&set, &model_of(700));
+    go.send(()).unwrap();
+    assert!(set.finish_background(true).unwrap());
+    assert_eq!(set.segs.len(), 2);
+    assert_eq!(set.segs[0].seg.id(), id);
+    check(&set, &model_of(700));
+}
+
+#[test]
+fn a_rollback_cancels_a_background_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 4);
+    set.merge_in_background_from(0);
+    set.compact(&mut alloc, 0).unwrap();
+    set.truncate(1000);
+    assert_eq!(set.background_range(), None, "cancelled");
+    // Its output (if it got that far) is thrown away, never installed over the cut.
+    assert!(!set.finish_background(true).unwrap());
+    check(&set, &model_of(1000));
+    set.committed();
+    assert_eq!(segment_files(dir.path()), set.file_names());
+    // The next compact merges the segments as they are now.
+    set.compact(&mut alloc, 0).unwrap();
+    set.finish_background(true).unwrap();
+    check(&set, &model_of(1000));
+}
+
+#[test]
+fn dropping_the_set_stops_a_background_merge_and_removes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 4);
+    let named = set.file_names();
+    set.merge_in_background_from(0);
+    set.compact(&mut alloc, 0).unwrap();
+    drop(set);
+    assert_eq!(segment_files(dir.path()), named);
 }
