@@ -21,6 +21,12 @@ use crate::daemon::{self, Daemon};
 const TOPIC: &[u8] = b"hashblock";
 /// Bound on connecting and on the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive: a node that vanishes (power cut, cable) sends no FIN, and a subscriber
+/// would wait on it forever. Probes after a minute of silence, every 10 s, 3 tries: a dead
+/// connection is noticed within about 90 s (polling covers the gap).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
 const MIN_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 /// JSON-RPC "method not found": a node built without ZMQ has no `getzmqnotifications`.
@@ -191,6 +197,7 @@ async fn subscribe(endpoint: &Endpoint) -> Result<wire::Subscriber<TcpStream>, S
             .await
             .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        keep_alive(&stream).map_err(|e| format!("cannot set TCP keepalive: {e}"))?;
         wire::Subscriber::handshake(stream, TOPIC)
             .await
             .map_err(|e| e.to_string())
@@ -198,6 +205,14 @@ async fn subscribe(endpoint: &Endpoint) -> Result<wire::Subscriber<TcpStream>, S
     tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("no handshake within {}s", CONNECT_TIMEOUT.as_secs()))?
+}
+
+fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
 /// Signals `notify` for each block notification until the connection fails.
