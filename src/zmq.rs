@@ -156,9 +156,12 @@ async fn discover(daemon: &Daemon) -> Found {
     let reply = match daemon.call("getzmqnotifications", json!([])).await {
         Ok(reply) => reply,
         Err(daemon::Error::Rpc { code, .. }) if code == RPC_METHOD_NOT_FOUND => {
-            return Found::Nowhere(format!(
-                "the node was built without ZMQ (no getzmqnotifications); {hint}"
-            ))
+            return Found::Nowhere(
+                "the node was built without ZMQ (it has no getzmqnotifications): a bitcoind \
+                 built with ZMQ and zmqpubhashblock=tcp://127.0.0.1:28332 in bitcoin.conf \
+                 announces new blocks at once"
+                    .into(),
+            )
         }
         Err(e) => return Found::Nowhere(format!("getzmqnotifications failed: {e}")),
     };

@@ -152,14 +152,17 @@ async fn blocks_announced_over_zmq_reach_wallets_without_polling() {
 
 #[test]
 fn nodes_without_zmq_are_polled_and_the_log_says_what_to_add() {
-    let hint = "add zmqpubhashblock=tcp://127.0.0.1:28332 to bitcoin.conf to learn of new \
-                blocks at once; polling the node for blocks, retrying ZMQ";
+    let polling = "polling the node for blocks, retrying ZMQ";
     // Built with ZMQ, started without -zmqpubhashblock: getzmqnotifications answers [].
     let emu = Emulator::start(EmulatorConfig::generated(5, 5)).unwrap();
     let server = Ferrum::start(emu.rpc_addr().port(), emu.cookie_path().unwrap(), &[]);
     wait_for_log(
         &server,
-        &format!("the node publishes no hashblock over ZMQ; {hint}"),
+        &format!(
+            "the node publishes no hashblock over ZMQ; add \
+             zmqpubhashblock=tcp://127.0.0.1:28332 to bitcoin.conf to learn of new blocks at \
+             once; {polling}"
+        ),
         1,
     );
     server.stop();
@@ -169,7 +172,11 @@ fn nodes_without_zmq_are_polled_and_the_log_says_what_to_add() {
     let server = Ferrum::start(node.rpc_port(), node.cookie_path(), &[]);
     wait_for_log(
         &server,
-        &format!("the node was built without ZMQ (no getzmqnotifications); {hint}"),
+        &format!(
+            "the node was built without ZMQ (it has no getzmqnotifications): a bitcoind built \
+             with ZMQ and zmqpubhashblock=tcp://127.0.0.1:28332 in bitcoin.conf announces new \
+             blocks at once; {polling}"
+        ),
         1,
     );
     server.stop();
