@@ -132,11 +132,16 @@ async fn follow(setting: Setting, daemon: Arc<Daemon>, notify: Arc<Notify>) {
                 Err(e) => format!("cannot subscribe to {endpoint}: {e}"),
                 Ok(mut subscriber) => {
                     info!("subscribed to the node's block notifications at {endpoint}");
-                    last_problem = None;
-                    retry = MIN_RETRY;
                     // Blocks may have come while we were not listening.
                     notify.notify_one();
+                    let since = tokio::time::Instant::now();
                     let e = receive(&mut subscriber, &notify).await;
+                    // A publisher that drops every connection at once is retried ever more
+                    // slowly, and its complaint logged once; one that served a while is not.
+                    if since.elapsed() >= MAX_RETRY {
+                        last_problem = None;
+                        retry = MIN_RETRY;
+                    }
                     format!("block notifications from {endpoint} stopped: {e}")
                 }
             },
