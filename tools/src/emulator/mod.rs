@@ -156,7 +156,16 @@ impl Switch {
         let handler = handler
             .clone()
             .ok_or_else(|| io::Error::other("server not started"))?;
-        let listener = http::bind(self.addr)?;
+        self.serve(http::bind(self.addr)?, handler, &mut stopped)
+    }
+
+    /// Serves the RPC port on `listener` (bound to `self.addr`) until set offline.
+    fn serve(
+        &self,
+        listener: std::net::TcpListener,
+        handler: http::Handler,
+        stopped: &mut Option<std::sync::mpsc::Receiver<()>>,
+    ) -> io::Result<()> {
         let _guard = self.runtime.enter();
         let listener = tokio::net::TcpListener::from_std(listener)?;
         self.online.send_replace(true);
@@ -184,15 +193,16 @@ impl Emulator {
     /// Loads the chain, then serves RPC/REST and the control port.
     pub fn start(config: EmulatorConfig) -> io::Result<Emulator> {
         let node = load(&config)?;
+        let rpc_listener = http::bind(config.rpc_addr)?;
+        let rpc_addr = rpc_listener.local_addr()?;
+        let control_listener = http::bind(config.control_addr)?;
+        let control_addr = control_listener.local_addr()?;
+        let (credentials, cookie, temp_dir) = credentials(&config.auth, rpc_addr.port())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(WORKER_THREAD)
             .enable_all()
             .build()?;
-        let rpc_listener = http::bind(config.rpc_addr)?;
-        let rpc_addr = rpc_listener.local_addr()?;
-        let control_listener = http::bind(config.control_addr)?;
-        let control_addr = control_listener.local_addr()?;
         let (online, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             node: RwLock::new(node),
@@ -204,7 +214,6 @@ impl Emulator {
                 runtime: runtime.handle().clone(),
             },
         });
-        let (credentials, cookie, temp_dir) = credentials(&config.auth, rpc_addr.port())?;
         let rpc_handler: http::Handler = {
             let shared = shared.clone();
             let credentials = credentials.clone();
@@ -227,9 +236,7 @@ impl Emulator {
             .switch
             .handler
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(rpc_handler);
-        drop(rpc_listener); // rebound by the switch on the same port
-        shared.switch.set_online(true)?;
+            .unwrap_or_else(|p| p.into_inner()) = Some(rpc_handler.clone());
         let control_handler: http::Handler = {
             let shared = shared.clone();
             Arc::new(move |req: http::Request| {
@@ -242,7 +249,17 @@ impl Emulator {
                 )
             })
         };
-        {
+        let serving = || -> io::Result<()> {
+            // The RPC port is served on the listener bound above: dropping it to bind again
+            // would let another process take the port in between.
+            let mut stopped = shared
+                .switch
+                .stopped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            shared
+                .switch
+                .serve(rpc_listener, rpc_handler, &mut stopped)?;
             let _guard = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(control_listener)?;
             let (_keep, rx) = watch::channel(true);
@@ -250,6 +267,12 @@ impl Emulator {
                 let _keep = _keep;
                 http::serve(listener, control_handler, rx, None).await
             });
+            Ok(())
+        };
+        if let Err(e) = serving() {
+            // Dropping a runtime blocks, which panics when the caller is async (a test).
+            runtime.shutdown_background();
+            return Err(e);
         }
         Ok(Emulator {
             shared,
