@@ -316,21 +316,17 @@ impl Daemon {
         self.nodes.read().expect("nodes lock").clone()
     }
 
-    /// The node currently used, as logged.
-    pub fn current_url(&self) -> String {
+    /// The node currently used.
+    pub fn current_node(&self) -> DaemonUrl {
         let nodes = self.nodes();
         nodes[self.current.load(Ordering::Relaxed) % nodes.len()]
             .url
-            .logged()
+            .clone()
     }
 
-    /// The current node's host, as in its URL.
-    pub fn current_host(&self) -> String {
-        let nodes = self.nodes();
-        nodes[self.current.load(Ordering::Relaxed) % nodes.len()]
-            .url
-            .host
-            .clone()
+    /// The node currently used, as logged.
+    pub fn current_url(&self) -> String {
+        self.current_node().logged()
     }
 
     /// Whether blocks are fetched over REST (set by [`Daemon::check`]).

@@ -19,6 +19,8 @@ use crate::daemon::{self, Daemon};
 
 /// The topic bitcoind's `-zmqpubhashblock` publishes.
 const TOPIC: &[u8] = b"hashblock";
+/// The bitcoin.conf line the log suggests.
+const CONF_LINE: &str = "zmqpubhashblock=tcp://127.0.0.1:28332";
 /// Bound on connecting and on the handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive: a node that vanishes (power cut, cable) sends no FIN, and a subscriber
@@ -156,25 +158,24 @@ async fn follow(setting: Setting, daemon: Arc<Daemon>, notify: Arc<Notify>) {
 }
 
 async fn discover(daemon: &Daemon) -> Found {
-    let hint = "add zmqpubhashblock=tcp://127.0.0.1:28332 to bitcoin.conf to learn of new \
-                blocks at once";
     let reply = match daemon.call("getzmqnotifications", json!([])).await {
         Ok(reply) => reply,
         Err(daemon::Error::Rpc { code, .. }) if code == RPC_METHOD_NOT_FOUND => {
-            return Found::Nowhere(
+            return Found::Nowhere(format!(
                 "the node was built without ZMQ (it has no getzmqnotifications): a bitcoind \
-                 built with ZMQ and zmqpubhashblock=tcp://127.0.0.1:28332 in bitcoin.conf \
-                 announces new blocks at once"
-                    .into(),
-            )
+                 built with ZMQ and {CONF_LINE} in bitcoin.conf announces new blocks at once"
+            ))
         }
         Err(e) => return Found::Nowhere(format!("getzmqnotifications failed: {e}")),
     };
     match hashblock_address(&reply) {
         Err(e) => Found::Nowhere(format!("getzmqnotifications: {e}")),
-        Ok(None) => Found::Nowhere(format!("the node publishes no hashblock over ZMQ; {hint}")),
+        Ok(None) => Found::Nowhere(format!(
+            "the node publishes no hashblock over ZMQ; add {CONF_LINE} to bitcoin.conf to \
+             learn of new blocks at once"
+        )),
         Ok(Some(address)) => match Endpoint::parse(address) {
-            Some(endpoint) => Found::At(endpoint.reachable(&daemon.current_host())),
+            Some(endpoint) => Found::At(endpoint.reachable(&daemon.current_node().host)),
             None => Found::Nowhere(format!(
                 "the node publishes hashblock at {address:?}, which is not a tcp://host:port \
                  endpoint; set DAEMON_ZMQ=tcp://host:port to one Ferrum can reach"

@@ -66,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Subscriber<S> {
         if !frame.command {
             return protocol("the publisher sent a message before its READY command");
         }
+        check_command(&frame.body)?;
         check_ready(&frame.body)?;
         // ZMTP 3.0 subscribes with a message: 1, then the topic.
         let mut subscribe = Vec::with_capacity(1 + topic.len());
@@ -159,12 +160,10 @@ fn command_parts(body: &[u8]) -> Result<(&[u8], &[u8])> {
     Ok(rest.split_at(len as usize))
 }
 
-/// The publisher's READY: its properties must parse and name a publishing socket type.
+/// The publisher's READY (after `check_command`, which turns an ERROR into the peer's
+/// reason): its properties must parse and name a publishing socket type.
 fn check_ready(body: &[u8]) -> Result<()> {
     let (name, mut props) = command_parts(body)?;
-    if name == b"ERROR" {
-        return check_command(body);
-    }
     if name != b"READY" {
         return protocol(format!(
             "the publisher sent {:?} where its READY command belongs",
