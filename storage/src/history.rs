@@ -25,38 +25,6 @@ use segment_writer::SegmentWriter;
 
 const STATE_VERSION: u8 = 1;
 
-/// Merges `inputs` (their cuts folded in) into a new segment at `path`; None when nothing is
-/// left. Stops with an error once `cancel` is set; the unfinished file is removed.
-fn merge_segments(
-    inputs: &[SegRef],
-    path: &Path,
-    id: u64,
-    cancel: &AtomicBool,
-) -> Result<Option<Segment>> {
-    let mut writer = SegmentWriter::create(path)?;
-    let cursors = inputs
-        .iter()
-        .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
-        .collect();
-    segment::merge(cursors, &mut |h, t| {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Invalid("history merge cancelled".into()));
-        }
-        writer.push(h, t)
-    })?;
-    if writer.finish()? {
-        Ok(Some(Segment::open(path, id)?))
-    } else {
-        Ok(None)
-    }
-}
-
-impl Drop for HistorySet {
-    fn drop(&mut self) {
-        self.cancel_background();
-    }
-}
-
 /// Script keys are hash prefixes already: their first 8 bytes are a good hash.
 #[derive(Default)]
 struct HashxHasher(u64);
@@ -100,9 +68,9 @@ pub struct HistorySet {
 }
 
 /// A merge running on its own thread. At the tip a merge of the whole history would hold up
-/// the next block for as long as it takes (about 1.5M entries a second: half an hour for
-/// mainnet's billions), so big merges are started by one `compact` and installed by a later
-/// one, if their inputs are still in place.
+/// the next block for as long as it takes (about 15M entries a second: minutes for mainnet's
+/// billions), so big merges are started by one `compact` and installed by a later one, if
+/// their inputs are still in place.
 struct Background {
     /// The merged segments as (id, cut): installing finds them again by these.
     inputs: Vec<(u64, Option<u64>)>,
@@ -219,8 +187,7 @@ impl HistorySet {
         }
         let mut keys: Vec<&HashX> = self.buffer.keys().collect();
         keys.sort_unstable();
-        let id = alloc_id();
-        let path = self.dir.join(segment_name(id));
+        let (id, path) = self.new_segment(alloc_id);
         let mut writer = SegmentWriter::create(&path)?;
         for hashx in keys {
             for &t in &self.buffer[hashx] {
@@ -261,8 +228,8 @@ impl HistorySet {
             let Some(range) = range else {
                 return Ok(worked);
             };
+            let bytes: u64 = sizes[range.clone()].iter().sum();
             let range = range.start + floor..range.end + floor;
-            let bytes: u64 = sizes[range.start - floor..range.end - floor].iter().sum();
             if bytes >= self.background_from {
                 if self.background.is_none() {
                     self.start_background(range, alloc_id)?;
@@ -304,8 +271,7 @@ impl HistorySet {
         range: Range<usize>,
         alloc_id: &mut dyn FnMut() -> u64,
     ) -> Result<()> {
-        let id = alloc_id();
-        let path = self.dir.join(segment_name(id));
+        let (id, path) = self.new_segment(alloc_id);
         let merged = merge_segments(
             &self.segs[range.clone()],
             &path,
@@ -314,6 +280,12 @@ impl HistorySet {
         )?;
         self.install(range, merged);
         Ok(())
+    }
+
+    /// An id for a segment about to be written, and its path.
+    fn new_segment(&self, alloc_id: &mut dyn FnMut() -> u64) -> (u64, PathBuf) {
+        let id = alloc_id();
+        (id, self.dir.join(segment_name(id)))
     }
 
     /// Puts `merged` (None: every entry was cut) in place of the segments in `range`.
@@ -331,8 +303,7 @@ impl HistorySet {
         range: Range<usize>,
         alloc_id: &mut dyn FnMut() -> u64,
     ) -> Result<()> {
-        let id = alloc_id();
-        let path = self.dir.join(segment_name(id));
+        let (id, path) = self.new_segment(alloc_id);
         let inputs: Vec<SegRef> = self.segs[range].to_vec();
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&cancel);
@@ -484,6 +455,38 @@ impl HistoryView {
             f(&prev, &nums);
         }
         Ok(())
+    }
+}
+
+/// Merges `inputs` (their cuts folded in) into a new segment at `path`; None when nothing is
+/// left. Stops with an error once `cancel` is set; the unfinished file is removed.
+fn merge_segments(
+    inputs: &[SegRef],
+    path: &Path,
+    id: u64,
+    cancel: &AtomicBool,
+) -> Result<Option<Segment>> {
+    let mut writer = SegmentWriter::create(path)?;
+    let cursors = inputs
+        .iter()
+        .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
+        .collect();
+    segment::merge(cursors, &mut |h, t| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("history merge cancelled".into()));
+        }
+        writer.push(h, t)
+    })?;
+    if writer.finish()? {
+        Ok(Some(Segment::open(path, id)?))
+    } else {
+        Ok(None)
+    }
+}
+
+impl Drop for HistorySet {
+    fn drop(&mut self) {
+        self.cancel_background();
     }
 }
 
