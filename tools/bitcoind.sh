@@ -14,6 +14,7 @@ PREFIX="$CACHE_ROOT/bitcoind-kernel-sys-$KERNEL_CRATE_VERSION"
 BITCOIND="$PREFIX/bin/bitcoind"
 
 log() { echo "bitcoind.sh: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/debian.sh"
 
 install_build_deps() {
   local missing=()
@@ -22,12 +23,7 @@ install_build_deps() {
   [ -e /usr/include/event2/event.h ] || missing+=(libevent-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v g++ >/dev/null || missing+=(g++)
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  [ ${#missing[@]} -eq 0 ] || debian_install "${missing[@]}"
 }
 
 # Fetch the crate through cargo (the registry is the only source we may use) and unpack it.

@@ -58,12 +58,13 @@ if [ "${PLACEHOLDER:-0}" = 1 ]; then
   gen_flags=(--placeholder-signatures)
 fi
 
-command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+source tools/debian.sh
+command -v /usr/bin/time >/dev/null || debian_install time
 
 install_competitors() {
   case " $COMPARE " in *" electrs "*)
     [ -x "$CACHE/electrs-0.11.1/bin/electrs" ] || {
-      command -v clang >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-dev >/dev/null
+      command -v clang >/dev/null || debian_install clang libclang-dev
       cargo install electrs --version 0.11.1 --locked --root "$CACHE/electrs-0.11.1"
     } ;;
   esac

@@ -11,11 +11,8 @@ tools/bitcoind.sh path >/dev/null
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -c 'import ctypes; ctypes.CDLL("libzmq.so.5")' 2>/dev/null || missing+=(libzmq5)
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source tools/debian.sh
+[ ${#missing[@]} -eq 0 ] || debian_install "${missing[@]}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -30,13 +30,8 @@ fail() { say "FAIL: $*"; exit 1; }
 missing=()
 command -v electrum >/dev/null || missing+=(electrum)
 command -v openssl >/dev/null || missing+=(openssl)
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
-fi
+source tools/debian.sh
+[ ${#missing[@]} -eq 0 ] || debian_install --no-install-recommends "${missing[@]}"
 
 if [ -n "${WALLET_CHECK_FERRUM:-}" ]; then
   ferrum_bin=$(realpath "$WALLET_CHECK_FERRUM")
