@@ -9,7 +9,18 @@ use std::time::Duration;
 use indexer_support::*;
 
 use ferrum::config::IndexMode;
-use ferrum::indexer::IndexError;
+use ferrum::indexer::{IndexError, Tip};
+
+/// Waits until the indexer, after a forced rollback, has synced back to `tip`.
+async fn wait_for_resync(run: &Running, tip: Tip) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while run.reader.snapshot().height() != Some(tip.height)
+        || run.handle.current_tip() != Some(tip)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "resync timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 #[test]
 fn reorg_within_the_limit_follows_the_new_chain() {
@@ -112,13 +123,7 @@ fn forced_rollback_then_resync_in(mode: IndexMode) {
             Some(tip.height - 4)
         );
         // The indexer syncs the same blocks again.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while run.reader.snapshot().height() != Some(tip.height)
-            || run.handle.current_tip() != Some(tip)
-        {
-            assert!(tokio::time::Instant::now() < deadline, "resync timed out");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_resync(&run, tip).await;
         assert_eq!(run.handle.current_tip(), Some(tip));
         assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
         run.stop().await;
@@ -159,13 +164,7 @@ fn a_lean_rollback_reads_the_blocks_from_the_node_in_chunks() {
             run.handle.force_rollback(105).await.unwrap(),
             Some(tip.height - 105)
         );
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while run.reader.snapshot().height() != Some(tip.height)
-            || run.handle.current_tip() != Some(tip)
-        {
-            assert!(tokio::time::Instant::now() < deadline, "resync timed out");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_resync(&run, tip).await;
         assert_index_matches(&run.reader.snapshot(), &chain);
         run.stop().await;
     });
