@@ -93,7 +93,7 @@ fn utxo_10m(c: &mut Criterion) {
     let mut set = utxo_set(dir.path(), UTXOS, 1_000_000, &mut alloc);
     let built = started.elapsed();
     let started = Instant::now();
-    set.compact(&mut alloc, 64 << 20).unwrap();
+    set.compact(&mut alloc, 64 << 20, u64::MAX).unwrap();
     eprintln!(
         "utxo: built {UTXOS} entries as 10 runs in {built:?}; compacted them in {:?}",
         started.elapsed()
@@ -152,7 +152,7 @@ fn history_lookup(c: &mut Criterion) {
                 set.flush(&mut alloc).unwrap();
             }
         }
-        while set.compact(&mut alloc, 64 << 20).unwrap() {}
+        while set.compact(&mut alloc, u64::MAX).unwrap() {}
         let view = set.view();
         assert_eq!(view.get(&key(u64::MAX)).unwrap().len() as u64, entries);
         g.throughput(Throughput::Elements(1));
@@ -175,7 +175,7 @@ fn compaction(c: &mut Criterion) {
                 let mut alloc = ids();
                 let mut set = utxo_set(dir.path(), 1_000_000, 250_000, &mut alloc);
                 let started = Instant::now();
-                set.compact(&mut alloc, 64 << 20).unwrap();
+                set.compact(&mut alloc, 64 << 20, u64::MAX).unwrap();
                 total += started.elapsed();
             }
             total
@@ -195,7 +195,7 @@ fn compaction(c: &mut Criterion) {
                     }
                 }
                 let started = Instant::now();
-                while set.compact(&mut alloc, 64 << 20).unwrap() {}
+                while set.compact(&mut alloc, u64::MAX).unwrap() {}
                 total += started.elapsed();
             }
             total

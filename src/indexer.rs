@@ -698,7 +698,10 @@ impl Indexer {
                     let started = Instant::now();
                     // Each commit adds a run or segment per structure; merging right after,
                     // by the store's size-tiered policy, keeps lookups to a few files.
-                    if let Err(e) = store.commit().and_then(|()| store.compact()) {
+                    if let Err(e) = store.commit().and_then(|()| match at_tip {
+                        true => store.compact_at_tip(),
+                        false => store.compact(),
+                    }) {
                         return (i + 1, Err(ApplyError::Store(e)), touched);
                     }
                     flushed = Some(Flushed {

@@ -12,10 +12,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use crate::background::{check_cancel, Background, Finished};
 use crate::error::{Error, Result};
 use crate::utxo::sorted_file::pick_merge;
 use crate::varint;
@@ -54,6 +54,15 @@ struct SegRef {
     cut: Option<u64>,
 }
 
+/// What a merge reads of a segment: which one (its id), and up to where (its cut).
+type SegKey = (u64, Option<u64>);
+
+impl SegRef {
+    fn key(&self) -> SegKey {
+        (self.seg.id(), self.cut)
+    }
+}
+
 /// The writer side: segments (oldest first) plus the buffer of appended entries.
 pub struct HistorySet {
     dir: PathBuf,
@@ -62,20 +71,9 @@ pub struct HistorySet {
     buffer_nums: usize, // capacity of all buffered vectors, in numbers
     /// Segments replaced or emptied, still named by the last committed manifest.
     pending_obsolete: Vec<Arc<Segment>>,
-    /// Merges of at least this many input bytes run on a thread of their own.
-    background_from: u64,
-    background: Option<Background>,
-}
-
-/// A merge running on its own thread. At the tip a merge of the whole history would hold up
-/// the next block for as long as it takes (about 15M entries a second: minutes for mainnet's
-/// billions), so big merges are started by one `compact` and installed by a later one, if
-/// their inputs are still in place.
-struct Background {
-    /// The merged segments as (id, cut): installing finds them again by these.
-    inputs: Vec<(u64, Option<u64>)>,
-    cancel: Arc<AtomicBool>,
-    thread: JoinHandle<Result<Option<Segment>>>,
+    /// A merge on its own thread (about 15M entries a second: minutes for mainnet's
+    /// billions), of the segments it names by (id, cut).
+    background: Option<Background<SegKey, Option<Segment>>>,
 }
 
 /// A consistent set of segments for readers. Holding it keeps the files alive.
@@ -121,15 +119,8 @@ impl HistorySet {
             buffer: Buffer::default(),
             buffer_nums: 0,
             pending_obsolete: Vec::new(),
-            background_from: u64::MAX,
             background: None,
         })
-    }
-
-    /// Runs merges of at least `bytes` of input on a thread of their own (see
-    /// [`HistorySet::compact`]); the default, `u64::MAX`, runs every merge in the caller.
-    pub fn merge_in_background_from(&mut self, bytes: u64) {
-        self.background_from = bytes;
     }
 
     /// Records that tx `txnum` touches `hashx`. Numbers normally arrive ascending; a repeat
@@ -154,7 +145,7 @@ impl HistorySet {
     pub fn truncate(&mut self, from: u64) {
         // A merge running in the background read the segments before this cut.
         if let Some(bg) = &self.background {
-            bg.cancel.store(true, Ordering::Relaxed);
+            bg.cancel();
         }
         self.buffer.retain(|_, nums| {
             nums.truncate(nums.partition_point(|&t| t < from));
@@ -209,11 +200,15 @@ impl HistorySet {
     /// newer segments together reach 1/4 of the oldest's size, merges everything. A merge
     /// streams one block per input segment, so `memory` is not needed beyond that.
     ///
-    /// A merge of at least `merge_in_background_from` bytes runs on its own thread instead,
-    /// one at a time: later calls leave its inputs alone (merging only newer segments) and
-    /// install its output once it is done, unless a `truncate` came in between. Returns
-    /// whether the segments changed.
-    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, _memory: usize) -> Result<bool> {
+    /// A merge of at least `background_from` bytes runs on its own thread instead, one at a
+    /// time: later calls leave its inputs alone (merging only newer segments) and install
+    /// its output once it is done, unless a `truncate` came in between. Returns whether the
+    /// segments changed.
+    pub fn compact(
+        &mut self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        background_from: u64,
+    ) -> Result<bool> {
         let mut worked = self.finish_background(false)?;
         loop {
             // Segments up to the background merge's last input are its own.
@@ -230,7 +225,7 @@ impl HistorySet {
             };
             let bytes: u64 = sizes[range.clone()].iter().sum();
             let range = range.start + floor..range.end + floor;
-            if bytes >= self.background_from {
+            if bytes >= background_from {
                 if self.background.is_none() {
                     self.start_background(range, alloc_id)?;
                 }
@@ -305,70 +300,48 @@ impl HistorySet {
     ) -> Result<()> {
         let (id, path) = self.new_segment(alloc_id);
         let inputs: Vec<SegRef> = self.segs[range].to_vec();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancel);
-        let ids = inputs.iter().map(|s| (s.seg.id(), s.cut)).collect();
-        let thread = std::thread::Builder::new()
-            .name("history-merge".into())
-            .spawn(move || merge_segments(&inputs, &path, id, &flag))
-            .map_err(|e| Error::io(&self.dir, e))?;
-        self.background = Some(Background {
-            inputs: ids,
-            cancel,
-            thread,
-        });
+        let keys = inputs.iter().map(SegRef::key).collect();
+        self.background = Some(Background::start(
+            "history-merge",
+            &self.dir,
+            keys,
+            move |cancel| merge_segments(&inputs, &path, id, cancel),
+        )?);
         Ok(())
     }
 
     /// Where the background merge's inputs are now, if they are all still there as it read
     /// them (same ids and cuts, side by side) and it was not cancelled.
     fn background_range(&self) -> Option<Range<usize>> {
-        let bg = self.background.as_ref()?;
-        if bg.cancel.load(Ordering::Relaxed) {
-            return None;
-        }
-        let first = bg.inputs.first()?.0;
-        let start = self.segs.iter().position(|s| s.seg.id() == first)?;
-        let range = start..start + bg.inputs.len();
-        let now = self.segs.get(range.clone())?;
-        now.iter()
-            .map(|s| (s.seg.id(), s.cut))
-            .eq(bg.inputs.iter().copied())
-            .then_some(range)
+        self.background.as_ref()?.range_in(&self.keys())
+    }
+
+    fn keys(&self) -> Vec<SegKey> {
+        self.segs.iter().map(SegRef::key).collect()
     }
 
     /// Installs the background merge if it is done (or, with `wait`, once it is); a merge
     /// whose inputs changed meanwhile is thrown away. Returns whether the segments changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
-        match &self.background {
-            Some(bg) if wait || bg.thread.is_finished() => {}
-            _ => return Ok(false),
-        }
-        let range = self.background_range();
-        let bg = self.background.take().expect("checked above");
-        let result = bg
-            .thread
-            .join()
-            .map_err(|_| Error::Invalid("the history merge thread panicked".into()))?;
-        match (range, result) {
-            (Some(range), Ok(merged)) => {
+        let keys = self.keys();
+        match Background::take_finished(&mut self.background, wait, &keys)? {
+            Some(Finished::Install(range, merged)) => {
                 self.install(range, merged);
                 Ok(true)
             }
-            (Some(_), Err(e)) => Err(e),
-            // Stale or cancelled: its output, named by no manifest, goes.
-            (None, Ok(Some(seg))) => {
+            // Its output, named by no manifest, goes.
+            Some(Finished::Stale(Some(Some(seg)))) => {
                 seg.file().mark_obsolete();
                 Ok(false)
             }
-            (None, _) => Ok(false),
+            Some(Finished::Stale(_)) | None => Ok(false),
         }
     }
 
     /// Stops a background merge and throws its output away.
     fn cancel_background(&mut self) {
         if let Some(bg) = &self.background {
-            bg.cancel.store(true, Ordering::Relaxed);
+            bg.cancel();
             // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
             let _ = self.finish_background(true);
         }
@@ -472,9 +445,7 @@ fn merge_segments(
         .map(|s| SegmentCursor::new(s.seg.clone(), s.cut))
         .collect();
     segment::merge(cursors, &mut |h, t| {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Invalid("history merge cancelled".into()));
-        }
+        check_cancel(cancel, "history")?;
         writer.push(h, t)
     })?;
     if writer.finish()? {

@@ -3,6 +3,7 @@
 //! The crate knows nothing of Bitcoin or Electrum: it indexes opaque keys and numbers.
 
 mod array;
+mod background;
 mod block;
 mod decode;
 pub mod error;

@@ -11,9 +11,11 @@ pub struct Options {
     /// with unspent outputs only. Fixed when the first block is stored: opening a non-empty
     /// store in the other mode fails.
     pub store_txids: bool,
-    /// History merges of at least this many bytes of input run on a thread of their own,
-    /// so that following the tip is not held up by a merge of the whole history (installed
-    /// by a later `Store::compact`). `u64::MAX` runs every merge in the caller.
+    /// Merges reading at least this many bytes run on a thread of their own and are
+    /// installed by a later compaction, so that following the tip is not held up by a merge
+    /// of a whole structure: history merges from any `Store::compact`, UTXO and txid index
+    /// merges (which sort, in memory that is free only between blocks) from
+    /// `Store::compact_at_tip`. `u64::MAX` runs every merge in the caller.
     pub background_merge_bytes: u64,
 }
 

@@ -14,7 +14,7 @@ use crate::history::HistorySet;
 use crate::manifest::{Manifest, MANIFEST, MANIFEST_TMP};
 use crate::options::Options;
 use crate::snapshot::{Reader, Snapshot, SnapshotParts};
-use crate::txindex::{LiveTxs, TxIndexWriter};
+use crate::txindex::{LiveTxs, Pruning, TxIndexWriter};
 use crate::undo::{BlockUndo, UndoLog};
 use crate::utxo::{Found, UtxoSet, UtxoView};
 use crate::{Hash32, HashX};
@@ -150,8 +150,7 @@ impl Store {
         let txindex = TxIndexWriter::open(dir, &m.txindex, lean)?;
         let undo = UndoLog::open(dir, opts.undo_blocks, &m.undo, lean)?;
         let utxo = UtxoSet::open(dir, &m.utxo)?;
-        let mut history = HistorySet::open(dir, &m.history)?;
-        history.merge_in_background_from(opts.background_merge_bytes);
+        let history = HistorySet::open(dir, &m.history)?;
         let blocks = headers.len();
         if blocks > 0 {
             let last = counts.view().get(blocks - 1)?;
@@ -580,41 +579,61 @@ impl Store {
     /// background: a call starts one and a later call installs it (see
     /// `Options::background_merge_bytes`). Returns whether any merge happened.
     pub fn compact(&mut self) -> Result<bool> {
-        self.merge(false)
+        self.merge(Merging::Sync)
+    }
+
+    /// `compact` when following the tip, with nothing buffered between blocks: big UTXO
+    /// and txid index merges run in the background too, their sort memory being free.
+    pub fn compact_at_tip(&mut self) -> Result<bool> {
+        self.merge(Merging::Tip)
     }
 
     /// Merges all UTXO runs into one and all history segments into one (the txid index and
     /// undo files follow their usual policies), with bounded memory, and commits. Meant for
     /// the end of an initial sync: the size-tiered policy of `compact` leaves O(log n) files,
-    /// which repeat keys and keep tombstones. Returns whether any merge happened.
+    /// which repeat keys and keep tombstones. Waits for (or stops) any background merge.
+    /// Returns whether any merge happened.
     pub fn compact_all(&mut self) -> Result<bool> {
-        self.merge(true)
+        self.merge(Merging::All)
     }
 
-    fn merge(&mut self, all: bool) -> Result<bool> {
+    fn merge(&mut self, how: Merging) -> Result<bool> {
         // Pruning the txid index reads the committed UTXO set: nothing may be buffered.
         self.commit()?;
         let did = self.guarded(|s| {
             let memory = s.opts.compaction_memory;
+            // History merges stream, so they may run beside a sync's buffers; UTXO and txid
+            // index merges sort, in memory that is free only at the tip.
+            let (history_from, sorting_from) = match how {
+                Merging::Sync => (s.opts.background_merge_bytes, u64::MAX),
+                Merging::Tip => (s.opts.background_merge_bytes, s.opts.background_merge_bytes),
+                Merging::All => (u64::MAX, u64::MAX),
+            };
             let mut next = s.next_id;
             let mut alloc = || {
                 next += 1;
                 next - 1
             };
-            let (a, b) = if all {
+            let (a, b) = if how == Merging::All {
                 (
                     s.utxo.compact_all(&mut alloc, memory)?,
                     s.history.compact_all(&mut alloc)?,
                 )
             } else {
                 (
-                    s.utxo.compact(&mut alloc, memory)?,
-                    s.history.compact(&mut alloc, memory)?,
+                    s.utxo.compact(&mut alloc, memory, sorting_from)?,
+                    s.history.compact(&mut alloc, history_from)?,
                 )
             };
-            let utxo = &s.utxo;
-            let mut live = |base, end| live_txs(&utxo.view(), base, end, memory);
-            let c = s.txindex.compact(&mut alloc, memory, all, &mut live)?;
+            let utxos = s.utxo.view();
+            let pruning = Pruning {
+                cost: utxos.bytes(),
+                live: Box::new(move |base, end| live_txs(&utxos, base, end, memory)),
+            };
+            let all = how == Merging::All;
+            let c = s
+                .txindex
+                .compact(&mut alloc, memory, all, pruning, sorting_from)?;
             let d = s.undo.compact(&mut alloc)?;
             s.next_id = next;
             Ok(a || b || c || d)
@@ -635,6 +654,17 @@ impl Store {
     pub fn snapshot(&self) -> Snapshot {
         self.latest.clone()
     }
+}
+
+/// Which merges `Store::merge` may run in the background.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Merging {
+    /// During a sync: big history merges.
+    Sync,
+    /// At the tip: big merges of every kind.
+    Tip,
+    /// None: everything is merged into one file per kind, in the caller.
+    All,
 }
 
 /// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, or `None`

@@ -26,9 +26,12 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::mem::size_of;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::background::{check_cancel, Background, Finished};
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
 use crate::frame::{decode_frame, encode_frame, FRAME_OVERHEAD};
@@ -278,15 +281,34 @@ fn write_run(
     {
         bits += 1;
     }
-    let pb = (32 - bits as usize).div_ceil(8);
-    let tb = offset_bytes(end - base);
-    let io = |e| Error::io(path, e);
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(io)?;
-    let mut out = BufWriter::with_capacity(1 << 16, file);
+        .map_err(|e| Error::io(path, e))?;
+    let out = BufWriter::with_capacity(1 << 16, file);
+    let written = write_entries(out, path, lean, bits, base, end, entries);
+    if written.is_err() {
+        // Named by no manifest: nothing refers to it, and a later merge will want the id's
+        // name only if it is free (the next open would remove it anyway).
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+/// The body of `write_run`, into the file it created.
+fn write_entries(
+    mut out: BufWriter<std::fs::File>,
+    path: &Path,
+    lean: bool,
+    bits: u32,
+    base: u64,
+    end: u64,
+    entries: &mut dyn FnMut() -> Result<Option<Entry>>,
+) -> Result<()> {
+    let pb = (32 - bits as usize).div_ceil(8);
+    let tb = offset_bytes(end - base);
+    let io = |e| Error::io(path, e);
     let mut table = vec![(0u32, 0u32); 1 << bits];
     let mut count = 0u64;
     let mut current = 0usize;
@@ -430,6 +452,35 @@ pub struct TxIndexWriter {
     runs: Vec<RunRef>,
     pending: HashMap<Hash32, Pending>,
     dropped: Vec<Arc<Run>>,
+    /// A merge on its own thread, of the runs it names by (id, cap); its output's cap.
+    background: Option<Background<(u64, u64), RunRef>>,
+}
+
+/// How a merge that includes the oldest run learns which txs still have unspent outputs.
+pub struct Pruning {
+    /// The bytes it reads to find out, counted toward a background merge's size.
+    pub cost: u64,
+    /// Called with the merge's `base` and `end`; `None` keeps every tx (the set would not fit
+    /// in memory).
+    pub live: LiveFn,
+}
+
+pub type LiveFn = Box<dyn FnOnce(u64, u64) -> Result<Option<LiveTxs>> + Send>;
+
+impl Pruning {
+    /// Keeps every tx.
+    pub fn none() -> Pruning {
+        Pruning {
+            cost: 0,
+            live: Box::new(|_, _| Ok(None)),
+        }
+    }
+}
+
+impl Drop for TxIndexWriter {
+    fn drop(&mut self) {
+        self.cancel_background();
+    }
 }
 
 impl TxIndexWriter {
@@ -464,6 +515,7 @@ impl TxIndexWriter {
             runs,
             pending: HashMap::new(),
             dropped: Vec::new(),
+            background: None,
         })
     }
 
@@ -589,6 +641,8 @@ impl TxIndexWriter {
     /// there are dropped, others get their cap lowered.
     pub fn truncate(&mut self, tx_count: u64) {
         assert!(self.pending.is_empty());
+        // A merge running in the background read the runs before these caps.
+        self.cancel_background();
         let (keep, drop): (Vec<RunRef>, Vec<RunRef>) = std::mem::take(&mut self.runs)
             .into_iter()
             .partition(|r| r.run.base < tx_count && r.cap > r.run.base);
@@ -599,23 +653,25 @@ impl TxIndexWriter {
         }
     }
 
-    /// Which runs to merge, as the index of the oldest one: all of them (`all`, or when the
-    /// newer runs reach a quarter of the oldest's entries, so that spent txs do not pile up
-    /// beside it), else the newest while the older neighbour is at most twice their combined
-    /// size (so run sizes grow geometrically and lookups touch O(log n) runs).
-    fn plan(&self, all: bool) -> Option<usize> {
+    /// Which runs to merge, as the index of the oldest one, among those from `floor` on: all
+    /// of them (`all`, or when the newer runs reach a quarter of the oldest's entries, so
+    /// that spent txs do not pile up beside it), else the newest while the older neighbour is
+    /// at most twice their combined size (so run sizes grow geometrically and lookups touch
+    /// O(log n) runs). Runs below `floor` belong to a background merge, and the rule of the
+    /// quarter waits for it.
+    fn plan(&self, all: bool, floor: usize) -> Option<usize> {
         let n = self.runs.len();
-        if n < 2 {
+        if n < floor + 2 {
             return None;
         }
         let mut start = n - 1;
         let mut total = self.runs[start].run.count;
-        while start > 0 && self.runs[start - 1].run.count <= total * 2 {
+        while start > floor && self.runs[start - 1].run.count <= total * 2 {
             start -= 1;
             total += self.runs[start].run.count;
         }
         let newer: u64 = self.runs[1..].iter().map(|r| r.run.count).sum();
-        if all || newer * 4 >= self.runs[0].run.count {
+        if floor == 0 && (all || newer * 4 >= self.runs[0].run.count) {
             Some(0)
         } else {
             (start < n - 1).then_some(start)
@@ -623,70 +679,106 @@ impl TxIndexWriter {
     }
 
     /// Merges runs per `plan`, streaming entries; memory is the bucket table, bounded by
-    /// `memory`. A merge that includes the oldest run keeps only the txs `live` reports
-    /// unspent outputs for; `live(base, end)` is asked for them and may answer `None` (keep
-    /// everything) when the set would not fit.
+    /// `memory`. A merge that includes the oldest run keeps only the txs `pruning` reports
+    /// unspent outputs for (asked once, and only then).
+    ///
+    /// A merge reading at least `background_from` bytes (its runs, plus `pruning.cost` when
+    /// it prunes) runs on its own thread instead, one at a time: later calls merge only newer
+    /// runs and install it once it is done, unless a `truncate` came in between. `all` stops
+    /// it first. Returns whether the runs changed.
     pub fn compact(
         &mut self,
         alloc_id: &mut dyn FnMut() -> u64,
         memory: usize,
         all: bool,
-        live: &mut dyn FnMut(u64, u64) -> Result<Option<LiveTxs>>,
+        pruning: Pruning,
+        background_from: u64,
     ) -> Result<bool> {
-        let Some(start) = self.plan(all) else {
-            return Ok(false);
-        };
-        let inputs = &self.runs[start..];
-        let total: u64 = inputs.iter().map(|r| r.run.count).sum();
-        let base = inputs.iter().map(|r| r.run.base).min().expect("inputs");
-        let end = inputs
-            .iter()
-            .map(|r| r.cap.min(r.run.end))
-            .max()
-            .expect("inputs")
-            .max(base);
-        let keep = if start == 0 { live(base, end)? } else { None };
-        let estimate = keep.as_ref().map_or(total, |k| k.len().min(total));
-        let mut iters: Vec<(RunIter, u64)> = inputs
-            .iter()
-            .map(|r| (RunIter::new(&r.run), r.cap))
-            .collect();
-        let mut heap = BinaryHeap::new();
-        for (n, (it, cap)) in iters.iter_mut().enumerate() {
-            if let Some(e) = next_below(it, *cap)? {
-                heap.push(Reverse((e, n)));
+        let worked = match all {
+            true => {
+                self.cancel_background();
+                false
             }
-        }
+            false => self.finish_background(false)?,
+        };
+        let floor = self.background_range().map_or(0, |r| r.end);
+        let Some(start) = self.plan(all, floor) else {
+            return Ok(worked);
+        };
+        let inputs: Vec<(Arc<Run>, u64)> = self.runs[start..]
+            .iter()
+            .map(|r| (Arc::clone(&r.run), r.cap))
+            .collect();
+        let prune = start == 0;
         let id = alloc_id();
         let path = self.dir.join(file_name(id));
-        let mut last = None;
-        write_run(
-            &path,
-            self.lean,
-            estimate,
-            base,
-            end,
-            memory,
-            &mut || loop {
-                let Some(Reverse((e, n))) = heap.pop() else {
-                    return Ok(None);
-                };
-                let (it, cap) = &mut iters[n];
-                if let Some(next) = next_below(it, *cap)? {
-                    heap.push(Reverse((next, n)));
-                }
-                // A tx reinstated by a rollback can have an entry in two runs.
-                let fresh = last.replace(e) != Some(e);
-                if fresh && keep.as_ref().is_none_or(|k| k.contains(e.2)) {
-                    return Ok(Some(e));
-                }
-            },
-        )?;
-        let run = Arc::new(Run::open(&path)?);
-        let old = self.runs.drain(start..);
-        self.dropped.extend(old.map(|r| r.run));
-        self.runs.push(RunRef { id, cap: end, run });
+        let lean = self.lean;
+        let mut bytes: u64 = inputs
+            .iter()
+            .map(|(r, _)| r.file.bytes().len() as u64)
+            .sum();
+        if prune {
+            bytes = bytes.saturating_add(pruning.cost);
+        }
+        let merge = move |cancel: &AtomicBool| {
+            let live = if prune {
+                pruning.live
+            } else {
+                Pruning::none().live
+            };
+            merge_runs(&inputs, lean, live, &path, id, memory, cancel)
+        };
+        if bytes >= background_from && self.background.is_none() {
+            let keys = self.keys()[start..].to_vec();
+            self.background = Some(Background::start("txindex-merge", &self.dir, keys, merge)?);
+            return Ok(worked);
+        }
+        let merged = merge(&AtomicBool::new(false))?;
+        self.install(start..self.runs.len(), merged);
         Ok(true)
+    }
+
+    fn keys(&self) -> Vec<(u64, u64)> {
+        self.runs.iter().map(|r| (r.id, r.cap)).collect()
+    }
+
+    /// Puts `merged` in place of the runs in `range`.
+    fn install(&mut self, range: Range<usize>, merged: RunRef) {
+        let old = self.runs.splice(range, [merged]);
+        self.dropped.extend(old.map(|r| r.run));
+    }
+
+    /// Where the background merge's inputs are now, if they are all still there with the caps
+    /// it read, and it was not cancelled.
+    fn background_range(&self) -> Option<Range<usize>> {
+        self.background.as_ref()?.range_in(&self.keys())
+    }
+
+    /// Installs the background merge if it is done (or, with `wait`, once it is); one whose
+    /// inputs changed meanwhile is thrown away. Returns whether the runs changed.
+    fn finish_background(&mut self, wait: bool) -> Result<bool> {
+        let keys = self.keys();
+        match Background::take_finished(&mut self.background, wait, &keys)? {
+            Some(Finished::Install(range, merged)) => {
+                self.install(range, merged);
+                Ok(true)
+            }
+            // Its output, named by no manifest, goes.
+            Some(Finished::Stale(Some(merged))) => {
+                merged.run.file.mark_obsolete();
+                Ok(false)
+            }
+            Some(Finished::Stale(None)) | None => Ok(false),
+        }
+    }
+
+    /// Stops a background merge and throws its output away.
+    fn cancel_background(&mut self) {
+        if let Some(bg) = &self.background {
+            bg.cancel();
+            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
+            let _ = self.finish_background(true);
+        }
     }
 
     /// The manifest without the dropped runs is durable: let their files go.
@@ -695,6 +787,61 @@ impl TxIndexWriter {
             run.file.mark_obsolete();
         }
     }
+}
+
+/// Merges `inputs` (runs with their caps) into a new run at `path`, keeping only the txs
+/// `live(base, end)` reports unspent outputs for (every tx when it answers `None`). Stops
+/// with an error once `cancel` is set; the unfinished file is removed.
+fn merge_runs(
+    inputs: &[(Arc<Run>, u64)],
+    lean: bool,
+    live: LiveFn,
+    path: &Path,
+    id: u64,
+    memory: usize,
+    cancel: &AtomicBool,
+) -> Result<RunRef> {
+    let total: u64 = inputs.iter().map(|(r, _)| r.count).sum();
+    let base = inputs.iter().map(|(r, _)| r.base).min().expect("inputs");
+    let end = inputs
+        .iter()
+        .map(|(r, cap)| (*cap).min(r.end))
+        .max()
+        .expect("inputs")
+        .max(base);
+    let keep = live(base, end)?;
+    let estimate = keep.as_ref().map_or(total, |k| k.len().min(total));
+    let mut iters: Vec<(RunIter, u64)> = inputs
+        .iter()
+        .map(|(r, cap)| (RunIter::new(r), *cap))
+        .collect();
+    let mut heap = BinaryHeap::new();
+    for (n, (it, cap)) in iters.iter_mut().enumerate() {
+        if let Some(e) = next_below(it, *cap)? {
+            heap.push(Reverse((e, n)));
+        }
+    }
+    let mut last = None;
+    write_run(path, lean, estimate, base, end, memory, &mut || loop {
+        check_cancel(cancel, "txid index")?;
+        let Some(Reverse((e, n))) = heap.pop() else {
+            return Ok(None);
+        };
+        let (it, cap) = &mut iters[n];
+        if let Some(next) = next_below(it, *cap)? {
+            heap.push(Reverse((next, n)));
+        }
+        // A tx reinstated by a rollback can have an entry in two runs.
+        let fresh = last.replace(e) != Some(e);
+        if fresh && keep.as_ref().is_none_or(|k| k.contains(e.2)) {
+            return Ok(Some(e));
+        }
+    })?;
+    Ok(RunRef {
+        id,
+        cap: end,
+        run: Arc::new(Run::open(path)?),
+    })
 }
 
 fn next_below(it: &mut RunIter, cap: u64) -> Result<Option<Entry>> {
@@ -771,14 +918,13 @@ mod tests {
             "the run starting past the cut is dropped"
         );
         assert!(lookup(&w.view(), 5250).is_empty());
-        let mut no_pruning = |_, _| Ok(None);
-        assert!(w
-            .compact(&mut alloc, 1 << 20, false, &mut no_pruning)
-            .unwrap());
+        let compact = |w: &mut TxIndexWriter, alloc: &mut dyn FnMut() -> u64| {
+            w.compact(alloc, 1 << 20, false, Pruning::none(), u64::MAX)
+                .unwrap()
+        };
+        assert!(compact(&mut w, &mut alloc));
         assert_eq!(w.state().len(), 2);
-        assert!(!w
-            .compact(&mut alloc, 1 << 20, false, &mut no_pruning)
-            .unwrap());
+        assert!(!compact(&mut w, &mut alloc));
         w.committed();
         check(&w.view(), 5200);
         assert!(lookup(&w.view(), 5250).is_empty());
@@ -826,14 +972,19 @@ mod tests {
             assert_eq!(digest(1), flushed);
             golden_batch(&mut w, n..n + n / 2, 1);
             w.flush(&mut || 2).unwrap();
-            let mut live = |base, end| {
-                let mut l = LiveTxs::new(base, end);
-                for t in (0..n * 2).step_by(5) {
-                    l.insert(t);
-                }
-                Ok(Some(l))
+            let live = Pruning {
+                cost: 0,
+                live: Box::new(move |base, end| {
+                    let mut l = LiveTxs::new(base, end);
+                    for t in (0..n * 2).step_by(5) {
+                        l.insert(t);
+                    }
+                    Ok(Some(l))
+                }),
             };
-            assert!(w.compact(&mut || 3, 1 << 12, false, &mut live).unwrap());
+            assert!(w
+                .compact(&mut || 3, 1 << 12, false, live, u64::MAX)
+                .unwrap());
             assert_eq!(digest(3), merged);
         }
     }
@@ -912,17 +1063,22 @@ mod tests {
         assert!(w.flush(&mut alloc).unwrap());
         assert!(lookup(&w.view(), 3).contains(&3));
         // The newer run is over a quarter of the oldest: all merge, keeping what `live` says.
-        let mut asked = None;
-        let mut live = |base, end| {
-            asked = Some((base, end));
-            let mut l = LiveTxs::new(base, end);
-            for n in [2, 3, 8, 100, 139] {
-                l.insert(n);
-            }
-            Ok(Some(l))
+        let (tell, asked) = std::sync::mpsc::channel();
+        let live = Pruning {
+            cost: 0,
+            live: Box::new(move |base, end| {
+                tell.send((base, end)).unwrap();
+                let mut l = LiveTxs::new(base, end);
+                for n in [2, 3, 8, 100, 139] {
+                    l.insert(n);
+                }
+                Ok(Some(l))
+            }),
         };
-        assert!(w.compact(&mut alloc, 1 << 20, false, &mut live).unwrap());
-        assert_eq!(asked, Some((2, 140)));
+        assert!(w
+            .compact(&mut alloc, 1 << 20, false, live, u64::MAX)
+            .unwrap());
+        assert_eq!(asked.try_recv(), Ok((2, 140)));
         assert_eq!(w.state().len(), 1);
         let found: Vec<u64> = (0..140)
             .filter(|&n| lookup(&w.view(), n).contains(&n))
@@ -963,5 +1119,179 @@ mod tests {
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(Run::open(&path).is_err());
+    }
+
+    /// A writer over `dir` with one run per batch of txs (numbered from 0), and the next
+    /// alloc id.
+    fn filled(dir: &Path, lean: bool, batches: &[u64]) -> (TxIndexWriter, u64) {
+        let mut w = TxIndexWriter::open(dir, &[], lean).unwrap();
+        let (mut n, mut id) = (0, 0);
+        for batch in batches {
+            for _ in 0..*batch {
+                w.add(txid(n), n, 1);
+                n += 1;
+            }
+            id += 1;
+            w.flush(&mut || id).unwrap();
+        }
+        (w, id + 1)
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn named(w: &TxIndexWriter) -> Vec<String> {
+        let mut names = w.file_names();
+        names.sort();
+        names
+    }
+
+    /// Keeps the txs whose number is a multiple of 3, once `go` says so.
+    fn held_pruning() -> (Pruning, std::sync::mpsc::Sender<()>) {
+        let (go, wait) = std::sync::mpsc::channel();
+        let pruning = Pruning {
+            cost: 0,
+            live: Box::new(move |base, end| {
+                let _ = wait.recv();
+                let mut l = LiveTxs::new(base, end);
+                (base..end).step_by(3).for_each(|t| l.insert(t));
+                Ok(Some(l))
+            }),
+        };
+        (pruning, go)
+    }
+
+    #[test]
+    fn a_background_merge_writes_what_an_inline_merge_writes() {
+        for lean in [false, true] {
+            let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (mut inline, id) = filled(a.path(), lean, &[1000, 1000]);
+            let (mut bg, _) = filled(b.path(), lean, &[1000, 1000]);
+            let (pruning, go) = held_pruning();
+            go.send(()).unwrap();
+            assert!(inline
+                .compact(&mut || id, 1 << 20, false, pruning, u64::MAX)
+                .unwrap());
+            let (pruning, go) = held_pruning();
+            go.send(()).unwrap();
+            // The first call only starts the merge, which then prunes as an inline one does.
+            assert!(!bg.compact(&mut || id, 1 << 20, false, pruning, 0).unwrap());
+            assert_eq!(bg.state().len(), 2);
+            assert!(bg.finish_background(true).unwrap());
+            assert_eq!(bg.state(), inline.state());
+            let name = file_name(id);
+            assert_eq!(
+                std::fs::read(a.path().join(&name)).unwrap(),
+                std::fs::read(b.path().join(&name)).unwrap(),
+                "byte for byte the same run"
+            );
+            assert!(lookup(&bg.view(), 999).contains(&999));
+            assert!(!lookup(&bg.view(), 998).contains(&998), "pruned");
+        }
+    }
+
+    #[test]
+    fn newer_runs_are_merged_while_a_background_merge_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut id) = filled(dir.path(), false, &[1000, 1000]);
+        let (pruning, go) = held_pruning();
+        let bg_id = id;
+        assert!(!w
+            .compact(&mut || bg_id, 1 << 20, false, pruning, 0)
+            .unwrap());
+        for n in 2000..2020 {
+            w.add(txid(n), n, 1);
+            if n % 10 == 9 {
+                id += 1;
+                w.flush(&mut || id).unwrap();
+            }
+        }
+        // The two small runs merge in place, after the background merge's inputs.
+        id += 1;
+        assert!(w
+            .compact(&mut || id, 1 << 20, false, Pruning::none(), u64::MAX)
+            .unwrap());
+        assert_eq!(w.state().len(), 3);
+        assert_eq!(w.background_range(), Some(0..2));
+        assert!(lookup(&w.view(), 998).contains(&998), "not pruned yet");
+        go.send(()).unwrap();
+        assert!(w.finish_background(true).unwrap());
+        assert_eq!(w.state(), vec![(bg_id, 2000), (id, 2020)]);
+        assert!(!lookup(&w.view(), 998).contains(&998), "pruned");
+        for n in (0..2000).step_by(3).chain(2000..2020) {
+            assert!(lookup(&w.view(), n).contains(&n), "{n}");
+        }
+        w.committed();
+        drop(w);
+        assert_eq!(files(dir.path()), [file_name(bg_id), file_name(id)]);
+    }
+
+    #[test]
+    fn a_rollback_or_merging_everything_cancels_a_background_merge() {
+        for rollback in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut w, id) = filled(dir.path(), false, &[1000, 1000]);
+            let (pruning, go) = held_pruning();
+            assert!(!w.compact(&mut || id, 1 << 20, false, pruning, 0).unwrap());
+            drop(go); // its pruning goes on at once; the cancel decides
+            if rollback {
+                w.truncate(1500);
+                assert!(w.background.is_none());
+                assert_eq!(
+                    w.state(),
+                    vec![(1, 1000), (2, 1500)],
+                    "caps as the rollback left"
+                );
+            } else {
+                assert!(w
+                    .compact(&mut || id + 1, 1 << 20, true, Pruning::none(), u64::MAX)
+                    .unwrap());
+                assert_eq!(w.state(), vec![(id + 1, 2000)], "merged in the caller");
+            }
+            w.committed();
+            drop(w);
+            let left = files(dir.path());
+            assert!(!left.contains(&file_name(id)), "{left:?}");
+        }
+    }
+
+    #[test]
+    fn dropping_the_writer_stops_a_background_merge_and_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, id) = filled(dir.path(), false, &[1000, 1000]);
+        let before = named(&w);
+        let (pruning, go) = held_pruning();
+        w.compact(&mut || id, 1 << 20, false, pruning, 0).unwrap();
+        drop(go);
+        drop(w);
+        assert_eq!(files(dir.path()), before);
+    }
+
+    #[test]
+    fn a_cancelled_merge_stops_with_an_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, id) = filled(dir.path(), false, &[1000, 1000]);
+        let inputs: Vec<(Arc<Run>, u64)> =
+            w.runs.iter().map(|r| (Arc::clone(&r.run), r.cap)).collect();
+        let path = dir.path().join(file_name(id));
+        let err = merge_runs(
+            &inputs,
+            false,
+            Pruning::none().live,
+            &path,
+            id,
+            1 << 20,
+            &AtomicBool::new(true),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.to_string(), "txid index merge cancelled");
+        assert_eq!(files(dir.path()), named(&w));
     }
 }

@@ -16,8 +16,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::background::{check_cancel, Background, Finished};
 use crate::error::{Error, Result};
 use crate::varint;
 use crate::HashX;
@@ -88,6 +90,8 @@ pub struct UtxoSet {
     buckets: usize,
     /// Runs replaced by compaction, still named by the last committed manifest.
     pending_obsolete: Vec<Arc<Run>>,
+    /// A merge on its own thread, of the runs it names by id.
+    background: Option<Background<u64, Option<Run>>>,
 }
 
 /// A consistent set of runs for readers. Holding it keeps the files alive.
@@ -128,6 +132,7 @@ impl UtxoSet {
             buffer: Buffer::default(),
             buckets: 0,
             pending_obsolete: Vec::new(),
+            background: None,
         })
     }
 
@@ -263,7 +268,7 @@ impl UtxoSet {
         for r in &records {
             writer.push(r)?;
         }
-        if writer.finish()?.is_some() {
+        if writer.finish(&AtomicBool::new(false))?.is_some() {
             let run = Run::open(&self.dir.join(run_name(id)), id)?;
             self.runs.push(Arc::new(run));
         }
@@ -274,14 +279,39 @@ impl UtxoSet {
 
     /// Merges runs per the size-tiered policy until it asks for nothing more, with at most
     /// about `memory` bytes of sort buffers. Replaced runs become pending obsolete.
-    pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64, memory: usize) -> Result<bool> {
-        let mut worked = false;
+    ///
+    /// A merge of at least `background_from` bytes runs on its own thread instead, one at a
+    /// time: later calls merge only newer runs and install it once it is done. A rollback
+    /// need not stop it: rollbacks add records (outputs made unspent again, tombstones)
+    /// rather than change runs. Returns whether the runs changed.
+    pub fn compact(
+        &mut self,
+        alloc_id: &mut dyn FnMut() -> u64,
+        memory: usize,
+        background_from: u64,
+    ) -> Result<bool> {
+        let mut worked = self.finish_background(false)?;
         loop {
-            let sizes: Vec<u64> = self.runs.iter().map(|r| r.size()).collect();
-            let range = sorted_file::pick_merge(&sizes).or_else(|| self.tombstone_heavy());
+            // Runs up to the background merge's last input are its own.
+            let floor = self.background_range().map_or(0, |r| r.end);
+            let sizes: Vec<u64> = self.runs[floor..].iter().map(|r| r.size()).collect();
+            let range = sorted_file::pick_merge(&sizes).or_else(|| {
+                self.background
+                    .is_none()
+                    .then(|| self.tombstone_heavy())
+                    .flatten()
+            });
             let Some(range) = range else {
                 return Ok(worked);
             };
+            let bytes: u64 = sizes[range.clone()].iter().sum();
+            let range = range.start + floor..range.end + floor;
+            if bytes >= background_from {
+                if self.background.is_none() {
+                    self.start_background(range, alloc_id, memory)?;
+                }
+                return Ok(worked);
+            }
             self.merge_range(range, alloc_id, memory)?;
             worked = true;
         }
@@ -294,6 +324,7 @@ impl UtxoSet {
         alloc_id: &mut dyn FnMut() -> u64,
         memory: usize,
     ) -> Result<bool> {
+        self.cancel_background();
         if self.runs.len() < 2 {
             return Ok(false);
         }
@@ -318,20 +349,83 @@ impl UtxoSet {
         alloc_id: &mut dyn FnMut() -> u64,
         memory: usize,
     ) -> Result<usize> {
+        let (id, path) = self.new_run(alloc_id);
+        let inputs = &self.runs[range.clone()];
+        let no_cancel = AtomicBool::new(false);
+        let (merged, sort_peak) =
+            merge_runs(inputs, range.start == 0, &path, id, memory, &no_cancel)?;
+        self.install(range, merged);
+        Ok(sort_peak)
+    }
+
+    /// An id for a run about to be written, and its path.
+    fn new_run(&self, alloc_id: &mut dyn FnMut() -> u64) -> (u64, PathBuf) {
         let id = alloc_id();
-        let path = self.dir.join(run_name(id));
-        let mut writer = RunWriter::create(&path, memory)?;
-        run::merge(&self.runs[range.clone()], range.start == 0, &mut |r| {
-            writer.push(r)
-        })?;
-        let written = writer.finish()?;
-        let merged = match &written {
-            Some(_) => vec![Arc::new(Run::open(&path, id)?)],
-            None => Vec::new(),
-        };
-        let old = self.runs.splice(range, merged);
+        (id, self.dir.join(run_name(id)))
+    }
+
+    /// Puts `merged` (None: nothing was left) in place of the runs in `range`.
+    fn install(&mut self, range: Range<usize>, merged: Option<Run>) {
+        let old = self.runs.splice(range, merged.map(Arc::new));
         self.pending_obsolete.extend(old);
-        Ok(written.map_or(0, |w| w.sort_peak))
+    }
+
+    fn start_background(
+        &mut self,
+        range: Range<usize>,
+        alloc_id: &mut dyn FnMut() -> u64,
+        memory: usize,
+    ) -> Result<()> {
+        let (id, path) = self.new_run(alloc_id);
+        let inputs = self.runs[range.clone()].to_vec();
+        let keys = inputs.iter().map(|r| r.id()).collect();
+        let drop_tombs = range.start == 0;
+        self.background = Some(Background::start(
+            "utxo-merge",
+            &self.dir,
+            keys,
+            move |cancel| {
+                merge_runs(&inputs, drop_tombs, &path, id, memory, cancel).map(|(run, _)| run)
+            },
+        )?);
+        Ok(())
+    }
+
+    /// Where the background merge's inputs are now, if they are all still there, side by
+    /// side, and it was not cancelled.
+    fn background_range(&self) -> Option<Range<usize>> {
+        self.background.as_ref()?.range_in(&self.ids())
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.runs.iter().map(|r| r.id()).collect()
+    }
+
+    /// Installs the background merge if it is done (or, with `wait`, once it is); one whose
+    /// inputs changed meanwhile is thrown away. Returns whether the runs changed.
+    fn finish_background(&mut self, wait: bool) -> Result<bool> {
+        let ids = self.ids();
+        match Background::take_finished(&mut self.background, wait, &ids)? {
+            Some(Finished::Install(range, merged)) => {
+                self.install(range, merged);
+                Ok(true)
+            }
+            // Its output, named by no manifest, goes.
+            Some(Finished::Stale(Some(Some(run)))) => {
+                run.file().mark_obsolete();
+                Ok(false)
+            }
+            Some(Finished::Stale(_)) | None => Ok(false),
+        }
+    }
+
+    /// Stops a background merge and throws its output away.
+    fn cancel_background(&mut self) {
+        if let Some(bg) = &self.background {
+            bg.cancel();
+            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
+            let _ = self.finish_background(true);
+        }
     }
 
     /// The run ids, for the manifest.
@@ -362,6 +456,35 @@ impl UtxoSet {
         UtxoView {
             runs: self.runs.clone().into(),
         }
+    }
+}
+
+/// Merges `inputs` (dropping tombstones, with the records they hide, when `drop_tombs`)
+/// into a new run at `path`, with at most about `memory` bytes of sort buffers; None when
+/// nothing is left. Also returns the sort's peak bytes. Stops with an error once `cancel` is
+/// set; the unfinished file is removed.
+fn merge_runs(
+    inputs: &[Arc<Run>],
+    drop_tombs: bool,
+    path: &Path,
+    id: u64,
+    memory: usize,
+    cancel: &AtomicBool,
+) -> Result<(Option<Run>, usize)> {
+    let mut writer = RunWriter::create(path, memory)?;
+    run::merge(inputs, drop_tombs, &mut |r| {
+        check_cancel(cancel, "UTXO")?;
+        writer.push(r)
+    })?;
+    Ok(match writer.finish(cancel)? {
+        Some(written) => (Some(Run::open(path, id)?), written.sort_peak),
+        None => (None, 0),
+    })
+}
+
+impl Drop for UtxoSet {
+    fn drop(&mut self) {
+        self.cancel_background();
     }
 }
 
@@ -450,6 +573,11 @@ fn merge_newer(
 }
 
 impl UtxoView {
+    /// The size of its run files, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.runs.iter().map(|r| r.size()).sum()
+    }
+
     pub fn get(&self, txnum: u64, vout: u32) -> Result<Option<(HashX, u64)>> {
         lookup(&self.runs, txnum, vout)
     }

@@ -60,8 +60,11 @@ fn crash_child() {
                 let spent = chain.rollback_txids(top, n, lean);
                 store.rollback(n, &spent).expect("rollback");
             }
-            1 => {
+            1 if rng.below(2) == 0 => {
                 store.compact().expect("compact");
+            }
+            1 => {
+                store.compact_at_tip().expect("compact_at_tip");
             }
             2 => {
                 store.compact_all().expect("compact_all");

@@ -17,6 +17,7 @@ enum Op {
     Commit,
     Rollback(u8),
     Compact,
+    CompactAtTip,
     CompactAll,
     Reopen,
     Meta(u8),
@@ -30,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Commit),
         2 => (0u8..7).prop_map(Op::Rollback),
         2 => Just(Op::Compact),
+        2 => Just(Op::CompactAtTip),
         1 => Just(Op::CompactAll),
         1 => Just(Op::Reopen),
         1 => any::<u8>().prop_map(Op::Meta),
@@ -150,6 +152,10 @@ impl Harness {
             }
             Op::Compact => {
                 self.store().compact().unwrap();
+                self.commit_model();
+            }
+            Op::CompactAtTip => {
+                self.store().compact_at_tip().unwrap();
                 self.commit_model();
             }
             Op::CompactAll => {

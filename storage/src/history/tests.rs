@@ -77,7 +77,7 @@ fn out_of_order_appends_are_placed_and_deduplicated() {
     set.flush(&mut alloc).unwrap();
     assert_eq!(set.view().get(&hx(1)).unwrap(), vec![1, 4, 7, 10, 12]);
     assert_eq!(everything(&set.view())[0].1, vec![1, 4, 7, 10, 12]);
-    set.compact(&mut alloc, 0).unwrap();
+    set.compact(&mut alloc, u64::MAX).unwrap();
     assert_eq!(set.view().get(&hx(1)).unwrap(), vec![1, 4, 7, 10, 12]);
 }
 
@@ -127,7 +127,7 @@ fn truncate_hides_old_entries_but_not_new_ones() {
     drop(copy);
     set.append(hx(1), 5);
     set.flush(&mut alloc).unwrap();
-    assert!(set.compact(&mut alloc, 0).unwrap());
+    assert!(set.compact(&mut alloc, u64::MAX).unwrap());
     assert_eq!(set.state(), vec![1, 1, 5, 0], "one segment, cut folded in");
     assert_eq!(set.view().get(&hx(1)).unwrap(), (0..6).collect::<Vec<_>>());
 }
@@ -153,8 +153,8 @@ fn replaced_segments_are_deleted_after_commit_and_last_view() {
         set.flush(&mut alloc).unwrap();
     }
     let view = set.view();
-    assert!(set.compact(&mut alloc, 0).unwrap());
-    assert!(!set.compact(&mut alloc, 0).unwrap());
+    assert!(set.compact(&mut alloc, u64::MAX).unwrap());
+    assert!(!set.compact(&mut alloc, u64::MAX).unwrap());
     assert_eq!(set.file_names(), vec!["hist-4.seg"]);
     let exists = |n: &str| dir.path().join(n).exists();
     assert!(exists("hist-2.seg"));
@@ -500,7 +500,7 @@ fn space_per_entry_on_synthetic_chain() {
         }
         if txnum % 40_000 == 39_999 {
             set.flush(&mut alloc).unwrap();
-            set.compact(&mut alloc, 0).unwrap();
+            set.compact(&mut alloc, u64::MAX).unwrap();
         }
     }
     set.flush(&mut alloc).unwrap();
@@ -571,7 +571,6 @@ proptest! {
         // In the background every merge runs on its own thread.
         let threshold = if background { 0 } else { u64::MAX };
         let mut set = HistorySet::open(dir.path(), &[]).unwrap();
-        set.merge_in_background_from(threshold);
         let mut model: BTreeMap<HashX, BTreeSet<u64>> = BTreeMap::new();
         let mut next = 0u64;
         for op in ops {
@@ -595,7 +594,7 @@ proptest! {
                 }
                 Op::Compact => {
                     set.flush(&mut alloc).unwrap();
-                    set.compact(&mut alloc, 0).unwrap();
+                    set.compact(&mut alloc, threshold).unwrap();
                     check(&set, &model);
                 }
                 Op::CompactAll => {
@@ -620,7 +619,6 @@ proptest! {
                     // Dropped mid-merge or not, no unnamed segment is left behind.
                     assert_eq!(segment_files(dir.path()), named);
                     set = HistorySet::open(dir.path(), &state).unwrap();
-                    set.merge_in_background_from(threshold);
                     check(&set, &model);
                 }
             }
@@ -651,7 +649,7 @@ fn newer_segments_worth_a_quarter_of_the_oldest_are_merged_into_it() {
             t += 1;
         }
         set.flush(&mut alloc).unwrap();
-        set.compact(&mut alloc, 0).unwrap();
+        set.compact(&mut alloc, u64::MAX).unwrap();
         merged_all |= set.file_names().len() == 1;
         let view = set.view();
         assert_eq!(
@@ -706,8 +704,7 @@ fn a_background_merge_writes_what_an_inline_merge_writes() {
     let (mut a, mut b) = (ids(), ids());
     let mut inline = flushed(inline_dir.path(), &mut a, 4);
     let mut bg = flushed(bg_dir.path(), &mut b, 4);
-    bg.merge_in_background_from(0);
-    assert!(inline.compact(&mut a, 0).unwrap());
+    assert!(inline.compact(&mut a, u64::MAX).unwrap());
     // The first call only starts the merge; the segments stay as they are until it is done.
     assert!(!bg.compact(&mut b, 0).unwrap());
     assert!(bg.background.is_some());
@@ -732,16 +729,16 @@ fn newer_segments_are_merged_while_a_background_merge_runs() {
     // A background merge of both segments that finishes only when the test says so.
     let (go, wait) = std::sync::mpsc::channel::<()>();
     let inputs = set.segs.clone();
-    let (id, cancel) = (alloc(), Arc::new(AtomicBool::new(false)));
-    let (path, flag) = (dir.path().join(segment_name(id)), Arc::clone(&cancel));
-    set.background = Some(Background {
-        inputs: inputs.iter().map(|s| (s.seg.id(), s.cut)).collect(),
-        cancel,
-        thread: std::thread::spawn(move || {
+    let id = alloc();
+    let path = dir.path().join(segment_name(id));
+    let keys = inputs.iter().map(SegRef::key).collect();
+    set.background = Some(
+        Background::start("test-merge", dir.path(), keys, move |cancel| {
             wait.recv().unwrap();
-            merge_segments(&inputs, &path, id, &flag)
-        }),
-    });
+            merge_segments(&inputs, &path, id, cancel)
+        })
+        .unwrap(),
+    );
     // Two small new segments merge in place, after its inputs, which stay as they are.
     for t in 600..700 {
         set.append(hx((t % 30) as u8), t);
@@ -749,7 +746,7 @@ fn newer_segments_are_merged_while_a_background_merge_runs() {
             set.flush(&mut alloc).unwrap();
         }
     }
-    assert!(set.compact(&mut alloc, 0).unwrap());
+    assert!(set.compact(&mut alloc, u64::MAX).unwrap());
     assert_eq!(set.segs.len(), 3, "{:?}", set.file_names());
     assert_eq!(set.background_range(), Some(0..2));
     check(&set, &model_of(700));
@@ -765,7 +762,6 @@ fn a_rollback_cancels_a_background_merge() {
     let dir = tempfile::tempdir().unwrap();
     let mut alloc = ids();
     let mut set = flushed(dir.path(), &mut alloc, 4);
-    set.merge_in_background_from(0);
     set.compact(&mut alloc, 0).unwrap();
     set.truncate(1000);
     assert_eq!(set.background_range(), None, "cancelled");
@@ -786,7 +782,6 @@ fn dropping_the_set_stops_a_background_merge_and_removes_its_file() {
     let mut alloc = ids();
     let mut set = flushed(dir.path(), &mut alloc, 4);
     let named = set.file_names();
-    set.merge_in_background_from(0);
     set.compact(&mut alloc, 0).unwrap();
     drop(set);
     assert_eq!(segment_files(dir.path()), named);

@@ -2,6 +2,7 @@
 //! from an external sort of the records' outpoints, the indexes and the footer.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use crate::error::Result;
 use crate::utxo::run::{
@@ -79,8 +80,9 @@ impl RunWriter {
     }
 
     /// Writes the outpoint section, indexes and footer, and fsyncs. A run with no records
-    /// is not written at all (`None`).
-    pub fn finish(mut self) -> Result<Option<Written>> {
+    /// is not written at all (`None`). Stops with an error once `cancel` is set; the
+    /// unfinished file is removed.
+    pub fn finish(mut self, cancel: &AtomicBool) -> Result<Option<Written>> {
         if self.live + self.dead == 0 {
             return Ok(None);
         }
@@ -96,7 +98,7 @@ impl RunWriter {
             ..
         } = self;
         let mut ob = OutpointBlocks::default();
-        let sort_peak = sorter.drain(&mut |r| ob.push(&mut w, r))?;
+        let sort_peak = sorter.drain(cancel, &mut |r| ob.push(&mut w, r))?;
         ob.emit(&mut w)?;
         let sidx_off = w.write_frame(&script_index)?;
         let oidx_off = w.write_frame(&ob.index)?;

@@ -7,7 +7,9 @@ use std::fs::{self, File};
 use std::io::{BufReader, ErrorKind, Read};
 use std::mem::size_of;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
+use crate::background::check_cancel;
 use crate::error::{Error, Result};
 use crate::utxo::sorted_file::FileWriter;
 
@@ -121,7 +123,16 @@ impl Sorter {
     }
 
     /// Calls `f` on every pushed reference in ascending order.
-    pub fn drain(mut self, f: &mut dyn FnMut(OpRef) -> Result<()>) -> Result<usize> {
+    /// Stops with an error once `cancel` is set (checked per entry, in every pass).
+    pub fn drain(
+        mut self,
+        cancel: &AtomicBool,
+        f: &mut dyn FnMut(OpRef) -> Result<()>,
+    ) -> Result<usize> {
+        let mut f = |r| {
+            check_cancel(cancel, "UTXO")?;
+            f(r)
+        };
         if self.spills.is_empty() {
             self.chunk.sort_unstable();
             for r in std::mem::take(&mut self.chunk) {
@@ -137,12 +148,15 @@ impl Sorter {
         while self.spills.len() > FAN_IN {
             let group: Vec<Spill> = self.spills.drain(..FAN_IN).collect();
             let (spill, mut w) = self.new_spill()?;
-            self.merge(group, &mut |r| w.write(&r.to_bytes()))?;
+            self.merge(group, &mut |r| {
+                check_cancel(cancel, "UTXO")?;
+                w.write(&r.to_bytes())
+            })?;
             w.finish_temporary()?;
             self.spills.push(spill);
         }
         let group = std::mem::take(&mut self.spills);
-        self.merge(group, f)?;
+        self.merge(group, &mut f)?;
         Ok(self.peak_bytes)
     }
 
@@ -185,6 +199,7 @@ fn read_ref(reader: &mut impl Read, path: &Path) -> Result<Option<OpRef>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn refs(n: u64) -> Vec<OpRef> {
         (0..n)
@@ -208,7 +223,7 @@ mod tests {
         }
         let mut out = Vec::new();
         let peak = sorter
-            .drain(&mut |r| {
+            .drain(&AtomicBool::new(false), &mut |r| {
                 out.push(r);
                 Ok(())
             })
@@ -230,6 +245,37 @@ mod tests {
         assert!(peak <= 4096, "peak {peak}");
         let (tiny, _) = sort_with(0, &input);
         assert_eq!(tiny, expected);
+    }
+
+    #[test]
+    fn a_cancel_stops_every_pass_and_leaves_no_spill() {
+        let dir = tempfile::tempdir().unwrap();
+        // (memory, entries, entries handed out before the cancel): 59 spills, more than the
+        // fan-in, so the cancel is seen in a pass that hands nothing out; 12 spills, merged in
+        // one pass; no spill.
+        for (memory, n, before) in [
+            (4096, 5000, None),
+            (4096, 1000, Some(100)),
+            (1 << 20, 1000, Some(100)),
+        ] {
+            let mut sorter = Sorter::new(&dir.path().join("run"), memory);
+            for r in refs(n) {
+                sorter.push(r).unwrap();
+            }
+            let cancel = AtomicBool::new(before.is_none());
+            let mut seen = 0;
+            let err = sorter
+                .drain(&cancel, &mut |_| {
+                    seen += 1;
+                    cancel.store(Some(seen) == before, Ordering::Relaxed);
+                    Ok(())
+                })
+                .err()
+                .unwrap();
+            assert_eq!(err.to_string(), "UTXO merge cancelled");
+            assert_eq!(seen, before.unwrap_or(0), "memory {memory}");
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "spills left");
+        }
     }
 
     #[test]

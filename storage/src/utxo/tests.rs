@@ -127,13 +127,13 @@ fn tombstone_heavy_runs_are_merged_into_the_oldest() {
         set.spend(i, 0).unwrap();
     }
     set.flush(&mut alloc).unwrap();
-    assert!(!set.compact(&mut alloc, 1 << 20).unwrap());
+    assert!(!set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
     // A run of tombstones for 1/8 of the oldest run's entries triggers a full merge.
     for i in 100..1000 {
         set.spend(i, 0).unwrap();
     }
     set.flush(&mut alloc).unwrap();
-    assert!(set.compact(&mut alloc, 1 << 20).unwrap());
+    assert!(set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
     assert_eq!(set.runs.len(), 1);
     assert_eq!(set.runs[0].counts(), (7000, 0));
 }
@@ -164,7 +164,7 @@ fn outpoint_readded_under_another_script_after_rollback() {
     set.flush(&mut alloc).unwrap();
     assert_eq!(set.get(7, 0).unwrap(), None);
     assert!(all_utxos(&set.view()).is_empty());
-    assert!(set.compact(&mut alloc, 1 << 20).unwrap());
+    assert!(set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
     assert!(set.runs.is_empty(), "all entries cancel out");
 }
 
@@ -201,8 +201,8 @@ fn replaced_runs_are_deleted_after_commit_and_last_view() {
         set.flush(&mut alloc).unwrap();
     }
     let view = set.view();
-    assert!(set.compact(&mut alloc, 1 << 20).unwrap());
-    assert!(!set.compact(&mut alloc, 1 << 20).unwrap());
+    assert!(set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
+    assert!(!set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
     assert_eq!(set.file_names(), vec!["utxo-4.run"]);
     let exists = |n: &str| dir.path().join(n).exists();
     assert!(
@@ -509,7 +509,7 @@ fn space_per_utxo_on_synthetic_chain() {
         }
         if txnum % 40_000 == 39_999 {
             set.flush(&mut alloc).unwrap();
-            set.compact(&mut alloc, 1 << 20).unwrap();
+            set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap();
         }
     }
     set.flush(&mut alloc).unwrap();
@@ -532,6 +532,8 @@ enum Op {
     Flush,
     Compact(usize),
     CompactAll,
+    /// Waits for a background merge and installs it.
+    Settle,
     Commit,
     Reopen,
 }
@@ -544,9 +546,28 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         1 => prop_oneof![Just(0usize), Just(300), Just(1 << 20)].prop_map(Op::Compact),
         1 => Just(Op::CompactAll),
+        1 => Just(Op::Settle),
         1 => Just(Op::Commit),
         1 => Just(Op::Reopen),
     ]
+}
+
+/// The run files in `dir`, oldest (lowest id) first.
+fn run_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<(u64, String)> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let id = name
+                .strip_prefix("utxo-")?
+                .strip_suffix(".run")?
+                .parse()
+                .ok()?;
+            Some((id, name))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, name)| name).collect()
 }
 
 fn check_view(set: &UtxoSet, model: &BTreeMap<(u64, u32), (HashX, u64)>) {
@@ -570,8 +591,13 @@ fn check_view(set: &UtxoSet, model: &BTreeMap<(u64, u32), (HashX, u64)>) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn matches_a_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn matches_a_model(
+        ops in proptest::collection::vec(op(), 1..60),
+        background in any::<bool>(),
+    ) {
         let dir = tempfile::tempdir().unwrap();
+        // In the background every merge runs on its own thread.
+        let threshold = if background { 0 } else { u64::MAX };
         let mut alloc = ids();
         let mut set = UtxoSet::open(dir.path(), &[]).unwrap();
         let mut model: BTreeMap<(u64, u32), (HashX, u64)> = BTreeMap::new();
@@ -602,7 +628,7 @@ proptest! {
                 }
                 Op::Compact(memory) => {
                     set.flush(&mut alloc).unwrap();
-                    set.compact(&mut alloc, memory).unwrap();
+                    set.compact(&mut alloc, memory, threshold).unwrap();
                     check_view(&set, &model);
                 }
                 Op::CompactAll => {
@@ -612,12 +638,20 @@ proptest! {
                     assert!(!set.compact_all(&mut alloc, 300).unwrap(), "nothing left to merge");
                     check_view(&set, &model);
                 }
+                Op::Settle => {
+                    set.flush(&mut alloc).unwrap();
+                    set.finish_background(true).unwrap();
+                    check_view(&set, &model);
+                }
                 Op::Commit => set.committed(),
                 Op::Reopen => {
                     set.flush(&mut alloc).unwrap();
                     set.committed();
                     let state = set.state();
+                    let named = set.file_names();
                     drop(set);
+                    // Dropped mid-merge or not, no unnamed run is left behind.
+                    assert_eq!(run_files(dir.path()), named);
                     set = UtxoSet::open(dir.path(), &state).unwrap();
                     check_view(&set, &model);
                 }
@@ -660,4 +694,136 @@ fn views_can_be_shared_across_threads() {
     fn shareable<T: Send + Sync + Clone + 'static>() {}
     shareable::<UtxoView>();
     shareable::<crate::history::HistoryView>();
+}
+
+/// A set holding `runs` flushed runs of 300 outputs each over 30 scripts, the later ones
+/// spending a third of the earlier ones' outputs.
+fn flushed(dir: &Path, alloc: &mut dyn FnMut() -> u64, runs: u64) -> UtxoSet {
+    let mut set = UtxoSet::open(dir, &[]).unwrap();
+    for t in 0..runs * 300 {
+        set.add(hx((t % 30) as u8), t, 0, t * 10);
+        if t >= 300 && t % 3 == 0 {
+            set.spend(t - 300, 0).unwrap();
+        }
+        if t % 300 == 299 {
+            set.flush(alloc).unwrap();
+        }
+    }
+    set
+}
+
+/// The outputs `flushed(_, _, runs)` leaves unspent.
+fn model_of(runs: u64) -> BTreeMap<(u64, u32), (HashX, u64)> {
+    let n = runs * 300;
+    (0..n)
+        .filter(|&t| t + 300 >= n || (t + 300) % 3 != 0)
+        .map(|t| ((t, 0), (hx((t % 30) as u8), t * 10)))
+        .collect()
+}
+
+#[test]
+fn a_background_merge_writes_what_an_inline_merge_writes() {
+    let (inline_dir, bg_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (ids(), ids());
+    let mut inline = flushed(inline_dir.path(), &mut a, 4);
+    let mut bg = flushed(bg_dir.path(), &mut b, 4);
+    check_view(&inline, &model_of(4));
+    assert!(inline.compact(&mut a, 1 << 20, u64::MAX).unwrap());
+    // The first call only starts the merge; the runs stay as they are until it is done.
+    assert!(!bg.compact(&mut b, 1 << 20, 0).unwrap());
+    assert!(bg.background.is_some());
+    assert_eq!(bg.file_names().len(), 4);
+    check_view(&bg, &model_of(4));
+    assert!(bg.finish_background(true).unwrap());
+    assert_eq!(bg.file_names(), inline.file_names());
+    let name = inline.file_names()[0].clone();
+    assert_eq!(
+        fs::read(inline_dir.path().join(&name)).unwrap(),
+        fs::read(bg_dir.path().join(&name)).unwrap(),
+        "byte for byte the same run"
+    );
+    check_view(&bg, &model_of(4));
+}
+
+#[test]
+fn newer_runs_are_merged_while_a_background_merge_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 2);
+    // A background merge of both runs that finishes only when the test says so.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let inputs = set.runs.clone();
+    let (id, path) = set.new_run(&mut alloc);
+    let keys = inputs.iter().map(|r| r.id()).collect();
+    set.background = Some(
+        Background::start("test-merge", dir.path(), keys, move |cancel| {
+            wait.recv().unwrap();
+            merge_runs(&inputs, true, &path, id, 1 << 20, cancel).map(|(run, _)| run)
+        })
+        .unwrap(),
+    );
+    // Newer runs spend outputs of the merging ones: their tombstones must keep hiding them.
+    for t in 600..700 {
+        set.add(hx((t % 30) as u8), t, 0, t * 10);
+        set.spend(t - 600, 0).unwrap();
+        if t % 50 == 49 {
+            set.flush(&mut alloc).unwrap();
+        }
+    }
+    let mut model = model_of(2);
+    for t in 600..700 {
+        model.remove(&(t - 600, 0));
+        model.insert((t, 0), (hx((t % 30) as u8), t * 10));
+    }
+    assert!(set.compact(&mut alloc, 1 << 20, u64::MAX).unwrap());
+    assert_eq!(set.runs.len(), 3, "{:?}", set.file_names());
+    assert_eq!(set.background_range(), Some(0..2));
+    check_view(&set, &model);
+    go.send(()).unwrap();
+    assert!(set.finish_background(true).unwrap());
+    assert_eq!(set.runs.len(), 2);
+    assert_eq!(set.runs[0].id(), id);
+    check_view(&set, &model);
+    set.committed();
+    assert_eq!(run_files(dir.path()), set.file_names());
+}
+
+#[test]
+fn merging_everything_stops_a_background_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 4);
+    set.compact(&mut alloc, 1 << 20, 0).unwrap();
+    assert!(set.background.is_some());
+    assert!(set.compact_all(&mut alloc, 1 << 20).unwrap());
+    assert!(set.background.is_none());
+    assert_eq!(set.file_names().len(), 1);
+    check_view(&set, &model_of(4));
+    set.committed();
+    assert_eq!(run_files(dir.path()), set.file_names());
+}
+
+#[test]
+fn dropping_the_set_stops_a_background_merge_and_removes_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let mut set = flushed(dir.path(), &mut alloc, 4);
+    let named = set.file_names();
+    set.compact(&mut alloc, 1 << 20, 0).unwrap();
+    drop(set);
+    assert_eq!(run_files(dir.path()), named);
+}
+
+#[test]
+fn a_cancelled_merge_stops_with_an_error_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alloc = ids();
+    let set = flushed(dir.path(), &mut alloc, 4);
+    let named = set.file_names();
+    let (id, path) = set.new_run(&mut alloc);
+    let err = merge_runs(&set.runs, true, &path, id, 1 << 20, &AtomicBool::new(true))
+        .err()
+        .unwrap();
+    assert_eq!(err.to_string(), "UTXO merge cancelled");
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), named.len());
 }

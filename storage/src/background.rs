@@ -1,0 +1,102 @@
+//! A merge running on a thread of its own. At the tip, a merge of a whole structure would
+//! hold up the next block for as long as it takes (minutes for mainnet's history or UTXO
+//! set), so big merges are started by one `compact` and installed by a later one, if the
+//! files they read are still in place as they read them.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// A merge of the files described by `inputs` (each as its id, plus whatever else a merge
+/// reads of it, such as a rollback cut), producing a `T`.
+pub(crate) struct Background<K, T> {
+    inputs: Vec<K>,
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<Result<T>>,
+}
+
+/// What became of a merge taken out with [`Background::take_finished`].
+pub(crate) enum Finished<T> {
+    /// Done, and its inputs are at `Range` in the current list: put `T` there.
+    Install(Range<usize>, T),
+    /// Cancelled, failed after a cancel, or its inputs changed: `T` (if any) is not wanted.
+    Stale(Option<T>),
+}
+
+impl<K: Copy + PartialEq, T: Send + 'static> Background<K, T> {
+    /// Starts `merge` on a thread named `name`; it should check the flag it is given with
+    /// [`check_cancel`] as it goes. `dir` names the store in a spawn error.
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        inputs: Vec<K>,
+        merge: impl FnOnce(&AtomicBool) -> Result<T> + Send + 'static,
+    ) -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || merge(&flag))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Background {
+            inputs,
+            cancel,
+            thread,
+        })
+    }
+
+    /// Asks the merge to stop; whatever it produces will be stale.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Where its inputs are in `now`, if they are all still there as it read them (side by
+    /// side, in order) and it was not cancelled.
+    pub fn range_in(&self, now: &[K]) -> Option<Range<usize>> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        let first = *self.inputs.first()?;
+        let start = now.iter().position(|k| *k == first)?;
+        let range = start..start + self.inputs.len();
+        (now.get(range.clone())? == self.inputs.as_slice()).then_some(range)
+    }
+
+    /// Takes the merge out of `slot` if it is done (or, with `wait`, once it is), and says
+    /// where its output goes given the current inputs `now`. `None`: nothing to take. The
+    /// error of a merge whose output would have been installed is returned; that of a stale
+    /// one does not matter.
+    pub fn take_finished(
+        slot: &mut Option<Self>,
+        wait: bool,
+        now: &[K],
+    ) -> Result<Option<Finished<T>>> {
+        match slot {
+            Some(bg) if wait || bg.thread.is_finished() => {}
+            _ => return Ok(None),
+        }
+        let bg = slot.take().expect("checked above");
+        let range = bg.range_in(now);
+        let result = bg
+            .thread
+            .join()
+            .map_err(|_| Error::Invalid("a background merge thread panicked".into()))?;
+        Ok(Some(match (range, result) {
+            (Some(range), Ok(out)) => Finished::Install(range, out),
+            (Some(_), Err(e)) => return Err(e),
+            (None, out) => Finished::Stale(out.ok()),
+        }))
+    }
+}
+
+/// The error a cancelled merge stops with, once its flag is set.
+pub(crate) fn check_cancel(cancel: &AtomicBool, what: &str) -> Result<()> {
+    match cancel.load(Ordering::Relaxed) {
+        true => Err(Error::Invalid(format!("{what} merge cancelled"))),
+        false => Ok(()),
+    }
+}
