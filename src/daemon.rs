@@ -13,7 +13,7 @@ use bitcoin::base64::engine::general_purpose::STANDARD as BASE64;
 use bitcoin::base64::Engine;
 use bitcoin::BlockHash;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::coin::Network;
@@ -252,6 +252,8 @@ pub struct Daemon {
     cookie: Mutex<Option<String>>,
     /// Index of the node in use (modulo the list's length).
     current: AtomicUsize,
+    /// Signalled whenever the node in use changes (failover, [`Daemon::set_urls`]).
+    node_changed: watch::Sender<()>,
     permits: Semaphore,
     timeout: Duration,
     give_up_after: Option<Duration>,
@@ -268,6 +270,7 @@ impl Daemon {
             cookie_file: settings.cookie_file.clone(),
             cookie: Mutex::new(None),
             current: AtomicUsize::new(0),
+            node_changed: watch::Sender::new(()),
             permits: Semaphore::new(settings.max_concurrency.max(1)),
             timeout: settings.request_timeout,
             give_up_after: settings.give_up_after,
@@ -306,14 +309,25 @@ impl Daemon {
                 pool: Mutex::new(Vec::new()),
                 last_problem: Mutex::new(None),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // The same node again (new credentials, say) is no change of node.
+        let moved = !self.nodes().is_empty() && self.current_url() != nodes[0].url.logged();
         *self.nodes.write().expect("nodes lock") = Arc::new(nodes);
         self.current.store(0, Ordering::Relaxed);
+        if moved {
+            self.node_changed.send_replace(());
+        }
         Ok(())
     }
 
     fn nodes(&self) -> Arc<Vec<Node>> {
         self.nodes.read().expect("nodes lock").clone()
+    }
+
+    /// Marked changed whenever the node in use changes, so that whatever follows that node
+    /// (its ZMQ publisher) can follow it to the next.
+    pub fn node_changes(&self) -> watch::Receiver<()> {
+        self.node_changed.subscribe()
     }
 
     /// The node currently used.
@@ -730,6 +744,7 @@ impl Daemon {
             .is_ok()
         {
             info!("failing over to daemon {}", nodes[next].url.logged());
+            self.node_changed.send_replace(());
         }
     }
 }
@@ -1168,6 +1183,46 @@ mod tests {
             [nodes[1].url()],
             "kept to restore"
         );
+    }
+
+    #[tokio::test]
+    async fn changes_of_the_node_in_use_are_signalled() {
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            nodes.push(
+                FakeNode::start(
+                    false,
+                    Arc::new(move |seen: &Seen| {
+                        (i == 1).then(|| (200, reply(&seen.body["id"], json!(i))))
+                    }),
+                )
+                .await,
+            );
+        }
+        let daemon = daemon(vec![nodes[1].url()]);
+        let mut changes = daemon.node_changes();
+        let changed = |c: &mut watch::Receiver<()>| {
+            let changed = c.has_changed().unwrap();
+            c.mark_unchanged();
+            changed
+        };
+        assert_eq!(daemon.block_count().await.unwrap(), 1);
+        assert!(!changed(&mut changes), "requests to the same node");
+        assert!(daemon.set_urls(&["u:p@h:bad".into()]).is_err());
+        assert!(!changed(&mut changes), "a refused list");
+        // The same node under other credentials is no change of node.
+        daemon
+            .set_urls(&[nodes[1].url().replace("u:p", "v:q")])
+            .unwrap();
+        assert!(!changed(&mut changes), "the same node");
+        daemon
+            .set_urls(&[format!("{},{}", nodes[0].url(), nodes[1].url())])
+            .unwrap();
+        assert!(changed(&mut changes), "another node by daemon_url");
+        // The first node drops every request: failing over to the second is a change too.
+        assert_eq!(daemon.block_count().await.unwrap(), 1);
+        assert!(changed(&mut changes), "failover");
+        assert!(!changed(&mut changes));
     }
 
     #[tokio::test]
