@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::daemon::{self, Daemon};
@@ -120,41 +120,84 @@ enum Found {
 }
 
 async fn follow(setting: Setting, daemon: Arc<Daemon>, notify: Arc<Notify>) {
+    // With `auto` the publisher is the node in use's: when another node takes over (failover,
+    // the `daemon_url` command), the old one's publisher may well stay up, and listening to it
+    // would leave new blocks to polling. An explicit endpoint stays whatever the node.
+    let mut node_changes = (setting == Setting::Auto).then(|| daemon.node_changes());
     let mut retry = MIN_RETRY;
     // The last problem logged, so that a problem that persists is logged once.
     let mut last_problem: Option<String> = None;
     loop {
-        let found = match &setting {
-            Setting::Endpoint(endpoint) => Found::At(endpoint.clone()),
-            _ => discover(&daemon).await,
-        };
-        let problem = match found {
-            Found::Nowhere(why) => why,
-            Found::At(endpoint) => match subscribe(&endpoint).await {
-                Err(e) => format!("cannot subscribe to {endpoint}: {e}"),
-                Ok(mut subscriber) => {
-                    info!("subscribed to the node's block notifications at {endpoint}");
-                    // Blocks may have come while we were not listening.
-                    notify.notify_one();
-                    let since = tokio::time::Instant::now();
-                    let e = receive(&mut subscriber, &notify).await;
-                    // A publisher that drops every connection at once is retried ever more
-                    // slowly, and its complaint logged once; one that served a while is not.
-                    if since.elapsed() >= MAX_RETRY {
-                        last_problem = None;
-                        retry = MIN_RETRY;
-                    }
-                    format!("block notifications from {endpoint} stopped: {e}")
-                }
-            },
-        };
-        if last_problem.as_ref() != Some(&problem) {
-            warn!("{problem}; polling the node for blocks, retrying ZMQ");
-            last_problem = Some(problem);
+        if let Some(changes) = &mut node_changes {
+            // Marked before asking the node, so a change while asking is not missed.
+            changes.mark_unchanged();
         }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(MAX_RETRY);
+        let attempt = async {
+            let (problem, served) = subscription(&setting, &daemon, &notify).await;
+            // A publisher that drops every connection at once is retried ever more slowly,
+            // and its complaint logged once; one that served a while is not.
+            if served {
+                last_problem = None;
+                retry = MIN_RETRY;
+            }
+            if last_problem.as_ref() != Some(&problem) {
+                warn!("{problem}; polling the node for blocks, retrying ZMQ");
+                last_problem = Some(problem);
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(MAX_RETRY);
+        };
+        let moved = tokio::select! {
+            () = attempt => false,
+            () = node_changed(&mut node_changes) => true,
+        };
+        if moved {
+            info!(
+                "the node in use changed to {}: looking up its ZMQ publisher again",
+                daemon.current_url()
+            );
+            // A new node: its problems are news, and it is asked at once.
+            last_problem = None;
+            retry = MIN_RETRY;
+        }
     }
+}
+
+/// Finds the publisher and listens to it until that fails: why it stopped, and whether the
+/// subscription served a while.
+async fn subscription(setting: &Setting, daemon: &Daemon, notify: &Notify) -> (String, bool) {
+    let found = match setting {
+        Setting::Endpoint(endpoint) => Found::At(endpoint.clone()),
+        _ => discover(daemon).await,
+    };
+    let endpoint = match found {
+        Found::Nowhere(why) => return (why, false),
+        Found::At(endpoint) => endpoint,
+    };
+    let mut subscriber = match subscribe(&endpoint).await {
+        Ok(subscriber) => subscriber,
+        Err(e) => return (format!("cannot subscribe to {endpoint}: {e}"), false),
+    };
+    info!("subscribed to the node's block notifications at {endpoint}");
+    // Blocks may have come while we were not listening.
+    notify.notify_one();
+    let since = tokio::time::Instant::now();
+    let e = receive(&mut subscriber, notify).await;
+    (
+        format!("block notifications from {endpoint} stopped: {e}"),
+        since.elapsed() >= MAX_RETRY,
+    )
+}
+
+/// Resolves when the node in use changes; never without `changes` (an explicit endpoint).
+async fn node_changed(changes: &mut Option<watch::Receiver<()>>) {
+    if let Some(changes) = changes {
+        // The sender lives in the `Daemon` this task holds: it cannot close under us.
+        if changes.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 async fn discover(daemon: &Daemon) -> Found {
