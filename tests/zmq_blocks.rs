@@ -2,19 +2,21 @@
 //! every 10 minutes, learns of a block as soon as a real libzmq publisher
 //! (`tools/zmq_publisher.py`, the library bitcoind publishes with) sends its `hashblock`,
 //! finding the publisher through the node's `getzmqnotifications`; it subscribes again after
-//! the publisher restarts. Nodes without ZMQ, and endpoints that refuse, get log lines that
-//! say what to change.
+//! the publisher restarts, and moves to the new node's publisher when another node takes over
+//! (the `daemon_url` command, failover) while the old one's is still up. Nodes without ZMQ,
+//! and endpoints that refuse, get log lines that say what to change.
 
 mod mempool_support;
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferrum_tools::emulator::{Emulator, EmulatorConfig};
+use ferrum_tools::emulator::{Auth, Emulator, EmulatorConfig};
 use ferrum_tools::regtest::RegtestNode;
 use mempool_support::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Long enough that no block in these tests can be found by polling.
 const NO_POLLING: &str = "600000";
@@ -147,6 +149,119 @@ async fn blocks_announced_over_zmq_reach_wallets_without_polling() {
         wallet.call("blockchain.headers.subscribe", json!([])).await["height"],
         json!(113)
     );
+    server.stop();
+}
+
+/// A node of a chain both such nodes share, publishing `hashblock` through its own publisher;
+/// the node's credentials are `auth`'s.
+fn node_with_publisher(auth: Auth) -> (Emulator, Publisher) {
+    let publisher = Publisher::bind("tcp://127.0.0.1:*");
+    let mut config = EmulatorConfig::generated(5, 110);
+    config.auth = auth;
+    config.zmq_pubhashblock = Some(format!("tcp://127.0.0.1:{}", publisher.port));
+    (Emulator::start(config).unwrap(), publisher)
+}
+
+/// The line the server logs when it subscribes at `publisher`.
+fn subscribed_at(publisher: &Publisher) -> String {
+    format!(
+        "subscribed to the node's block notifications at tcp://127.0.0.1:{}",
+        publisher.port
+    )
+}
+
+/// The line the server logs when the node at `emu` takes over.
+fn moved_to(emu: &Emulator) -> String {
+    format!(
+        "the node in use changed to 127.0.0.1:{}/: looking up its ZMQ publisher again",
+        emu.rpc_addr().port()
+    )
+}
+
+/// One call to the server's local RPC: its reply.
+fn local_rpc(server: &Ferrum, method: &str, params: Value) -> Value {
+    let mut stream = TcpStream::connect(server.rpc).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    writeln!(stream, "{request}").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad reply {line:?}: {e}"))
+}
+
+/// `daemon_url` switches to another node while the first one's publisher stays up: the next
+/// block, announced only by the new node's publisher, still reaches wallets without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_url_moves_the_subscription_to_the_new_nodes_publisher() {
+    let (first, mut first_publisher) = node_with_publisher(Auth::Cookie(None));
+    let (second, mut second_publisher) =
+        node_with_publisher(Auth::UserPass("alice".into(), "secret".into()));
+    let server = Ferrum::start(
+        first.rpc_addr().port(),
+        first.cookie_path().unwrap(),
+        &[("DAEMON_POLL_INTERVAL_BLOCKS", NO_POLLING)],
+    );
+    wait_for_log(&server, &subscribed_at(&first_publisher), 1);
+    let mut wallet = Wallet::connect(server.tcp, "1.4").await;
+    let tip = wallet.call("blockchain.headers.subscribe", json!([])).await;
+    assert_eq!(tip["height"], json!(110));
+    mine_and_announce(&first, &mut first_publisher, &mut wallet).await;
+    // The second node catches up: the same generated chain, so the same block.
+    assert_eq!(second.mine(1).unwrap(), [first.best_hash()]);
+
+    let port = second.rpc_addr().port();
+    let url = format!("alice:secret@127.0.0.1:{port}");
+    let reply = local_rpc(&server, "daemon_url", json!([url]));
+    assert_eq!(
+        reply["result"],
+        format!("now using daemon at 127.0.0.1:{port}/"),
+        "{reply}"
+    );
+    wait_for_log(&server, &moved_to(&second), 1);
+    wait_for_log(&server, &subscribed_at(&second_publisher), 1);
+    mine_and_announce(&second, &mut second_publisher, &mut wallet).await;
+    assert_eq!(
+        wallet.call("blockchain.headers.subscribe", json!([])).await["height"],
+        json!(112)
+    );
+    // The first publisher was left when the node changed, not because it failed.
+    assert!(
+        !server.log_text().contains("stopped"),
+        "{}",
+        server.log_text()
+    );
+    server.stop();
+}
+
+/// The node in use goes down and the client fails over (found by mempool polling) while that
+/// node's publisher stays up: the subscription moves to the next node's publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_moves_the_subscription_to_the_next_nodes_publisher() {
+    let (first, first_publisher) = node_with_publisher(Auth::Cookie(None));
+    let (second, mut second_publisher) =
+        node_with_publisher(Auth::UserPass("alice".into(), "secret".into()));
+    let urls = format!(
+        "127.0.0.1:{},alice:secret@127.0.0.1:{}",
+        first.rpc_addr().port(),
+        second.rpc_addr().port()
+    );
+    let server = Ferrum::start(
+        first.rpc_addr().port(),
+        first.cookie_path().unwrap(),
+        &[
+            ("DAEMON_URL", &urls),
+            ("DAEMON_POLL_INTERVAL_BLOCKS", NO_POLLING),
+        ],
+    );
+    wait_for_log(&server, &subscribed_at(&first_publisher), 1);
+    let mut wallet = Wallet::connect(server.tcp, "1.4").await;
+    let tip = wallet.call("blockchain.headers.subscribe", json!([])).await;
+    assert_eq!(tip["height"], json!(110));
+
+    first.set_online(false).unwrap();
+    wait_for_log(&server, &moved_to(&second), 1);
+    wait_for_log(&server, &subscribed_at(&second_publisher), 1);
+    mine_and_announce(&second, &mut second_publisher, &mut wallet).await;
     server.stop();
 }
 
