@@ -19,15 +19,13 @@ pub(crate) struct Background<K, T> {
     thread: JoinHandle<Result<T>>,
 }
 
-/// What became of a merge taken out with [`Background::take_finished`].
-pub(crate) enum Finished<T> {
-    /// Done, and its inputs are at `Range` in the current list: put `T` there.
-    Install(Range<usize>, T),
-    /// Cancelled, failed after a cancel, or its inputs changed: `T` (if any) is not wanted.
-    Stale(Option<T>),
+/// A merge's output: a file that no manifest names until it is installed and committed.
+pub(crate) trait Output: Send + 'static {
+    /// Deletes it (once its last reader lets go), for a merge that is not installed.
+    fn discard(self);
 }
 
-impl<K: Copy + PartialEq, T: Send + 'static> Background<K, T> {
+impl<K: Copy + PartialEq, T: Output> Background<K, T> {
     /// Starts `merge` on a thread named `name`; it should check the flag it is given with
     /// [`check_cancel`] as it goes. `dir` names the store in a spawn error.
     pub fn start(
@@ -66,15 +64,14 @@ impl<K: Copy + PartialEq, T: Send + 'static> Background<K, T> {
         (now.get(range.clone())? == self.inputs.as_slice()).then_some(range)
     }
 
-    /// Takes the merge out of `slot` if it is done (or, with `wait`, once it is), and says
-    /// where its output goes given the current inputs `now`. `None`: nothing to take. The
-    /// error of a merge whose output would have been installed is returned; that of a stale
-    /// one does not matter.
-    pub fn take_finished(
+    /// Takes the merge out of `slot` if it is done (or, with `wait`, once it is): its output
+    /// and where it goes given the current inputs `now`. An output whose inputs changed
+    /// meanwhile, or that was cancelled, is discarded; so is a cancelled merge's error.
+    pub fn finish(
         slot: &mut Option<Self>,
         wait: bool,
         now: &[K],
-    ) -> Result<Option<Finished<T>>> {
+    ) -> Result<Option<(Range<usize>, T)>> {
         match slot {
             Some(bg) if wait || bg.thread.is_finished() => {}
             _ => return Ok(None),
@@ -85,11 +82,23 @@ impl<K: Copy + PartialEq, T: Send + 'static> Background<K, T> {
             .thread
             .join()
             .map_err(|_| Error::Invalid("a background merge thread panicked".into()))?;
-        Ok(Some(match (range, result) {
-            (Some(range), Ok(out)) => Finished::Install(range, out),
-            (Some(_), Err(e)) => return Err(e),
-            (None, out) => Finished::Stale(out.ok()),
-        }))
+        match (range, result) {
+            (Some(range), result) => Ok(Some((range, result?))),
+            (None, Ok(out)) => {
+                out.discard();
+                Ok(None)
+            }
+            (None, Err(_)) => Ok(None),
+        }
+    }
+
+    /// Stops the merge in `slot`, if any, waits for its thread and discards its output.
+    pub fn stop(slot: &mut Option<Self>) {
+        if let Some(bg) = slot {
+            bg.cancel();
+            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
+            let _ = Self::finish(slot, true, &[]);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::background::{check_cancel, Background, Finished};
+use crate::background::{check_cancel, Background, Output};
 use crate::error::{Error, Result};
 use crate::utxo::sorted_file::pick_merge;
 use crate::varint;
@@ -250,7 +250,7 @@ impl HistorySet {
     /// the end of an initial sync, whose flushes leave several). Returns whether there was
     /// work.
     pub fn compact_all(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
-        self.cancel_background();
+        Background::stop(&mut self.background);
         match self.segs.as_slice() {
             [] => Ok(false),
             [only] if only.cut.is_none() => Ok(false),
@@ -324,27 +324,11 @@ impl HistorySet {
     /// whose inputs changed meanwhile is thrown away. Returns whether the segments changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
         let keys = self.keys();
-        match Background::take_finished(&mut self.background, wait, &keys)? {
-            Some(Finished::Install(range, merged)) => {
-                self.install(range, merged);
-                Ok(true)
-            }
-            // Its output, named by no manifest, goes.
-            Some(Finished::Stale(Some(Some(seg)))) => {
-                seg.file().mark_obsolete();
-                Ok(false)
-            }
-            Some(Finished::Stale(_)) | None => Ok(false),
-        }
-    }
-
-    /// Stops a background merge and throws its output away.
-    fn cancel_background(&mut self) {
-        if let Some(bg) = &self.background {
-            bg.cancel();
-            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
-            let _ = self.finish_background(true);
-        }
+        let Some((range, merged)) = Background::finish(&mut self.background, wait, &keys)? else {
+            return Ok(false);
+        };
+        self.install(range, merged);
+        Ok(true)
     }
 
     /// Segment ids and cuts, for the manifest.
@@ -455,9 +439,17 @@ fn merge_segments(
     }
 }
 
+impl Output for Option<Segment> {
+    fn discard(self) {
+        if let Some(seg) = self {
+            seg.file().mark_obsolete();
+        }
+    }
+}
+
 impl Drop for HistorySet {
     fn drop(&mut self) {
-        self.cancel_background();
+        Background::stop(&mut self.background);
     }
 }
 

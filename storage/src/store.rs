@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use crate::array::{ArrayWriter, COUNTS, HEADERS, TXHASHES};
+use crate::background::check_cancel;
 use crate::block::BlockData;
 use crate::error::{Error, Result};
 use crate::file::sync_dir;
@@ -628,7 +630,9 @@ impl Store {
             let utxos = s.utxo.view();
             let pruning = Pruning {
                 cost: utxos.bytes(),
-                live: Box::new(move |base, end| live_txs(&utxos, base, end, memory)),
+                live: Box::new(move |base, end, cancel| {
+                    live_txs(&utxos, base, end, memory, cancel)
+                }),
             };
             let all = how == Merging::All;
             let c = s
@@ -668,13 +672,24 @@ enum Merging {
 }
 
 /// The txs in `base..end` that have unspent outputs, read from the whole UTXO set, or `None`
-/// when the set (a bit per tx) would not fit in `memory`.
-fn live_txs(utxos: &UtxoView, base: u64, end: u64, memory: usize) -> Result<Option<LiveTxs>> {
+/// when the set (a bit per tx) would not fit in `memory`. Stops with an error once `cancel`
+/// is set.
+fn live_txs(
+    utxos: &UtxoView,
+    base: u64,
+    end: u64,
+    memory: usize,
+    cancel: &AtomicBool,
+) -> Result<Option<LiveTxs>> {
     if LiveTxs::bytes(base, end) > memory as u64 {
         return Ok(None);
     }
     let mut live = LiveTxs::new(base, end);
-    utxos.for_each(&mut |_, u| live.insert(u.txnum))?;
+    utxos.try_for_each(&mut |_, u| {
+        check_cancel(cancel, "txid index")?;
+        live.insert(u.txnum);
+        Ok(())
+    })?;
     Ok(Some(live))
 }
 

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::background::{check_cancel, Background, Finished};
+use crate::background::{check_cancel, Background, Output};
 use crate::error::{Error, Result};
 use crate::file::ImmutableFile;
 use crate::frame::{decode_frame, encode_frame, FRAME_OVERHEAD};
@@ -460,26 +460,32 @@ pub struct TxIndexWriter {
 pub struct Pruning {
     /// The bytes it reads to find out, counted toward a background merge's size.
     pub cost: u64,
-    /// Called with the merge's `base` and `end`; `None` keeps every tx (the set would not fit
-    /// in memory).
+    /// Called with the merge's `base` and `end`, and the merge's cancel flag; `None` keeps
+    /// every tx (the set would not fit in memory).
     pub live: LiveFn,
 }
 
-pub type LiveFn = Box<dyn FnOnce(u64, u64) -> Result<Option<LiveTxs>> + Send>;
+pub type LiveFn = Box<dyn FnOnce(u64, u64, &AtomicBool) -> Result<Option<LiveTxs>> + Send>;
 
 impl Pruning {
     /// Keeps every tx.
     pub fn none() -> Pruning {
         Pruning {
             cost: 0,
-            live: Box::new(|_, _| Ok(None)),
+            live: Box::new(|_, _, _| Ok(None)),
         }
+    }
+}
+
+impl Output for RunRef {
+    fn discard(self) {
+        self.run.file.mark_obsolete();
     }
 }
 
 impl Drop for TxIndexWriter {
     fn drop(&mut self) {
-        self.cancel_background();
+        Background::stop(&mut self.background);
     }
 }
 
@@ -641,8 +647,11 @@ impl TxIndexWriter {
     /// there are dropped, others get their cap lowered.
     pub fn truncate(&mut self, tx_count: u64) {
         assert!(self.pending.is_empty());
-        // A merge running in the background read the runs before these caps.
-        self.cancel_background();
+        // A merge running in the background read the runs before these caps: its output is
+        // thrown away by the next compaction.
+        if let Some(bg) = &self.background {
+            bg.cancel();
+        }
         let (keep, drop): (Vec<RunRef>, Vec<RunRef>) = std::mem::take(&mut self.runs)
             .into_iter()
             .partition(|r| r.run.base < tx_count && r.cap > r.run.base);
@@ -694,13 +703,10 @@ impl TxIndexWriter {
         pruning: Pruning,
         background_from: u64,
     ) -> Result<bool> {
-        let worked = match all {
-            true => {
-                self.cancel_background();
-                false
-            }
-            false => self.finish_background(false)?,
-        };
+        if all {
+            Background::stop(&mut self.background);
+        }
+        let worked = self.finish_background(false)?;
         let floor = self.background_range().map_or(0, |r| r.end);
         let Some(start) = self.plan(all, floor) else {
             return Ok(worked);
@@ -758,27 +764,11 @@ impl TxIndexWriter {
     /// inputs changed meanwhile is thrown away. Returns whether the runs changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
         let keys = self.keys();
-        match Background::take_finished(&mut self.background, wait, &keys)? {
-            Some(Finished::Install(range, merged)) => {
-                self.install(range, merged);
-                Ok(true)
-            }
-            // Its output, named by no manifest, goes.
-            Some(Finished::Stale(Some(merged))) => {
-                merged.run.file.mark_obsolete();
-                Ok(false)
-            }
-            Some(Finished::Stale(None)) | None => Ok(false),
-        }
-    }
-
-    /// Stops a background merge and throws its output away.
-    fn cancel_background(&mut self) {
-        if let Some(bg) = &self.background {
-            bg.cancel();
-            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
-            let _ = self.finish_background(true);
-        }
+        let Some((range, merged)) = Background::finish(&mut self.background, wait, &keys)? else {
+            return Ok(false);
+        };
+        self.install(range, merged);
+        Ok(true)
     }
 
     /// The manifest without the dropped runs is durable: let their files go.
@@ -809,7 +799,7 @@ fn merge_runs(
         .max()
         .expect("inputs")
         .max(base);
-    let keep = live(base, end)?;
+    let keep = live(base, end, cancel)?;
     let estimate = keep.as_ref().map_or(total, |k| k.len().min(total));
     let mut iters: Vec<(RunIter, u64)> = inputs
         .iter()
@@ -974,7 +964,7 @@ mod tests {
             w.flush(&mut || 2).unwrap();
             let live = Pruning {
                 cost: 0,
-                live: Box::new(move |base, end| {
+                live: Box::new(move |base, end, _| {
                     let mut l = LiveTxs::new(base, end);
                     for t in (0..n * 2).step_by(5) {
                         l.insert(t);
@@ -1066,7 +1056,7 @@ mod tests {
         let (tell, asked) = std::sync::mpsc::channel();
         let live = Pruning {
             cost: 0,
-            live: Box::new(move |base, end| {
+            live: Box::new(move |base, end, _| {
                 tell.send((base, end)).unwrap();
                 let mut l = LiveTxs::new(base, end);
                 for n in [2, 3, 8, 100, 139] {
@@ -1157,7 +1147,7 @@ mod tests {
         let (go, wait) = std::sync::mpsc::channel();
         let pruning = Pruning {
             cost: 0,
-            live: Box::new(move |base, end| {
+            live: Box::new(move |base, end, _| {
                 let _ = wait.recv();
                 let mut l = LiveTxs::new(base, end);
                 (base..end).step_by(3).for_each(|t| l.insert(t));
@@ -1242,7 +1232,8 @@ mod tests {
             drop(go); // its pruning goes on at once; the cancel decides
             if rollback {
                 w.truncate(1500);
-                assert!(w.background.is_none());
+                assert_eq!(w.background_range(), None, "cancelled");
+                assert!(!w.finish_background(true).unwrap(), "thrown away");
                 assert_eq!(
                     w.state(),
                     vec![(1, 1000), (2, 1500)],

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::background::{check_cancel, Background, Finished};
+use crate::background::{check_cancel, Background, Output};
 use crate::error::{Error, Result};
 use crate::varint;
 use crate::HashX;
@@ -324,7 +324,7 @@ impl UtxoSet {
         alloc_id: &mut dyn FnMut() -> u64,
         memory: usize,
     ) -> Result<bool> {
-        self.cancel_background();
+        Background::stop(&mut self.background);
         if self.runs.len() < 2 {
             return Ok(false);
         }
@@ -405,27 +405,11 @@ impl UtxoSet {
     /// inputs changed meanwhile is thrown away. Returns whether the runs changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
         let ids = self.ids();
-        match Background::take_finished(&mut self.background, wait, &ids)? {
-            Some(Finished::Install(range, merged)) => {
-                self.install(range, merged);
-                Ok(true)
-            }
-            // Its output, named by no manifest, goes.
-            Some(Finished::Stale(Some(Some(run)))) => {
-                run.file().mark_obsolete();
-                Ok(false)
-            }
-            Some(Finished::Stale(_)) | None => Ok(false),
-        }
-    }
-
-    /// Stops a background merge and throws its output away.
-    fn cancel_background(&mut self) {
-        if let Some(bg) = &self.background {
-            bg.cancel();
-            // Cancelled, it installs nothing: only its error (if any) is left, and unneeded.
-            let _ = self.finish_background(true);
-        }
+        let Some((range, merged)) = Background::finish(&mut self.background, wait, &ids)? else {
+            return Ok(false);
+        };
+        self.install(range, merged);
+        Ok(true)
     }
 
     /// The run ids, for the manifest.
@@ -482,9 +466,17 @@ fn merge_runs(
     })
 }
 
+impl Output for Option<Run> {
+    fn discard(self) {
+        if let Some(run) = self {
+            run.file().mark_obsolete();
+        }
+    }
+}
+
 impl Drop for UtxoSet {
     fn drop(&mut self) {
-        self.cancel_background();
+        Background::stop(&mut self.background);
     }
 }
 
@@ -610,6 +602,14 @@ impl UtxoView {
 
     /// Every unspent output in (hashx, txnum, vout) order, streaming one block per run.
     pub fn for_each(&self, f: &mut dyn FnMut(&HashX, &Utxo)) -> Result<()> {
+        self.try_for_each(&mut |h, u| {
+            f(h, u);
+            Ok(())
+        })
+    }
+
+    /// `for_each`, stopping at the first error `f` returns.
+    pub fn try_for_each(&self, f: &mut dyn FnMut(&HashX, &Utxo) -> Result<()>) -> Result<()> {
         run::merge(&self.runs, true, &mut |r| {
             let value = r.value.expect("merge dropped tombstones");
             f(
@@ -619,8 +619,7 @@ impl UtxoView {
                     vout: r.vout,
                     value,
                 },
-            );
-            Ok(())
+            )
         })
     }
 }
