@@ -1,5 +1,6 @@
 //! Undo records for the most recent blocks: what each block added to and removed from the UTXO
-//! set, so a rollback can restore it. One immutable file per commit, one crc frame per block;
+//! set, so a rollback can restore it. Immutable files of consecutive blocks (a commit's,
+//! split at 1/16 of the horizon), records packed into crc-framed compressed chunks;
 //! a record lists added outputs as per-tx counts and spent outputs grouped under front-coded
 //! script keys, zstd-compressed when that is smaller (see docs/STORAGE.md). A lean store's
 //! records also keep the spends' input order, in which its rollbacks are given their txids.
@@ -327,8 +328,9 @@ impl UndoLog {
         }
     }
 
-    /// Writes pending records as one fsynced file and forgets files that fell out of the
-    /// horizon of a chain whose tip is `tip`. Returns whether a file was created.
+    /// Writes pending records as fsynced files spanning at most `span_bound()` blocks each,
+    /// and forgets files that fell out of the horizon of a chain whose tip is `tip`. Returns
+    /// whether a file was created.
     pub fn flush(&mut self, alloc_id: &mut dyn FnMut() -> u64, tip: Option<u32>) -> Result<bool> {
         let low = tip.map_or(0, |t| (t + 1).saturating_sub(self.keep));
         let (keep, drop): (Vec<UndoFile>, Vec<UndoFile>) = std::mem::take(&mut self.files)
@@ -340,13 +342,22 @@ impl UndoLog {
             return Ok(false);
         }
         // Compressed here rather than in `push`: records that fall out of the horizon before
-        // the commit (most of them in an initial sync) are never compressed.
+        // the commit (most of them in an initial sync) are never compressed. Split so that
+        // the files of a long commit (an initial sync's) leave the horizon one by one instead
+        // of living, whole, until their last block leaves.
         let records: Vec<(u32, &[u8])> = self.pending.iter().map(|(h, b)| (*h, &b[..])).collect();
-        let file = self.write_file(alloc_id, &records)?;
-        self.files.push(file);
+        for group in records.chunks(self.span_bound() as usize) {
+            let file = self.write_file(alloc_id, group)?;
+            self.files.push(file);
+        }
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(true)
+    }
+
+    /// The most blocks a file spans: files outlive the horizon by at most 1/16 of it.
+    fn span_bound(&self) -> u32 {
+        (self.keep / 16).max(16)
     }
 
     /// Lowest height whose undo record is committed (records are contiguous up to the tip).
@@ -385,27 +396,14 @@ impl UndoLog {
 
     /// Merges the newest files, size-tiered by the blocks they span: take the newest file,
     /// then each older one while it spans at most twice what is taken and the total stays
-    /// within `max(keep / 16, 16)` blocks; merge when that takes `MERGE_FILES` or more, and
-    /// repeat. Following the tip commits one block at a time, so without this the log would
-    /// hold a file per block; the tiers rewrite each record O(log span) times, and the span
-    /// bound keeps a merged file from outliving the horizon by more than 1/16 of it. Returns
-    /// whether any merge happened.
-    ///
-    /// First, the oldest file is trimmed to the horizon once at least a quarter of it (and
-    /// of the span bound) has fallen below: a file lives until its last block leaves the
-    /// horizon, and one written by an initial sync can span far more than the horizon.
+    /// within `span_bound()`; merge when that takes `MERGE_FILES` or more, and repeat.
+    /// Following the tip commits one block at a time, so without this the log would hold a
+    /// file per block; the tiers rewrite each record O(log span) times. Returns whether any
+    /// merge happened.
     pub fn compact(&mut self, alloc_id: &mut dyn FnMut() -> u64) -> Result<bool> {
-        let cap = (self.keep / 16).max(16);
+        let cap = self.span_bound();
         let span = |r: &UndoRef| r.last - r.first + 1;
         let mut worked = false;
-        if let (Some(oldest), Some(newest)) = (self.files.first(), self.files.last()) {
-            let low = (newest.r.last + 1).saturating_sub(self.keep);
-            let dead = low.saturating_sub(oldest.r.first);
-            if dead >= cap && dead >= span(&oldest.r) / 4 && low <= oldest.r.last {
-                self.merge(0..1, low, alloc_id)?;
-                worked = true;
-            }
-        }
         loop {
             let Some(newest) = self.files.last() else {
                 return Ok(worked);
@@ -424,29 +422,22 @@ impl UndoLog {
             if self.files.len() - start < MERGE_FILES {
                 return Ok(worked);
             }
-            self.merge(start..self.files.len(), 0, alloc_id)?;
+            self.merge(start..self.files.len(), alloc_id)?;
             worked = true;
         }
     }
 
-    /// Rewrites the live records of `files[range]` from height `from` on as one file.
-    fn merge(
-        &mut self,
-        range: Range<usize>,
-        from: u32,
-        alloc_id: &mut dyn FnMut() -> u64,
-    ) -> Result<()> {
+    /// Rewrites the live records of `files[range]` as one file.
+    fn merge(&mut self, range: Range<usize>, alloc_id: &mut dyn FnMut() -> u64) -> Result<()> {
         let mut bodies: Vec<(u32, Vec<u8>)> = Vec::new();
         for f in &self.files[range.clone()] {
-            for_each_chunk(f, from, &mut |first, records, _| {
+            for_each_chunk(f, 0, &mut |first, records, _| {
                 for (i, body) in records.iter().enumerate() {
                     let height = first + i as u32;
                     if height > f.r.last {
                         return Ok(false);
                     }
-                    if height >= from {
-                        bodies.push((height, body.to_vec()));
-                    }
+                    bodies.push((height, body.to_vec()));
                 }
                 Ok(first + (records.len() as u32) <= f.r.last)
             })?;
@@ -615,10 +606,11 @@ mod tests {
         for r in &records {
             log.push(r);
         }
-        for h in 13..40 {
+        // 16 blocks: one file (a horizon of 100 splits commits into files of 16).
+        for h in 13..26 {
             log.push(&undo(h));
         }
-        log.flush(&mut || 1, Some(39)).unwrap();
+        log.flush(&mut || 1, Some(25)).unwrap();
         let path = dir.path().join(file_name(1));
         let data = std::fs::read(&path).unwrap();
         let mut frames = 0;
@@ -635,7 +627,7 @@ mod tests {
         for r in &records {
             assert_eq!(log.read(r.height).unwrap(), *r);
         }
-        for h in 13..40 {
+        for h in 13..26 {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
     }
@@ -860,9 +852,9 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_file_is_trimmed_to_the_horizon_once_a_quarter_is_below() {
+    fn a_long_commit_writes_files_that_leave_the_horizon_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
-        // A horizon of 64 blocks: merges span at most 16.
+        // A horizon of 64 blocks: files span at most 16.
         let mut log = UndoLog::open(dir.path(), 64, &[], false).unwrap();
         let mut id = 0;
         let mut alloc = || {
@@ -878,22 +870,29 @@ mod tests {
             log.committed();
             worked
         };
-        // Two 40-block commits: the horizon starts at 16, the first file at 0.
+        // A 40-block commit (as a sync makes): files of 16, 16 and 8 blocks.
         assert!(!commit(&mut log, 0..40));
-        assert!(
-            !commit(&mut log, 40..78),
-            "15 blocks below: under the bound"
-        );
-        assert_eq!(log.first_height(), Some(0));
-        assert!(commit(&mut log, 78..80));
+        let spans = |log: &UndoLog| -> Vec<(u32, u32)> {
+            log.refs().iter().map(|r| (r.first, r.last)).collect()
+        };
+        assert_eq!(spans(&log), [(0, 15), (16, 31), (32, 39)]);
+        // Following the tip: once the horizon (the last 64 blocks) passes a file's end, the
+        // file goes whole, and nothing is rewritten but the small newest files.
+        for h in 40..81 {
+            commit(&mut log, h..h + 1);
+        }
         assert_eq!(log.first_height(), Some(16));
-        assert_eq!(log.file_names().len(), 3);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(spans(&log)[0], (16, 31), "never rewritten");
+        assert!(log.refs().iter().all(|r| r.last - r.first < 16));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            log.refs().len()
+        );
         let refs = log.refs();
         drop(log);
         let log = UndoLog::open(dir.path(), 64, &refs, false).unwrap();
         assert!(log.read(15).is_err());
-        for h in 16..80 {
+        for h in 16..81 {
             assert_eq!(log.read(h).unwrap(), undo(h));
         }
     }
