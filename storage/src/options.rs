@@ -15,7 +15,9 @@ pub struct Options {
     /// installed by a later compaction, so that following the tip is not held up by a merge
     /// of a whole structure: history merges from any `Store::compact`, UTXO and txid index
     /// merges (which sort, in memory that is free only between blocks) from
-    /// `Store::compact_at_tip`. `u64::MAX` runs every merge in the caller.
+    /// `Store::compact_at_tip`. `u64::MAX` runs every merge in the caller. The default, 4 MiB,
+    /// keeps the merges that would hold a block at the tip for more than a few times its
+    /// commit off the indexer's thread (docs/BENCHMARKS.md, "Following the tip").
     pub background_merge_bytes: u64,
 }
 
@@ -25,7 +27,7 @@ impl Default for Options {
             undo_blocks: 200,
             compaction_memory: 64 << 20,
             store_txids: true,
-            background_merge_bytes: 64 << 20,
+            background_merge_bytes: 4 << 20,
         }
     }
 }
