@@ -540,6 +540,7 @@ impl Indexer {
                 self.compact_all().await.map_err(Fatal)?;
             }
             self.reached_tip();
+            self.install_finished_merges().await.map_err(Fatal)?;
             return Ok(Step::Idle);
         }
         let node_height = self.daemon.block_count().await.map_err(StepError::daemon)?;
@@ -913,6 +914,15 @@ impl Indexer {
                 "compacted the index in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
+        }
+        Ok(())
+    }
+
+    /// Installs a merge finished in the background now, not with the next block (minutes
+    /// away on mainnet), so that the files it replaces stop taking disk space.
+    async fn install_finished_merges(&mut self) -> Result<()> {
+        if self.store().merge_done() {
+            self.with_store(|store| store.compact_at_tip()).await??;
         }
         Ok(())
     }

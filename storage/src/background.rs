@@ -47,6 +47,12 @@ impl<K: Copy + PartialEq, T: Output> Background<K, T> {
         })
     }
 
+    /// Whether the merge in `slot`, if any, is done and waits to be installed (or thrown
+    /// away) by the next compaction.
+    pub fn done(slot: &Option<Self>) -> bool {
+        slot.as_ref().is_some_and(|bg| bg.thread.is_finished())
+    }
+
     /// Asks the merge to stop; whatever it produces will be stale.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);

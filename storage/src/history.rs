@@ -320,6 +320,11 @@ impl HistorySet {
         self.segs.iter().map(SegRef::key).collect()
     }
 
+    /// Whether a background merge is done and waits for the next compaction.
+    pub fn merge_done(&self) -> bool {
+        Background::done(&self.background)
+    }
+
     /// Installs the background merge if it is done (or, with `wait`, once it is); a merge
     /// whose inputs changed meanwhile is thrown away. Returns whether the segments changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {

@@ -590,6 +590,12 @@ impl Store {
         self.merge(Merging::Tip)
     }
 
+    /// Whether a background merge is done: `compact_at_tip` would install it now rather than
+    /// with the next block, freeing its inputs' disk space.
+    pub fn merge_done(&self) -> bool {
+        self.utxo.merge_done() || self.history.merge_done() || self.txindex.merge_done()
+    }
+
     /// Merges all UTXO runs into one and all history segments into one (the txid index and
     /// undo files follow their usual policies), with bounded memory, and commits. Meant for
     /// the end of an initial sync: the size-tiered policy of `compact` leaves O(log n) files,
@@ -855,6 +861,63 @@ mod tests {
         };
         assert_eq!(snap.unspent(&txid(6), 0).unwrap(), Some(([0; 11], utxo)));
         assert_eq!(snap.utxo(6, 0).unwrap(), Some(([0; 11], 6)));
+    }
+
+    #[test]
+    fn merges_at_the_tip_run_in_the_background_until_a_compaction_installs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            background_merge_bytes: 0,
+            ..opts()
+        };
+        let mut store = Store::open(dir.path(), opts.clone()).unwrap();
+        // A sync's compaction keeps UTXO and txid index merges in the caller.
+        for h in 0..20 {
+            store.apply_block(&block(h)).unwrap();
+            store.commit().unwrap();
+            store.compact().unwrap();
+            assert!(!store.utxo.merging() && !store.txindex.merging());
+        }
+        // At the tip they run beside it.
+        let (mut utxo, mut txindex) = (false, false);
+        for h in 20..40 {
+            store.apply_block(&block(h)).unwrap();
+            store.commit().unwrap();
+            store.compact_at_tip().unwrap();
+            utxo |= store.utxo.merging();
+            txindex |= store.txindex.merging();
+        }
+        assert!(utxo && txindex);
+        let started = std::time::Instant::now();
+        while !store.merge_done() {
+            let waited = started.elapsed();
+            assert!(waited.as_secs() < 30, "no merge finished");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let names = |s: &Store| {
+            [
+                s.utxo.file_names(),
+                s.history.file_names(),
+                s.txindex.file_names(),
+            ]
+        };
+        let before = names(&store);
+        assert!(
+            store.compact_at_tip().unwrap(),
+            "installed with no new block"
+        );
+        assert_ne!(names(&store), before);
+        let snap = store.snapshot();
+        assert_eq!(
+            snap.history(&[0; 11]).unwrap(),
+            (0..120).collect::<Vec<_>>()
+        );
+        drop(store);
+        let store = Store::open(dir.path(), opts).unwrap();
+        assert_eq!(
+            store.snapshot().history(&[0; 11]).unwrap(),
+            (0..120).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -760,6 +760,17 @@ impl TxIndexWriter {
         self.background.as_ref()?.range_in(&self.keys())
     }
 
+    /// Whether a background merge is done and waits for the next compaction.
+    pub fn merge_done(&self) -> bool {
+        Background::done(&self.background)
+    }
+
+    /// Whether a merge runs in the background (or waits to be installed).
+    #[cfg(test)]
+    pub(crate) fn merging(&self) -> bool {
+        self.background.is_some()
+    }
+
     /// Installs the background merge if it is done (or, with `wait`, once it is); one whose
     /// inputs changed meanwhile is thrown away. Returns whether the runs changed.
     fn finish_background(&mut self, wait: bool) -> Result<bool> {
