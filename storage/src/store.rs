@@ -599,7 +599,7 @@ impl Store {
     /// Merges all UTXO runs into one and all history segments into one (the txid index and
     /// undo files follow their usual policies), with bounded memory, and commits. Meant for
     /// the end of an initial sync: the size-tiered policy of `compact` leaves O(log n) files,
-    /// which repeat keys and keep tombstones. Waits for (or stops) any background merge.
+    /// which repeat keys and keep tombstones. Stops any background merge first.
     /// Returns whether any merge happened.
     pub fn compact_all(&mut self) -> Result<bool> {
         self.merge(Merging::All)

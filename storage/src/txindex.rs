@@ -452,7 +452,7 @@ pub struct TxIndexWriter {
     runs: Vec<RunRef>,
     pending: HashMap<Hash32, Pending>,
     dropped: Vec<Arc<Run>>,
-    /// A merge on its own thread, of the runs it names by (id, cap); its output's cap.
+    /// A merge on its own thread, of the runs it names by (id, cap).
     background: Option<Background<(u64, u64), RunRef>>,
 }
 
