@@ -25,6 +25,15 @@ pub(crate) trait Output: Send + 'static {
     fn discard(self);
 }
 
+/// A merge that may leave nothing (every entry cut or spent) writes no file.
+impl<T: Output> Output for Option<T> {
+    fn discard(self) {
+        if let Some(out) = self {
+            out.discard();
+        }
+    }
+}
+
 impl<K: Copy + PartialEq, T: Output> Background<K, T> {
     /// Starts `merge` on a thread named `name`; it should check the flag it is given with
     /// [`check_cancel`] as it goes. `dir` names the store in a spawn error.

@@ -444,11 +444,9 @@ fn merge_segments(
     }
 }
 
-impl Output for Option<Segment> {
+impl Output for Segment {
     fn discard(self) {
-        if let Some(seg) = self {
-            seg.file().mark_obsolete();
-        }
+        self.file().mark_obsolete();
     }
 }
 

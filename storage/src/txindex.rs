@@ -716,9 +716,6 @@ impl TxIndexWriter {
             .map(|r| (Arc::clone(&r.run), r.cap))
             .collect();
         let prune = start == 0;
-        let id = alloc_id();
-        let path = self.dir.join(file_name(id));
-        let lean = self.lean;
         let mut bytes: u64 = inputs
             .iter()
             .map(|(r, _)| r.file.bytes().len() as u64)
@@ -726,6 +723,14 @@ impl TxIndexWriter {
         if prune {
             bytes = bytes.saturating_add(pruning.cost);
         }
+        let background = bytes >= background_from;
+        if background && self.background.is_some() {
+            // One at a time: this merge waits for the running one, as in the other sets.
+            return Ok(worked);
+        }
+        let id = alloc_id();
+        let path = self.dir.join(file_name(id));
+        let lean = self.lean;
         let merge = move |cancel: &AtomicBool| {
             let live = if prune {
                 pruning.live
@@ -734,7 +739,7 @@ impl TxIndexWriter {
             };
             merge_runs(&inputs, lean, live, &path, id, memory, cancel)
         };
-        if bytes >= background_from && self.background.is_none() {
+        if background {
             let keys = self.keys()[start..].to_vec();
             self.background = Some(Background::start("txindex-merge", &self.dir, keys, merge)?);
             return Ok(worked);

@@ -477,11 +477,9 @@ fn merge_runs(
     })
 }
 
-impl Output for Option<Run> {
+impl Output for Run {
     fn discard(self) {
-        if let Some(run) = self {
-            run.file().mark_obsolete();
-        }
+        self.file().mark_obsolete();
     }
 }
 
