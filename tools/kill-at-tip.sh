@@ -17,40 +17,17 @@ TXS=${1:-1000000}
 SEED=${2:-1}
 BLOCKS=${3:-600}
 KILLS=${4:-20}
-CACHE=${FERRUM_CACHE:-$HOME/.cache/ferrum}
 BIN=${CARGO_TARGET_DIR:-target}/release
-chain="$CACHE/chains/large-$TXS-$SEED.frm"
-work=$(mktemp -d "${TMPDIR:-/tmp}/ferrum-kill.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT INT TERM
 
 source tools/emulator.sh
-cargo build --release -q -p ferrum --bin ferrum --bin ferrum-db \
-  -p ferrum-tools --bin ferrum-chaingen --bin ferrum-emulator
-ensure_chain "$chain" "$TXS" "$SEED"
-read -r tip txs < <(python3 tools/compare_support.py chainsize "$chain")
-start=$((tip - BLOCKS))
-start_emulator "$work" --chain "$chain" --initial-height "$start"
-pids+=("$emu_pid")
-port=$(free_port)
+follow_setup kill "$TXS" "$SEED" "$BLOCKS"
 echo "chain: $chain, $txs txs; sync to $start, then $BLOCKS blocks one at a time, $KILLS kills"
 
-run_ferrum() { # run_ferrum DB: starts the server on DB in the background, sets ferrum
-  env DB_DIRECTORY="$1" NET=regtest DAEMON_URL="127.0.0.1:$rpc" DAEMON_COOKIE_FILE="$cookie" \
-    SERVICES="tcp://127.0.0.1:$port" DAEMON_POLL_INTERVAL_BLOCKS=100 \
-    ${REORG_LIMIT:+REORG_LIMIT=$REORG_LIMIT} "$BIN/ferrum" >>"$work/ferrum.log" 2>&1 &
-  ferrum=$!
-  pids+=("$ferrum")
-}
 # The store's data files that opening it removes if no commit names them, with their sizes.
 listing() { (cd "$1" && stat -c '%n %s' -- *.seg *.run *.log 2>/dev/null | sort) || true; }
 
 db="$work/db"
-run_ferrum "$db"
+start_ferrum "$db"
 python3 tools/compare_support.py wait "$port" "$start" 600 "$ferrum"
 # Which blocks get a kill: KILLS distinct ones.
 mapfile -t kill_at < <(shuf -i "$((start + 1))-$tip" -n "$KILLS" | sort -n)
@@ -71,7 +48,7 @@ for height in $(seq $((start + 1)) "$tip"); do
       orphans=$((orphans + 1))
       echo "kill $killed (block $height) left, named by no commit (name, bytes):" $gone
     fi
-    run_ferrum "$db"
+    start_ferrum "$db"
   fi
   if ! python3 tools/compare_support.py wait "$port" "$height" 120 "$ferrum"; then
     echo "FAIL: the server did not reach height $height; its log:" >&2
@@ -84,7 +61,7 @@ wait "$ferrum" || true
 killed_digest=$("$BIN/ferrum-db" verify "$db" | grep 'index digest')
 
 # One uninterrupted sync of the same chain, from the same emulator (now at the tip).
-run_ferrum "$work/straight"
+start_ferrum "$work/straight"
 python3 tools/compare_support.py wait "$port" "$tip" 600 "$ferrum"
 kill -TERM "$ferrum"
 wait "$ferrum" || true
