@@ -1239,6 +1239,38 @@ mod tests {
     }
 
     #[test]
+    fn a_big_merge_waits_for_the_running_background_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, mut id) = filled(dir.path(), false, &[1000, 1000]);
+        let (pruning, go) = held_pruning();
+        let bg_id = id;
+        assert!(!w
+            .compact(&mut || bg_id, 1 << 20, false, pruning, 0)
+            .unwrap());
+        for n in 2000..2020 {
+            w.add(txid(n), n, 1);
+            if n % 10 == 9 {
+                id += 1;
+                w.flush(&mut || id).unwrap();
+            }
+        }
+        // Big enough for the background too (threshold 0): it waits, nothing is merged.
+        let next = id + 1;
+        assert!(!w
+            .compact(&mut || next, 1 << 20, false, Pruning::none(), 0)
+            .unwrap());
+        assert_eq!(w.state().len(), 4);
+        go.send(()).unwrap();
+        assert!(w.finish_background(true).unwrap());
+        // The next call starts it.
+        assert!(!w
+            .compact(&mut || next, 1 << 20, false, Pruning::none(), 0)
+            .unwrap());
+        assert!(w.finish_background(true).unwrap());
+        assert_eq!(w.state(), vec![(bg_id, 2000), (next, 2020)]);
+    }
+
+    #[test]
     fn a_rollback_or_merging_everything_cancels_a_background_merge() {
         for rollback in [true, false] {
             let dir = tempfile::tempdir().unwrap();
