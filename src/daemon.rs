@@ -70,6 +70,8 @@ pub enum Error {
     MissingBlock(BlockHash),
     /// No node answered within `give_up_after`.
     Unavailable(String),
+    /// [`Daemon::stop`] was called: the server is shutting down.
+    Stopped,
     /// The node's answer made no sense.
     Protocol(String),
 }
@@ -84,6 +86,7 @@ impl fmt::Display for Error {
                 message,
             } => write!(f, "{method}: node error {code}: {message}"),
             Error::MissingBlock(hash) => write!(f, "the node has no block {hash}"),
+            Error::Stopped => f.write_str("the node client is stopped: shutting down"),
         }
     }
 }
@@ -254,6 +257,8 @@ pub struct Daemon {
     current: AtomicUsize,
     /// Signalled whenever the node in use changes (failover, [`Daemon::set_urls`]).
     node_changed: watch::Sender<()>,
+    /// Set once by [`Daemon::stop`]: requests waiting on a node end at once.
+    stopped: watch::Sender<bool>,
     permits: Semaphore,
     timeout: Duration,
     give_up_after: Option<Duration>,
@@ -271,6 +276,7 @@ impl Daemon {
             cookie: Mutex::new(None),
             current: AtomicUsize::new(0),
             node_changed: watch::Sender::new(()),
+            stopped: watch::Sender::new(false),
             permits: Semaphore::new(settings.max_concurrency.max(1)),
             timeout: settings.request_timeout,
             give_up_after: settings.give_up_after,
@@ -341,6 +347,16 @@ impl Daemon {
     /// The node currently used, as logged.
     pub fn current_url(&self) -> String {
         self.current_node().logged()
+    }
+
+    /// Ends every request, in flight or to come, with [`Error::Stopped`]: at shutdown no
+    /// caller should wait out a node that is down.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
     }
 
     /// Whether blocks are fetched over REST (set by [`Daemon::check`]).
@@ -563,8 +579,25 @@ impl Daemon {
     }
 
     /// Runs one HTTP exchange against the current node, retrying and failing over until
-    /// `classify` accepts or rejects the response.
+    /// `classify` accepts or rejects the response, or until the client is stopped.
     async fn exchange<T>(
+        &self,
+        what: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        classify: impl Fn(Response) -> Outcome<T>,
+    ) -> Result<T> {
+        let mut stopped = self.stopped.subscribe();
+        tokio::select! {
+            biased; // once stopped, nothing more is sent
+            _ = stopped.wait_for(|stopped| *stopped) => Err(Error::Stopped),
+            result = self.retried(what, method, path, body, classify) => result,
+        }
+    }
+
+    /// The retries and failovers of [`Daemon::exchange`].
+    async fn retried<T>(
         &self,
         what: &str,
         method: &str,
@@ -1110,6 +1143,38 @@ mod tests {
             "getblockhash: node error -8: Block height out of range"
         );
         assert_eq!(node.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_calls_waiting_on_a_node_that_is_down() {
+        let node = FakeNode::start(
+            false,
+            Arc::new(|_: &Seen| Some((503, "Work queue depth exceeded".into()))),
+        )
+        .await;
+        let mut settings = DaemonSettings::new(vec![node.url()]);
+        settings.give_up_after = None; // as the server runs: retry for ever
+        let network = Network::lookup("Bitcoin", Some("regtest")).unwrap();
+        let daemon = Arc::new(Daemon::new(&settings, network).unwrap());
+        let waiting = tokio::spawn({
+            let daemon = daemon.clone();
+            async move { daemon.block_count().await }
+        });
+        while node.requests() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!daemon.is_stopped());
+        daemon.stop();
+        let error = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(error, Error::Stopped), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "the node client is stopped: shutting down"
+        );
+        // Later calls end at once, without asking the node.
+        let asked = node.requests();
+        assert!(matches!(daemon.block_count().await, Err(Error::Stopped)));
+        assert_eq!(node.requests(), asked);
     }
 
     #[tokio::test]

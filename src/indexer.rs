@@ -406,7 +406,14 @@ impl Indexer {
     /// Checks the node, then indexes until stopped or until an error it cannot get past.
     /// Whatever happens, the store holds only whole blocks.
     pub async fn run(mut self) -> Result<()> {
-        let result = self.main_loop().await;
+        let result = match self.main_loop().await {
+            // Shutting down while waiting on the node: as good as a stop command.
+            Err(IndexError::Daemon(daemon::Error::Stopped)) => {
+                info!("the node client is stopped: the indexer stops");
+                self.stop_here().await
+            }
+            result => result,
+        };
         if let Err(e) = &result {
             warn!("indexer stopping: {e}");
             // Blocks applied before the failure are sound: keep them.
@@ -417,6 +424,13 @@ impl Indexer {
             }
         }
         result
+    }
+
+    /// Commits what is applied, for a clean stop.
+    async fn stop_here(&mut self) -> Result<()> {
+        self.commit().await?;
+        info!("indexer stopped at height {}", fmt_height(self.applied));
+        Ok(())
     }
 
     async fn main_loop(&mut self) -> Result<()> {
@@ -444,6 +458,10 @@ impl Indexer {
         let mut failing_height: Option<Option<u32>> = None;
         let mut last_message = String::new();
         loop {
+            // Whatever a failed call was taken for, a stopped client answers nothing more.
+            if self.daemon.is_stopped() {
+                return Err(IndexError::Daemon(daemon::Error::Stopped));
+            }
             let step = match self.deferred.take() {
                 Some(command) => self.run_command(command).await,
                 None => self.step().await,
@@ -455,8 +473,7 @@ impl Indexer {
                     self.wait_for_poll().await;
                 }
                 Ok(Step::Stop(reply)) => {
-                    self.commit().await?;
-                    info!("indexer stopped at height {}", fmt_height(self.applied));
+                    self.stop_here().await?;
                     let _ = reply.send(());
                     return Ok(());
                 }
@@ -1070,7 +1087,7 @@ use StepError::{Fatal, Transient};
 impl StepError {
     fn daemon(e: daemon::Error) -> StepError {
         match e {
-            daemon::Error::Config(_) | daemon::Error::Unavailable(_) => {
+            daemon::Error::Config(_) | daemon::Error::Unavailable(_) | daemon::Error::Stopped => {
                 Fatal(IndexError::Daemon(e))
             }
             e => Transient {
@@ -1082,7 +1099,10 @@ impl StepError {
 
     fn fetch(e: FetchError) -> StepError {
         if let FetchError::Daemon {
-            error: error @ (daemon::Error::Config(_) | daemon::Error::Unavailable(_)),
+            error:
+                error @ (daemon::Error::Config(_)
+                | daemon::Error::Unavailable(_)
+                | daemon::Error::Stopped),
             ..
         } = e
         {

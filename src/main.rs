@@ -135,7 +135,7 @@ async fn run(config: Config) -> Result<(), String> {
         electrum: electrum.clone(),
         handle: handle.clone(),
         mempool,
-        daemon,
+        daemon: daemon.clone(),
         reader,
         interval: config.daemon_poll_interval_mempool,
         synced: mempool_synced,
@@ -167,6 +167,8 @@ async fn run(config: Config) -> Result<(), String> {
     };
     info!("shutting down");
     server.shutdown().await;
+    // Nothing waits out a node that is down: the indexer commits what it has and stops.
+    daemon.stop();
     handle.stop().await;
     if !indexer_task.is_finished() {
         let _ = indexer_task.await;
@@ -309,6 +311,9 @@ impl Follower {
             let snap = self.reader.snapshot();
             let snap_tip = tip_of(&snap);
             let refreshed = self.mempool.refresh(&self.daemon, &snap).await;
+            if self.daemon.is_stopped() {
+                return; // shutting down: its error is no news
+            }
             next_poll = tokio::time::Instant::now() + self.interval;
             last_refresh = tokio::time::Instant::now();
             match refreshed {

@@ -132,8 +132,17 @@ async fn follow(setting: Setting, daemon: Arc<Daemon>, notify: Arc<Notify>) {
             // Marked before asking the node, so a change while asking is not missed.
             changes.mark_unchanged();
         }
+        // Asked outside the race below: a failover made by this very call would otherwise
+        // cancel it and start it again, at once and forever while no node answers.
+        let found = match &setting {
+            Setting::Endpoint(endpoint) => Found::At(endpoint.clone()),
+            _ => discover(&daemon).await,
+        };
+        if daemon.is_stopped() {
+            return; // shutting down
+        }
         let attempt = async {
-            let (problem, served) = subscription(&setting, &daemon, &notify).await;
+            let (problem, served) = subscription(found, &notify).await;
             // A publisher that drops every connection at once is retried ever more slowly,
             // and its complaint logged once; one that served a while is not.
             if served {
@@ -163,13 +172,9 @@ async fn follow(setting: Setting, daemon: Arc<Daemon>, notify: Arc<Notify>) {
     }
 }
 
-/// Finds the publisher and listens to it until that fails: why it stopped, and whether the
-/// subscription served a while.
-async fn subscription(setting: &Setting, daemon: &Daemon, notify: &Notify) -> (String, bool) {
-    let found = match setting {
-        Setting::Endpoint(endpoint) => Found::At(endpoint.clone()),
-        _ => discover(daemon).await,
-    };
+/// Subscribes to the publisher found and listens to it until that fails: why it stopped, and
+/// whether the subscription served a while.
+async fn subscription(found: Found, notify: &Notify) -> (String, bool) {
     let endpoint = match found {
         Found::Nowhere(why) => return (why, false),
         Found::At(endpoint) => endpoint,

@@ -44,6 +44,27 @@ impl Ferrum {
     /// node's tip every 100 ms; `extra` adds environment variables (e.g. the mempool poll
     /// interval). Returns once the wallet port accepts connections (the index caught up).
     pub fn start(port: u16, cookie: &Path, extra: &[(&str, &str)]) -> Ferrum {
+        let mut server = Ferrum::spawn(&format!("127.0.0.1:{port}"), cookie, extra);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("ferrum exited with {status}:\n{}", server.log_text());
+            }
+            if std::net::TcpStream::connect(server.tcp).is_ok() {
+                return server;
+            }
+            assert!(
+                start.elapsed() < START_WAIT,
+                "wallet port not open after {START_WAIT:?}:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the binary on the nodes of `daemon_url` as [`Ferrum::start`] does, without
+    /// waiting for anything.
+    pub fn spawn(daemon_url: &str, cookie: &Path, extra: &[(&str, &str)]) -> Ferrum {
         let dir = tempfile::tempdir().unwrap();
         let tcp = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let rpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -54,7 +75,7 @@ impl Ferrum {
             .envs(e2e_support::index_mode())
             .env("DB_DIRECTORY", dir.path().join("db"))
             .env("NET", "regtest")
-            .env("DAEMON_URL", format!("127.0.0.1:{port}"))
+            .env("DAEMON_URL", daemon_url)
             .env("DAEMON_COOKIE_FILE", cookie)
             .env("SERVICES", format!("tcp://{tcp},rpc://{rpc}"))
             .env("PEER_DISCOVERY", "off")
@@ -71,27 +92,12 @@ impl Ferrum {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut server = Ferrum {
+        Ferrum {
             child,
             tcp,
             rpc,
             log,
             _dir: dir,
-        };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("ferrum exited with {status}:\n{}", server.log_text());
-            }
-            if std::net::TcpStream::connect(tcp).is_ok() {
-                return server;
-            }
-            assert!(
-                start.elapsed() < START_WAIT,
-                "wallet port not open after {START_WAIT:?}:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -100,18 +106,25 @@ impl Ferrum {
     }
 
     /// Stops the server with SIGTERM and waits for it (bounded; SIGKILL after 20 s).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        let _ = self.terminate();
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most 20 s: the status (None if it did not
+    /// exit; it is killed on drop) and the log.
+    pub fn terminate(mut self) -> (Option<std::process::ExitStatus>, String) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (Some(status), self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        (None, self.log_text())
     }
 }
 

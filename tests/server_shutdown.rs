@@ -1,0 +1,75 @@
+//! SIGTERM while no node answers: the real `ferrum` binary stops at once and cleanly, whether
+//! the nodes were down from the start or went down under a synced server, and the ZMQ lookup
+//! (on by default) does not spin through failovers while every node refuses.
+
+mod mempool_support;
+
+use ferrum_tools::emulator::{Emulator, EmulatorConfig};
+use mempool_support::*;
+
+/// A port nothing listens on, so connections to it are refused.
+fn refused_url() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Waits until the server's log holds `text`.
+fn wait_for_log(server: &Ferrum, text: &str) {
+    let start = std::time::Instant::now();
+    while !server.log_text().contains(text) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no {text:?} in the log after {WAIT:?}:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Stops `server` with SIGTERM and returns its log, having checked a clean exit.
+fn terminate_cleanly(server: Ferrum) -> String {
+    let (status, log) = server.terminate();
+    let status = status.unwrap_or_else(|| panic!("ferrum ignored SIGTERM for 20 s:\n{log}"));
+    assert!(status.success(), "ferrum exited with {status}:\n{log}");
+    log
+}
+
+#[test]
+fn stops_while_no_node_ever_answered() {
+    let cookie = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cookie.path(), "__cookie__:secret").unwrap();
+    let urls = format!("{},{}", refused_url(), refused_url());
+    let server = Ferrum::spawn(&urls, cookie.path(), &[]);
+    wait_for_log(&server, "failing over to daemon");
+    // Long enough for a few rounds of backoff, and for a spinning loop to show.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = terminate_cleanly(server);
+    assert!(
+        log.contains("the node client is stopped: the indexer stops")
+            && log.contains("indexer stopped at height -1"),
+        "{log}"
+    );
+    // Each round tries both nodes once and then backs off (0.25 s, doubling). The ZMQ lookup
+    // once cancelled its own call at every failover and started it again: millions of lines.
+    let failovers = log.matches("failing over to daemon").count();
+    assert!(
+        failovers <= 40,
+        "{failovers} failovers in about 2 s:\n{log}"
+    );
+    assert!(
+        !log.contains("looking up its ZMQ publisher again"),
+        "no node answered, so none took over:\n{log}"
+    );
+}
+
+#[test]
+fn stops_after_the_node_went_down() {
+    let emu = Emulator::start(EmulatorConfig::generated(5, 20)).unwrap();
+    let server = Ferrum::start(emu.rpc_addr().port(), emu.cookie_path().unwrap(), &[]);
+    emu.set_online(false).unwrap();
+    wait_for_log(&server, "check that bitcoind is running; retrying");
+    let log = terminate_cleanly(server);
+    assert!(
+        log.contains("indexer stopped at height 20"),
+        "the index keeps the synced chain:\n{log}"
+    );
+}
