@@ -262,8 +262,7 @@ fn finish_and_digest(setup: &mut Setup, db: &Path) -> String {
     let mut server = setup.start(db);
     server.wait_ready();
     server.wait_height(setup.emu.height());
-    // Stop only once wallets are served: a SIGTERM that lands while main.rs moves from waiting
-    // for catch-up to serving (it makes a new SIGTERM listener) is lost and the server runs on.
+    // Stopped once wallets are served too, so that every run has gone through the whole start.
     server.wait_wallets(setup.emu.height());
     let status = server.terminate();
     assert!(status.success(), "ferrum exited with {status} on SIGTERM");
