@@ -239,6 +239,8 @@ enum Outcome<T> {
 /// One `DAEMON_URL` entry with its idle connections.
 struct Node {
     url: DaemonUrl,
+    /// Its genesis block is the network's: checked before the node first serves a request.
+    on_network: AtomicBool,
     pool: Mutex<Vec<HttpConn>>,
     /// The problem last logged and what to log when it clears.
     last_problem: Mutex<Option<(String, &'static str)>>,
@@ -264,6 +266,11 @@ pub struct Daemon {
     give_up_after: Option<Duration>,
     next_id: AtomicU64,
     rest: AtomicBool,
+    /// The network's genesis block and name, which every node is checked against.
+    genesis: BlockHash,
+    network: String,
+    /// [`Daemon::check`] passed: from then on a node not yet used is checked on first use.
+    checked: AtomicBool,
 }
 
 impl Daemon {
@@ -282,6 +289,9 @@ impl Daemon {
             give_up_after: settings.give_up_after,
             next_id: AtomicU64::new(1),
             rest: AtomicBool::new(true),
+            genesis: network.genesis(),
+            network: network.to_string(),
+            checked: AtomicBool::new(false),
         };
         daemon.set_urls(&settings.urls)?;
         Ok(daemon)
@@ -313,6 +323,7 @@ impl Daemon {
             .map(|url| Node {
                 url,
                 pool: Mutex::new(Vec::new()),
+                on_network: AtomicBool::new(false),
                 last_problem: Mutex::new(None),
             })
             .collect::<Vec<_>>();
@@ -520,8 +531,9 @@ impl Daemon {
 
     /// Start-up checks: the node is on `network`, recent enough, and whether REST is on.
     pub async fn check(&self, network: &Network) -> Result<NodeInfo> {
-        let url = self.current_url();
         let genesis = self.block_hash(0).await?;
+        // The node that answered, which need not be the first if that one is down.
+        let url = self.current_url();
         if genesis != network.genesis() {
             return Err(Error::Config(format!(
                 "the node at {url} is on another network: its genesis block is {genesis}, but \
@@ -529,6 +541,7 @@ impl Daemon {
                 network.genesis_hash, network.net
             )));
         }
+        self.mark_on_network();
         let netinfo = self.call("getnetworkinfo", json!([])).await?;
         let version = netinfo
             .get("version")
@@ -612,7 +625,7 @@ impl Daemon {
             let nodes = self.nodes();
             let idx = self.current.load(Ordering::Relaxed) % nodes.len();
             let node = &nodes[idx];
-            let problem = match self.attempt(node, method, path, body).await {
+            let problem = match self.checked_attempt(node, method, path, body).await {
                 Ok(resp) => match classify(resp) {
                     Outcome::Done(v) => {
                         recovered(node);
@@ -648,6 +661,63 @@ impl Daemon {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+
+    /// The node in use passed [`Daemon::check`]: it is on the network, and from now on every
+    /// other node is checked before it is used.
+    fn mark_on_network(&self) {
+        let nodes = self.nodes();
+        let idx = self.current.load(Ordering::Relaxed) % nodes.len();
+        nodes[idx].on_network.store(true, Ordering::Relaxed);
+        self.checked.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Daemon::attempt`], once the node is known to be on the network. A failover entry on
+    /// another network would otherwise feed the index its blocks.
+    async fn checked_attempt(
+        &self,
+        node: &Node,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::result::Result<Response, Problem> {
+        if self.checked.load(Ordering::Relaxed) && !node.on_network.load(Ordering::Relaxed) {
+            self.check_network(node).await?;
+            node.on_network.store(true, Ordering::Relaxed);
+        }
+        self.attempt(node, method, path, body).await
+    }
+
+    /// Asks `node` for its genesis block; another network's is a problem that keeps it unused.
+    async fn check_network(&self, node: &Node) -> std::result::Result<(), Problem> {
+        let body = json!({"jsonrpc": "1.0", "id": 0, "method": "getblockhash", "params": [0]});
+        let body = serde_json::to_vec(&body).expect("JSON values serialize");
+        let resp = self.attempt(node, "POST", "/", &body).await?;
+        let problem = |message: String| Problem {
+            message,
+            on_recovery: "running normally",
+        };
+        let reply = serde_json::from_slice(&resp.body).map_err(|_| {
+            problem(format!(
+                "getblockhash 0: HTTP {} {}, not a JSON-RPC reply",
+                resp.status, resp.reason
+            ))
+        })?;
+        let genesis = match rpc_result("getblockhash", reply) {
+            Err(Error::Rpc { code, message, .. }) if code == RPC_IN_WARMUP => {
+                return Err(warming_up(&message))
+            }
+            Err(e) => return Err(problem(e.to_string())),
+            Ok(v) => as_block_hash("getblockhash", &v).map_err(|e| problem(e.to_string()))?,
+        };
+        if genesis != self.genesis {
+            return Err(problem(format!(
+                "on another network: its genesis block is {genesis}, but {} starts with {}; \
+                 it is not used: fix or remove this DAEMON_URL entry",
+                self.network, self.genesis
+            )));
+        }
+        Ok(())
     }
 
     /// One request to node `idx`, on a pooled connection (or a fresh one if the pooled one
@@ -1178,6 +1248,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failover_node_on_another_network_is_never_used() {
+        const REGTEST: &str = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206";
+        const TESTNET: &str = "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943";
+        let a_up = Arc::new(AtomicBool::new(true));
+        let b_genesis = Arc::new(Mutex::new(TESTNET));
+        let b_asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let up = a_up.clone();
+        let a = FakeNode::start(
+            false,
+            Arc::new(move |seen: &Seen| {
+                let id = &seen.body["id"];
+                Some(
+                    match (up.load(Ordering::SeqCst), seen.body["method"].as_str()) {
+                        (false, _) => (503, "Work queue depth exceeded".into()),
+                        (true, Some("getblockhash")) => (200, reply(id, json!(REGTEST))),
+                        (true, _) => (200, reply(id, json!(1))),
+                    },
+                )
+            }),
+        )
+        .await;
+        let (genesis, asked) = (b_genesis.clone(), b_asked.clone());
+        let b = FakeNode::start(
+            false,
+            Arc::new(move |seen: &Seen| {
+                let method = seen.body["method"].as_str().unwrap_or_default();
+                asked.lock().unwrap().push(method.to_string());
+                let id = &seen.body["id"];
+                Some(match method {
+                    "getblockhash" => (200, reply(id, json!(*genesis.lock().unwrap()))),
+                    _ => (200, reply(id, json!(2))),
+                })
+            }),
+        )
+        .await;
+        let daemon = daemon(vec![a.url(), b.url()]);
+        assert_eq!(daemon.block_hash(0).await.unwrap().to_string(), REGTEST);
+        daemon.mark_on_network(); // what `check` does once the genesis matches
+                                  // A fails: the call goes round A and B until it gives up, and B serves none of it.
+        a_up.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            daemon.block_count().await,
+            Err(Error::Unavailable(_))
+        ));
+        let b_asked_only_genesis = |asked: &[String]| asked.iter().all(|m| m == "getblockhash");
+        assert!(b_asked_only_genesis(&b_asked.lock().unwrap()));
+        assert!(!b_asked.lock().unwrap().is_empty());
+        // B alone (the `daemon_url` command): the reason, word for word.
+        daemon.set_urls(&[b.url()]).unwrap();
+        let error = daemon.block_count().await.unwrap_err().to_string();
+        let why = format!(
+            "daemon 127.0.0.1:{}/: on another network: its genesis block is {TESTNET}, but \
+             Bitcoin regtest starts with {REGTEST}; it is not used: fix or remove this \
+             DAEMON_URL entry",
+            b.port
+        );
+        assert!(
+            error.starts_with("getblockcount: gave up after "),
+            "{error}"
+        );
+        assert!(error.ends_with(&why), "{error}");
+        assert!(b_asked_only_genesis(&b_asked.lock().unwrap()));
+        // Once it is on the network, it serves.
+        *b_genesis.lock().unwrap() = REGTEST;
+        assert_eq!(daemon.block_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
     async fn failover_goes_round_robin() {
         let healthy: Arc<Vec<AtomicBool>> = Arc::new(vec![
             AtomicBool::new(false),
@@ -1397,5 +1535,19 @@ mod tests {
             "the node at 127.0.0.1:{}/ is on another network: its genesis block is {}, but \
              Bitcoin mainnet starts with {}; point DAEMON_URL at a mainnet node or set COIN/NET to match",
             node.port, regtest.genesis_hash, mainnet.genesis_hash));
+
+        // The first URL refuses: the error names the node that answered, not the first.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = format!("u:p@{}", listener.local_addr().unwrap());
+        drop(listener);
+        let two = super::tests::daemon(vec![refused, node.url()]);
+        let err = two.check(mainnet).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "the node at 127.0.0.1:{}/ is on another",
+                node.port
+            )),
+            "{err}"
+        );
     }
 }
