@@ -758,7 +758,11 @@ impl Daemon {
                 HttpError::Io(e) => {
                     format!("connection problem ({e}); check that bitcoind is running")
                 }
-                e => e.to_string(),
+                // The P2P port, say: nothing that speaks HTTP.
+                e @ HttpError::Malformed(_) => format!(
+                    "{e}; is this the node's RPC port (rpcport, {} by default on {})?",
+                    self.default_port, self.network
+                ),
             },
             on_recovery: "connection restored",
         })?;
@@ -783,7 +787,7 @@ impl Daemon {
                 on_recovery: "running normally",
             }),
             503 => Err(Problem {
-                message: "work queue full (HTTP 503); raise rpcworkqueue in bitcoin.conf".into(),
+                message: unavailable_reason(&resp.body),
                 on_recovery: "running normally",
             }),
             _ => Ok(resp),
@@ -869,6 +873,18 @@ fn recovered(node: &Node) {
     let mut last = node.last_problem.lock().expect("problem lock");
     if let Some((_, state)) = last.take() {
         info!("daemon {}: {state}", node.url.logged());
+    }
+}
+
+/// Why bitcoind answered HTTP 503, from the body it sends with it.
+fn unavailable_reason(body: &[u8]) -> String {
+    match String::from_utf8_lossy(body).trim() {
+        "Work queue depth exceeded" => {
+            "work queue full (HTTP 503); raise rpcworkqueue in bitcoin.conf".into()
+        }
+        "Request rejected during server shutdown" => "the node is shutting down (HTTP 503)".into(),
+        "" => "the node is unavailable (HTTP 503)".into(),
+        other => format!("the node is unavailable (HTTP 503: {other})"),
     }
 }
 
@@ -1313,6 +1329,53 @@ mod tests {
         // Once it is on the network, it serves.
         *b_genesis.lock().unwrap() = REGTEST;
         assert_eq!(daemon.block_count().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_port_that_does_not_speak_http_gets_a_hint() {
+        // What bitcoind's P2P port sends: its network magic and a version message.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream
+                    .write_all(b"\xfa\xbf\xb5\xdaversion\0\0\0\0\0\r\n")
+                    .await;
+            }
+        });
+        let error = daemon(vec![format!("u:p@127.0.0.1:{port}")])
+            .block_count()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(": malformed HTTP response: ")
+                && error.ends_with(
+                    "; is this the node's RPC port (rpcport, 18443 by default on Bitcoin \
+                     regtest)?"
+                ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_503_says_why_from_its_body() {
+        assert_eq!(
+            unavailable_reason(b"Work queue depth exceeded"),
+            "work queue full (HTTP 503); raise rpcworkqueue in bitcoin.conf"
+        );
+        assert_eq!(
+            unavailable_reason(b"Request rejected during server shutdown"),
+            "the node is shutting down (HTTP 503)"
+        );
+        assert_eq!(
+            unavailable_reason(b""),
+            "the node is unavailable (HTTP 503)"
+        );
+        assert_eq!(
+            unavailable_reason(b"Service temporarily unavailable: Loading"),
+            "the node is unavailable (HTTP 503: Service temporarily unavailable: Loading)"
+        );
     }
 
     #[tokio::test]
