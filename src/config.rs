@@ -320,7 +320,12 @@ impl Config {
             ));
         }
 
-        let db_dir = PathBuf::from(vars.required("DB_DIRECTORY")?);
+        let db_dir = vars.required("DB_DIRECTORY")?;
+        if db_dir.trim().is_empty() {
+            // Else the index would go into whatever directory the server was started in.
+            return err("envvar DB_DIRECTORY is empty: set it to the index's directory");
+        }
+        let db_dir = PathBuf::from(db_dir);
         let daemon_url = vars.required("DAEMON_URL")?;
         // Syntax only: the default port is the network's, applied when the node client starts.
         parse_daemon_urls(std::slice::from_ref(&daemon_url), 0)
@@ -507,6 +512,12 @@ mod tests {
         assert_eq!(
             Config::from_pairs(&[("DB_DIRECTORY", "/d")]).unwrap_err().0,
             "required envvar DAEMON_URL not set"
+        );
+        assert_eq!(
+            Config::from_pairs(&[("DB_DIRECTORY", " "), ("DAEMON_URL", "u:p@h")])
+                .unwrap_err()
+                .0,
+            "envvar DB_DIRECTORY is empty: set it to the index's directory"
         );
     }
 

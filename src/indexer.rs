@@ -188,6 +188,20 @@ pub fn open_store_as(
     let genesis = network.genesis();
     match snap.meta("network") {
         Some(found) if found == name.as_bytes() => {}
+        // No block yet (a start against the wrong node, say): nothing to protect, so the
+        // operator need not delete the directory to start again with the right COIN/NET.
+        found if snap.height().is_none() => {
+            if let Some(found) = found {
+                info!(
+                    "DB_DIRECTORY {} holds no blocks yet: it now indexes {name}, not {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&found)
+                );
+            }
+            store.set_meta("network", name.as_bytes());
+            store.set_meta("genesis", genesis.as_byte_array());
+            store.commit()?;
+        }
         Some(found) => {
             return Err(IndexError::WrongDatabase(format!(
                 "DB_DIRECTORY {} holds an index of {}, not {name}: use another DB_DIRECTORY or set \
@@ -195,11 +209,6 @@ pub fn open_store_as(
                 dir.display(),
                 String::from_utf8_lossy(&found)
             )))
-        }
-        None if snap.height().is_none() => {
-            store.set_meta("network", name.as_bytes());
-            store.set_meta("genesis", genesis.as_byte_array());
-            store.commit()?;
         }
         None => {
             return Err(IndexError::WrongDatabase(format!(

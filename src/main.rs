@@ -184,16 +184,16 @@ async fn serve_wallets_when_caught_up(
     handle: &IndexerHandle,
     mut mempool_synced: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    // Either wait ends only when the indexer has ended (the mempool task stops with it):
+    // then wait on, and let `run` report the indexer's own reason, not this.
     let mut caught_up = handle.caught_up();
-    caught_up
-        .wait_for(|&done| done)
-        .await
-        .map_err(|_| "the indexer stopped before catching up".to_string())?;
+    if caught_up.wait_for(|&done| done).await.is_err() {
+        return std::future::pending().await;
+    }
     electrum.prepare().await.map_err(|e| e.message)?;
-    mempool_synced
-        .wait_for(|&done| done)
-        .await
-        .map_err(|_| "the mempool task stopped before its first sync".to_string())?;
+    if mempool_synced.wait_for(|&done| done).await.is_err() {
+        return std::future::pending().await;
+    }
     server.start_wallets().await
 }
 

@@ -81,8 +81,13 @@ fn json_rpc_hex_route_when_rest_is_off() {
 #[test]
 fn an_index_of_another_network_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(open_store(dir.path(), regtest(), 10, 100).unwrap());
     let testnet = ferrum::coin::Network::lookup("Bitcoin", Some("testnet")).unwrap();
+    // Without blocks a store takes the network it is opened for, back and forth.
+    drop(open_store(dir.path(), testnet, 10, 100).unwrap());
+    drop(open_store(dir.path(), regtest(), 10, 100).unwrap());
+    drop(open_store(dir.path(), testnet, 10, 100).unwrap());
+    let emu = emulator(3, 5, 5);
+    runtime().block_on(index_to_tip(dir.path(), &emu, settings(10)));
     match open_store(dir.path(), testnet, 10, 100) {
         Err(IndexError::WrongDatabase(m)) => assert_eq!(
             m,

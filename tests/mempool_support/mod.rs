@@ -112,11 +112,16 @@ impl Ferrum {
 
     /// Sends SIGTERM and waits for the exit, at most 20 s: the status (None if it did not
     /// exit; it is killed on drop) and the log.
-    pub fn terminate(mut self) -> (Option<std::process::ExitStatus>, String) {
+    pub fn terminate(self) -> (Option<std::process::ExitStatus>, String) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        self.exit()
+    }
+
+    /// Waits for the server to exit by itself, at most 20 s, as [`Ferrum::terminate`] does.
+    pub fn exit(mut self) -> (Option<std::process::ExitStatus>, String) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Some(status) = self.child.try_wait().unwrap() {

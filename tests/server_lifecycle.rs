@@ -1,6 +1,8 @@
-//! SIGTERM while no node answers: the real `ferrum` binary stops at once and cleanly, whether
-//! the nodes were down from the start or went down under a synced server, and the ZMQ lookup
-//! (on by default) does not spin through failovers while every node refuses.
+//! Start and stop of the real `ferrum` binary when the node is not what it should be.
+//! SIGTERM while no node answers stops it at once and cleanly, whether the nodes were down
+//! from the start or went down under a synced server, and the ZMQ lookup (on by default) does
+//! not spin through failovers while every node refuses. A node on another network stops it
+//! with that reason, and the directory it leaves serves the right network at once.
 
 mod mempool_support;
 
@@ -71,5 +73,44 @@ fn stops_after_the_node_went_down() {
     assert!(
         log.contains("indexer stopped at height 20"),
         "the index keeps the synced chain:\n{log}"
+    );
+}
+
+#[test]
+fn a_node_on_another_network_stops_it_with_the_reason() {
+    let emu = Emulator::start(EmulatorConfig::generated(5, 20)).unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let db_dir = db.path().to_str().unwrap();
+    let node = format!("127.0.0.1:{}", emu.rpc_addr().port());
+    let cookie = emu.cookie_path().unwrap();
+    let wrong = Ferrum::spawn(
+        &node,
+        cookie,
+        &[("NET", "testnet"), ("DB_DIRECTORY", db_dir)],
+    );
+    let (status, log) = wrong.exit();
+    let status = status.unwrap_or_else(|| panic!("still running after 20 s:\n{log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with(&format!(
+            "ERROR indexer stopped: node: the node at {node}/ is on another network: its genesis \
+             block is 0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206, but \
+             Bitcoin testnet starts with \
+             000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943; point DAEMON_URL \
+             at a testnet node or set COIN/NET to match"
+        )),
+        "{log}"
+    );
+    // The directory holds no block yet: the right NET uses it as it is.
+    let right = Ferrum::spawn(&node, cookie, &[("DB_DIRECTORY", db_dir)]);
+    wait_for_log(&right, "caught up to height 20");
+    let log = terminate_cleanly(right);
+    assert!(
+        log.contains(&format!(
+            "DB_DIRECTORY {db_dir} holds no blocks yet: it now indexes Bitcoin regtest, not \
+             Bitcoin testnet"
+        )),
+        "{log}"
     );
 }
