@@ -139,4 +139,25 @@ fn ferrum_db_info_lists_components() {
     assert!(stdout.starts_with("height: 105\ntx count: "), "{stdout}");
     assert!(stdout.contains("network: Bitcoin regtest\n"), "{stdout}");
     assert!(stdout.contains("\n  total "), "{stdout}");
+
+    // A reader that goes away (`| head`) ends it quietly, by SIGPIPE, with no panic.
+    for command in ["info", "verify"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferrum-db"))
+            .arg(command)
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{command}: {stderr}"
+        );
+        assert!(stderr.is_empty(), "{command}: {stderr}");
+    }
 }

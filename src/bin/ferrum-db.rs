@@ -39,6 +39,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like ends quietly when the reader goes, as other
+    // command-line tools do, not with println!'s panic on EPIPE.
+    // SAFETY: at start, before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { db_dir } => info(&db_dir),
