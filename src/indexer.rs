@@ -826,12 +826,32 @@ impl Indexer {
             top = low - 1;
         };
         let depth = tip.height - fork;
+        let covered = self.store().undo_covered();
+        let forked = format!(
+            "the node's chain forked from ours at height {fork}, {depth} blocks under our tip at \
+             height {}",
+            tip.height
+        );
         if depth > limit {
+            // The undo records may still reach the fork (REORG_LIMIT was lowered, or they
+            // outlive it by up to 1/16): then a higher REORG_LIMIT follows the node.
+            let remedy = match u64::from(depth) <= covered {
+                true => format!(
+                    "restart with REORG_LIMIT={depth} or more to follow the node's chain, or \
+                     rebuild the index in an empty DB_DIRECTORY"
+                ),
+                false => "rebuild it in an empty DB_DIRECTORY".to_string(),
+            };
             return Err(Fatal(IndexError::ReorgTooDeep(format!(
-                "the node's chain forked from ours at height {fork}, {depth} blocks under our tip \
-                 at height {}, more than REORG_LIMIT ({limit}); the index is left unchanged at \
-                 that height: rebuild it in an empty DB_DIRECTORY",
-                tip.height
+                "{forked}, more than REORG_LIMIT ({limit}); the index is left unchanged at that \
+                 height: {remedy}"
+            ))));
+        }
+        if u64::from(depth) > covered {
+            return Err(Fatal(IndexError::ReorgTooDeep(format!(
+                "{forked}, but undo records reach only {covered} blocks back (they were written \
+                 under a lower REORG_LIMIT); the index is left unchanged at that height: rebuild \
+                 it in an empty DB_DIRECTORY"
             ))));
         }
         warn!(

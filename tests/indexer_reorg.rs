@@ -1,5 +1,6 @@
 //! Reorganisations against the emulated node: within REORG_LIMIT (index equals the new
-//! chain), beyond it (the indexer stops, index untouched), and the admin forced rollback;
+//! chain), beyond it or beyond the undo records (the indexer stops, index untouched, and says
+//! whether a higher REORG_LIMIT would do), and the admin forced rollback;
 //! the rollbacks also in lean mode (no txids stored: the rolled-back blocks are fetched).
 
 mod indexer_support;
@@ -10,6 +11,7 @@ use indexer_support::*;
 
 use ferrum::config::IndexMode;
 use ferrum::indexer::{IndexError, Tip};
+use ferrum_tools::emulator::Emulator;
 
 /// Waits until the indexer, after a forced rollback, has synced back to `tip`.
 async fn wait_for_resync(run: &Running, tip: Tip) {
@@ -93,6 +95,58 @@ fn reorg_beyond_the_limit_stops_and_leaves_the_index_alone() {
         }
         assert_eq!(run.handle.current_tip(), Some(tip));
         assert_index_matches(&run.reader.snapshot(), &chain);
+    });
+}
+
+/// Runs the indexer on `dir` with `limit` after the node's chain was reorganised `depth`
+/// blocks under its tip, and returns why it stopped.
+async fn stopped_by_reorg(dir: &std::path::Path, emu: &Emulator, limit: u32) -> String {
+    let run = start_indexer(dir, emulator_daemon(emu), settings(limit));
+    match tokio::time::timeout(WAIT, run.task).await.unwrap().unwrap() {
+        Err(IndexError::ReorgTooDeep(m)) => m,
+        other => panic!("expected ReorgTooDeep, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_reorg_past_the_limit_says_how_to_go_on() {
+    let emu = emulator(7, 115, 10);
+    let (kept, short) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    runtime().block_on(async {
+        // Undo records for 10 blocks, then REORG_LIMIT lowered to 3.
+        let tip = index_to_tip(kept.path(), &emu, settings(10)).await;
+        // Undo records for 3 blocks, then REORG_LIMIT raised to 10.
+        index_to_tip(short.path(), &emu, settings(3)).await;
+        emu.reorg(5, 6, 12).unwrap();
+        let forked = format!(
+            "the node's chain forked from ours at height {}, 5 blocks under our tip at height {}",
+            tip.height - 5,
+            tip.height
+        );
+
+        // The records still reach the fork: a higher REORG_LIMIT is all it takes.
+        assert_eq!(
+            stopped_by_reorg(kept.path(), &emu, 3).await,
+            format!(
+                "{forked}, more than REORG_LIMIT (3); the index is left unchanged at that \
+                 height: restart with REORG_LIMIT=5 or more to follow the node's chain, or \
+                 rebuild the index in an empty DB_DIRECTORY"
+            )
+        );
+        let run = start_indexer(kept.path(), emulator_daemon(&emu), settings(5));
+        wait_for_tip(&run.handle, emu.best_hash()).await;
+        assert_index_matches(&run.reader.snapshot(), &emulator_chain(&emu));
+        run.stop().await;
+
+        // Within the raised limit, but the records stop short of the fork.
+        assert_eq!(
+            stopped_by_reorg(short.path(), &emu, 10).await,
+            format!(
+                "{forked}, but undo records reach only 3 blocks back (they were written under a \
+                 lower REORG_LIMIT); the index is left unchanged at that height: rebuild it in \
+                 an empty DB_DIRECTORY"
+            )
+        );
     });
 }
 

@@ -480,6 +480,15 @@ impl Store {
         Ok(())
     }
 
+    /// How many of the newest blocks have undo records. Files are dropped whole, so this may
+    /// pass `undo_blocks` (a rollback goes no further); a store written with a lower
+    /// `undo_blocks` covers fewer until it has gone as many blocks further.
+    pub fn undo_covered(&self) -> u64 {
+        self.undo.first_height().map_or(0, |first| {
+            self.headers.len().saturating_sub(u64::from(first))
+        })
+    }
+
     /// Undoes the last `n` blocks (committing pending work first) and commits the result.
     ///
     /// The txs whose outputs become unspent again must be findable by txid again. A full
@@ -493,11 +502,7 @@ impl Store {
             return Ok(());
         }
         let blocks = self.headers.len();
-        let covered = self
-            .undo
-            .first_height()
-            .map_or(0, |first| blocks.saturating_sub(u64::from(first)))
-            .min(u64::from(self.undo.keep()));
+        let covered = self.undo_covered().min(u64::from(self.undo.keep()));
         if u64::from(n) > covered {
             return Err(Error::Invalid(format!(
                 "cannot roll back {n} blocks: undo records cover only the last {covered}"
