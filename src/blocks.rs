@@ -84,6 +84,19 @@ impl fmt::Display for BlockError {
 
 impl std::error::Error for BlockError {}
 
+/// Why a block did not decode. The `bitcoin` crate says only "IO error" for data that
+/// ends early, the usual case (a block cut short in transit).
+fn decode_error(e: &bitcoin::consensus::encode::Error, len: usize) -> String {
+    use bitcoin::consensus::encode::Error;
+    match e {
+        Error::Io(io) if io.kind() == bitcoin::io::ErrorKind::UnexpectedEof => {
+            format!("its {len} bytes end before the block does")
+        }
+        Error::Io(io) => format!("unreadable: {io}"),
+        e => e.to_string(),
+    }
+}
+
 /// Parses the block at `height` the node sent for `requested`. The genesis block's coinbase
 /// is not spendable, so none of its outputs are indexed.
 pub fn parse_block(
@@ -97,7 +110,7 @@ pub fn parse_block(
         reason,
     };
     let block: Block =
-        bitcoin::consensus::deserialize(raw).map_err(|e| malformed(e.to_string()))?;
+        bitcoin::consensus::deserialize(raw).map_err(|e| malformed(decode_error(&e, raw.len())))?;
     let hash = block.block_hash();
     if hash != *requested {
         return Err(BlockError::WrongHash {
@@ -319,11 +332,13 @@ mod tests {
         let hash = genesis.block_hash();
         let raw = bitcoin::consensus::serialize(&genesis);
         let err = parse_block(&raw[..raw.len() - 1], 5, &hash).unwrap_err();
-        assert!(
-            err.to_string().starts_with(&format!(
-                "malformed block {hash} at height 5 from the node: "
-            )),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "malformed block {hash} at height 5 from the node: its {} bytes end before \
+                 the block does",
+                raw.len() - 1
+            )
         );
         let mut trailing = raw.clone();
         trailing.push(0);
