@@ -444,6 +444,9 @@ impl Indexer {
 
     async fn main_loop(&mut self) -> Result<()> {
         let node = self.daemon.check(self.network).await?;
+        // Time spent waiting for the node is no sync time: rates and ETAs count from here.
+        let now = Instant::now();
+        (self.progress.started, self.progress.last_log) = (now, now);
         self.log_startup();
         if let (Some(prune_height), false) = (node.prune_height, self.stores_txids()) {
             return Err(IndexError::Daemon(daemon::Error::Config(format!(
@@ -601,7 +604,8 @@ impl Indexer {
             ..self.settings.fetch.clone()
         };
         let mut fetcher = Prefetcher::start(self.daemon.clone(), from, node_height, &fetch);
-        if !self.is_caught_up() {
+        // Not when the index is already at the node's height (a restart with nothing new).
+        if !self.is_caught_up() && from <= node_height {
             info!("catching up to daemon height {node_height} from height {from}");
         }
         loop {
