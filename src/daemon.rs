@@ -28,6 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 const RPC_IN_WARMUP: i64 = -28;
 /// RPC_INVALID_ADDRESS_OR_KEY: what `getblock` answers for an unknown block.
 const RPC_NOT_FOUND: i64 = -5;
+const RPC_METHOD_NOT_FOUND: i64 = -32601;
 
 /// How to reach the node. Built by the configuration layer from the environment.
 #[derive(Debug, Clone)]
@@ -222,6 +223,8 @@ pub struct NodeInfo {
     pub rest: bool,
     /// Lowest height with block data, when the node prunes.
     pub prune_height: Option<u32>,
+    /// The node keeps a transaction index (None: it cannot say, before 0.21).
+    pub txindex: Option<bool>,
 }
 
 /// Why one attempt failed, and whether another node might do better.
@@ -570,6 +573,18 @@ impl Daemon {
             ),
             _ => None,
         };
+        let txindex = match self.call("getindexinfo", json!([])).await {
+            Ok(indexes) => Some(indexes.get("txindex").is_some()),
+            Err(Error::Rpc { code, .. }) if code == RPC_METHOD_NOT_FOUND => None,
+            Err(e) => return Err(e),
+        };
+        if txindex == Some(false) {
+            warn!(
+                "the node at {url} keeps no transaction index: wallets cannot fetch confirmed \
+                 transactions (blockchain.transaction.get), so Electrum wallets cannot load \
+                 their histories; add txindex=1 to bitcoin.conf"
+            );
+        }
         let rest = self
             .rest_get(&format!("/rest/block/{genesis}.bin"))
             .await?
@@ -588,6 +603,7 @@ impl Daemon {
             subversion: subversion.to_string(),
             rest,
             prune_height,
+            txindex,
         })
     }
 
@@ -1574,6 +1590,11 @@ mod tests {
                             json!({"version": 300000, "subversion": "/Satoshi:30.0.0/"}),
                         ),
                         "getblockchaininfo" => reply(id, json!({"pruned": false})),
+                        // With REST on, a txindex too.
+                        "getindexinfo" => match rest.load(Ordering::SeqCst) {
+                            true => reply(id, json!({"txindex": {"synced": true}})),
+                            false => reply(id, json!({})),
+                        },
                         "getblock" => reply(id, json!(hex)),
                         m => error_reply(id, -32601, &format!("Method not found: {m}")),
                     },
@@ -1584,14 +1605,15 @@ mod tests {
         let daemon = daemon(vec![node.url()]);
         let info = daemon.check(regtest).await.unwrap();
         assert_eq!(
-            (info.version, info.rest, info.prune_height),
-            (300000, false, None)
+            (info.version, info.rest, info.prune_height, info.txindex),
+            (300000, false, None, Some(false))
         );
         assert!(!daemon.rest_enabled());
         // Without REST, blocks come as JSON-RPC hex.
         assert_eq!(daemon.block_raw(&regtest.genesis()).await.unwrap(), raw);
         rest_on.store(true, Ordering::SeqCst);
-        assert!(daemon.check(regtest).await.unwrap().rest);
+        let info = daemon.check(regtest).await.unwrap();
+        assert_eq!((info.rest, info.txindex), (true, Some(true)));
 
         let err = daemon.check(mainnet).await.unwrap_err().to_string();
         assert_eq!(err, format!(

@@ -21,6 +21,7 @@ pub const METHODS: &[&str] = &[
     "getblockcount",
     "getblockhash",
     "getblockheader",
+    "getindexinfo",
     "getmempoolentry",
     "getmempoolinfo",
     "getnetworkinfo",
@@ -60,6 +61,17 @@ impl Dispatch for Rpc<'_> {
             "getnetworkinfo" => {
                 bind(&[], 0)?;
                 Ok(network_info().into())
+            }
+            "getindexinfo" => {
+                // The emulator finds confirmed transactions as a node with txindex=1 does.
+                let p = bind(&[Arg("index_name", Ty::Str)], 0)?;
+                let height = read(self.node).chain.height().unwrap_or(0);
+                let info = json!({"synced": true, "best_block_height": height});
+                Ok(match p[0].as_str() {
+                    None | Some("txindex") => json!({ "txindex": info }),
+                    Some(_) => json!({}),
+                }
+                .into())
             }
             "getzmqnotifications" => {
                 bind(&[], 0)?;
