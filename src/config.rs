@@ -646,21 +646,23 @@ mod tests {
         let c = with(&[("DAEMON_URL", "http://u:p@h1:8332/, u:p@[::1],h3")]).unwrap();
         assert_eq!(c.daemon_url, "http://u:p@h1:8332/, u:p@[::1],h3");
         // Bad entries are start-up errors naming DAEMON_URL, in the node client's words.
-        for (bad, why) in [
-            ("ftp://h", "only http:// URLs are supported"),
+        // The password never shows.
+        for (bad, shown, why) in [
+            ("ftp://h", "ftp://h", "only http:// URLs are supported"),
             (
                 "https://a:b@h",
+                "https://a:***@h",
                 "https is not supported (bitcoind serves plain HTTP)",
             ),
-            ("h:x", "bad port \"x\""),
-            ("h:0", "bad port \"0\""),
-            ("h:99999", "bad port \"99999\""),
-            ("@h", "expected user:password before '@'"),
-            ("u:p@[zz]:1", "bad IPv6 address \"zz\""),
+            ("h:x", "h:x", "bad port \"x\""),
+            ("h:0", "h:0", "bad port \"0\""),
+            ("h:99999", "h:99999", "bad port \"99999\""),
+            ("@h", "@h", "expected user:password before '@'"),
+            ("u:p@[zz]:1", "u:***@[zz]:1", "bad IPv6 address \"zz\""),
         ] {
             assert_eq!(
                 error(&[("DAEMON_URL", &format!("h0,{bad}"))]),
-                format!("bad DAEMON_URL entry {bad:?}: {why}"),
+                format!("bad DAEMON_URL entry {shown:?}: {why}"),
                 "{bad}"
             );
         }

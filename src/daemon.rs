@@ -107,8 +107,14 @@ pub struct DaemonUrl {
 
 impl DaemonUrl {
     /// Parses `[http://][user:pass@]host[:port][/]` (ElectrumX's syntax; IPv6 hosts in brackets).
+    /// User and password may be percent-encoded, as in any URL.
     pub fn parse(url: &str, default_port: u16) -> Result<DaemonUrl> {
-        let bad = |why: &str| Error::Config(format!("bad DAEMON_URL entry {url:?}: {why}"));
+        let bad = |why: &str| {
+            Error::Config(format!(
+                "bad DAEMON_URL entry {:?}: {why}",
+                without_password(url)
+            ))
+        };
         let mut rest = url.trim();
         if rest.len() >= 8 && rest[..8].eq_ignore_ascii_case("https://") {
             return Err(bad("https is not supported (bitcoind serves plain HTTP)"));
@@ -118,18 +124,19 @@ impl DaemonUrl {
         } else if rest.contains("://") {
             return Err(bad("only http:// URLs are supported"));
         }
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
-            return Err(bad("a path is not supported"));
-        }
+        // A password may hold '/' or '@': the host is what follows the last '@'.
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
         };
+        let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
+        if hostport.contains('/') {
+            return Err(bad("a path is not supported"));
+        }
         let (user, password) = match userinfo {
             None => (None, None),
             Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (Some(user.to_string()), Some(pass.to_string())),
+                Some((user, pass)) => (Some(percent_decoded(user)), Some(percent_decoded(pass))),
                 None => return Err(bad("expected user:password before '@'")),
             },
         };
@@ -911,6 +918,47 @@ fn warming_up(message: &str) -> Problem {
     }
 }
 
+/// `url` with its password (if any) masked, for error messages.
+fn without_password(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// `s` with its `%XX` escapes decoded; a `%` not followed by two hex digits stays as it is.
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Parses a JSON-RPC reply body. bitcoind answers errors with HTTP 404/500 and a JSON body,
 /// so any status with a JSON body is a reply.
 fn parse_json<T>(resp: &Response) -> std::result::Result<Value, Outcome<T>> {
@@ -1121,32 +1169,48 @@ mod tests {
     #[test]
     fn bad_daemon_urls_say_what_is_wrong() {
         let e = |s: &str| DaemonUrl::parse(s, 8332).unwrap_err().to_string();
-        assert_eq!(e("https://u:p@h:1"), "bad DAEMON_URL entry \"https://u:p@h:1\": https is not supported (bitcoind serves plain HTTP)");
+        // The password never shows.
+        assert_eq!(e("https://u:p@h:1"), "bad DAEMON_URL entry \"https://u:***@h:1\": https is not supported (bitcoind serves plain HTTP)");
         assert_eq!(
             e("u:p@h:notaport"),
-            "bad DAEMON_URL entry \"u:p@h:notaport\": bad port \"notaport\""
+            "bad DAEMON_URL entry \"u:***@h:notaport\": bad port \"notaport\""
         );
         assert_eq!(
             e("useronly@h:1"),
             "bad DAEMON_URL entry \"useronly@h:1\": expected user:password before '@'"
         );
-        assert_eq!(e("u:p@:1"), "bad DAEMON_URL entry \"u:p@:1\": no host");
+        assert_eq!(e("u:p@:1"), "bad DAEMON_URL entry \"u:***@:1\": no host");
         assert_eq!(
             e("u:p@h:0"),
-            "bad DAEMON_URL entry \"u:p@h:0\": bad port \"0\""
+            "bad DAEMON_URL entry \"u:***@h:0\": bad port \"0\""
         );
         assert_eq!(
             e("u:p@[zz]:1"),
-            "bad DAEMON_URL entry \"u:p@[zz]:1\": bad IPv6 address \"zz\""
+            "bad DAEMON_URL entry \"u:***@[zz]:1\": bad IPv6 address \"zz\""
         );
         assert_eq!(
             e("u:p@h:1/wallet/x"),
-            "bad DAEMON_URL entry \"u:p@h:1/wallet/x\": a path is not supported"
+            "bad DAEMON_URL entry \"u:***@h:1/wallet/x\": a path is not supported"
         );
         assert_eq!(
             e("zmq://h:1"),
             "bad DAEMON_URL entry \"zmq://h:1\": only http:// URLs are supported"
         );
+    }
+
+    #[test]
+    fn passwords_may_hold_slashes_and_percent_escapes() {
+        let p = |s: &str| DaemonUrl::parse(s, 8332).unwrap();
+        let slash = p("http://u:a/b@c@h:1/");
+        assert_eq!(
+            (slash.password.as_deref(), slash.host.as_str(), slash.port),
+            (Some("a/b@c"), "h", 1)
+        );
+        let escaped = p("us%65r:p%40ss%2Fw%zz%4@h:1");
+        assert_eq!(escaped.user.as_deref(), Some("user"));
+        // Only %XX with two hex digits is an escape.
+        assert_eq!(escaped.password.as_deref(), Some("p@ss/w%zz%4"));
+        assert_eq!(p("u:%+1@h").password.as_deref(), Some("%+1"));
     }
 
     #[test]
@@ -1449,7 +1513,7 @@ mod tests {
         let err = daemon.set_urls(&["u:p@h:bad".into()]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "bad DAEMON_URL entry \"u:p@h:bad\": bad port \"bad\""
+            "bad DAEMON_URL entry \"u:***@h:bad\": bad port \"bad\""
         );
         assert_eq!(daemon.block_count().await.unwrap(), 1);
         daemon

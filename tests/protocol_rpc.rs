@@ -237,11 +237,11 @@ async fn daemon_url_switches_nodes_at_run_time() {
     let refused = [
         (
             json!(["u:p@h:bad"]),
-            "an error occurred: bad DAEMON_URL entry \"u:p@h:bad\": bad port \"bad\"",
+            "an error occurred: bad DAEMON_URL entry \"u:***@h:bad\": bad port \"bad\"",
         ),
         (
             json!(["u:p@h1,https://u:p@h2"]),
-            "an error occurred: bad DAEMON_URL entry \"https://u:p@h2\": https is not supported \
+            "an error occurred: bad DAEMON_URL entry \"https://u:***@h2\": https is not supported \
              (bitcoind serves plain HTTP)",
         ),
         (
