@@ -39,6 +39,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
+    if let Some(exit) = answer_arguments() {
+        return exit;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -70,6 +73,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+const USAGE: &str = "\
+usage: ferrum
+
+An Electrum server. Like ElectrumX it takes no arguments: it is configured by environment
+variables. The main ones:
+  DB_DIRECTORY   the index directory (required)
+  DAEMON_URL     user:password@host[:port] of bitcoind's RPC, comma-separated for failover
+                 (required; or DAEMON_COOKIE_FILE for the cookie)
+  COIN, NET      Bitcoin, and mainnet, testnet, testnet4, signet or regtest
+  SERVICES       e.g. tcp://:50001,ssl://:50002,rpc://127.0.0.1:8000
+                 (ssl and wss also need SSL_CERTFILE and SSL_KEYFILE)
+  CACHE_MB       memory for the index cache during sync (default 1200)
+All of them, and the admin commands and log lines: docs/OPERATIONS.md.";
+
+/// `--help` and `--version`: the exit to take, or None to run. Anything else is an error,
+/// not silently ignored.
+fn answer_arguments() -> Option<ExitCode> {
+    let first = std::env::args_os().nth(1)?;
+    match first.to_str() {
+        Some("-h" | "--help") => println!("{USAGE}"),
+        Some("-V" | "--version") => println!("ferrum {}", env!("CARGO_PKG_VERSION")),
+        _ => {
+            eprintln!(
+                "ferrum: unexpected argument {first:?}: ferrum takes no arguments; it is \
+                 configured by environment variables (ferrum --help)"
+            );
+            return Some(ExitCode::from(2));
+        }
+    }
+    Some(ExitCode::SUCCESS)
 }
 
 /// Raises the open-files limit and lowers MAX_SESSIONS to fit it, as ElectrumX does.

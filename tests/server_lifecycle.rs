@@ -3,6 +3,7 @@
 //! from the start or went down under a synced server, and the ZMQ lookup (on by default) does
 //! not spin through failovers while every node refuses. A node on another network stops it
 //! with that reason, and the directory it leaves serves the right network at once.
+//! `--help` and `--version` answer; any other argument is refused.
 
 mod mempool_support;
 
@@ -112,5 +113,40 @@ fn a_node_on_another_network_stops_it_with_the_reason() {
              Bitcoin testnet"
         )),
         "{log}"
+    );
+}
+
+#[test]
+fn arguments_are_help_version_or_refused() {
+    let run = |arg: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrum"))
+            .arg(arg)
+            .env_clear()
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (out.status.code(), text(out.stdout), text(out.stderr))
+    };
+    let (code, help, _) = run("--help");
+    assert_eq!(code, Some(0));
+    assert!(help.starts_with("usage: ferrum\n"), "{help}");
+    assert!(help.contains("docs/OPERATIONS.md"), "{help}");
+    assert_eq!(
+        run("-V"),
+        (
+            Some(0),
+            format!("ferrum {}\n", env!("CARGO_PKG_VERSION")),
+            String::new()
+        )
+    );
+    assert_eq!(
+        run("--db=/x"),
+        (
+            Some(2),
+            String::new(),
+            "ferrum: unexpected argument \"--db=/x\": ferrum takes no arguments; it is \
+             configured by environment variables (ferrum --help)\n"
+                .to_string()
+        )
     );
 }
