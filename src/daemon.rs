@@ -14,7 +14,7 @@ use bitcoin::base64::Engine;
 use bitcoin::BlockHash;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::coin::Network;
 use crate::hex::from_hex;
@@ -873,7 +873,16 @@ impl Daemon {
             .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            info!("failing over to daemon {}", nodes[next].url.logged());
+            // Round and round nodes that are all down: said once per node, until it recovers.
+            let known_down = nodes[next]
+                .last_problem
+                .lock()
+                .expect("problem lock")
+                .is_some();
+            match known_down {
+                false => info!("failing over to daemon {}", nodes[next].url.logged()),
+                true => debug!("failing over to daemon {}", nodes[next].url.logged()),
+            }
             self.node_changed.send_replace(());
         }
     }

@@ -51,17 +51,19 @@ fn stops_while_no_node_ever_answered() {
             && log.contains("indexer stopped at height -1"),
         "{log}"
     );
-    // Each round tries both nodes once and then backs off (0.25 s, doubling). The ZMQ lookup
-    // once cancelled its own call at every failover and started it again: millions of lines.
+    // Each round tries both nodes once and then backs off (0.25 s, doubling); a failover to a
+    // node already known to be down is not logged again. The ZMQ lookup once cancelled its
+    // own call at every failover and started it again, saying so each time: millions of lines.
     let failovers = log.matches("failing over to daemon").count();
     assert!(
-        failovers <= 40,
-        "{failovers} failovers in about 2 s:\n{log}"
+        (1..=4).contains(&failovers),
+        "{failovers} failovers logged:\n{log}"
     );
     assert!(
         !log.contains("looking up its ZMQ publisher again"),
         "no node answered, so none took over:\n{log}"
     );
+    assert!(log.lines().count() < 40, "{log}");
 }
 
 #[test]
