@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -157,8 +157,12 @@ struct Accounting {
 /// Outgoing messages queued per session; a client this far behind on notifications is
 /// disconnected rather than let it hold memory or stall the notifier.
 const OUTGOING_QUEUE: usize = 1024;
-/// Requests read but not yet answered; reading pauses beyond this.
+/// Requests read but not yet answered, batch members each counted; reading pauses beyond
+/// this, so one client cannot queue unbounded work (one batch may still pass it once).
 const MAX_PENDING_REQUESTS: usize = 1024;
+/// Members of one batch handled at a time: each waits its turn, so a batch of 85,000
+/// neither holds 85,000 futures at once nor starts all their request timeouts together.
+const BATCH_CONCURRENCY: usize = 32;
 /// A write blocked this long means the client stopped reading (aiorpcx's max_send_delay).
 const MAX_SEND_DELAY: Duration = Duration::from_secs(20);
 
@@ -179,6 +183,8 @@ pub struct SessionContext {
     codec: Mutex<Codec>,
     outgoing: mpsc::Sender<Vec<u8>>,
     closing: watch::Sender<bool>,
+    /// Over the hard cost limit: every request after that is refused, and it is said once.
+    over_limit: AtomicBool,
     pending: AtomicUsize,
     subscriptions: AtomicUsize,
     txs_sent: AtomicU64,
@@ -234,6 +240,7 @@ impl SessionContext {
             codec: Mutex::new(Codec::new()),
             outgoing,
             closing: watch::Sender::new(false),
+            over_limit: AtomicBool::new(false),
             pending: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
             txs_sent: AtomicU64::new(0),
@@ -499,7 +506,9 @@ pub async fn run_connection<R, W, D>(
     D: Dispatch,
 {
     let write_task = tokio::spawn(write_loop(writer, outgoing, ctx.clone()));
-    let mut tasks = JoinSet::new();
+    // Each task gives back the number of requests it answered (a batch's members).
+    let mut tasks: JoinSet<usize> = JoinSet::new();
+    let mut in_flight = 0;
     let mut closing = ctx.closing.subscribe();
     let mut idle_deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
     let mut peer_left = false;
@@ -507,16 +516,18 @@ pub async fn run_connection<R, W, D>(
         tokio::select! {
             biased;
             _ = until_true(&mut closing) => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                in_flight -= done.unwrap_or(0);
+            }
             _ = tokio::time::sleep_until(idle_deadline) => {
                 info!(session = ctx.id, "closing stale session");
                 break;
             }
-            event = reader.read(), if tasks.len() < MAX_PENDING_REQUESTS => match event {
+            event = reader.read(), if in_flight < MAX_PENDING_REQUESTS => match event {
                 Ok(ReadEvent::Message(message)) => {
                     idle_deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
                     ctx.received(message.len() + 1);
-                    on_message(&ctx, &dispatch, &mut tasks, message).await;
+                    in_flight += on_message(&ctx, &dispatch, &mut tasks, message).await;
                 }
                 Ok(ReadEvent::Oversize) => {
                     info!(session = ctx.id, "closing session: request too large");
@@ -539,22 +550,29 @@ pub async fn run_connection<R, W, D>(
         }
     }
     if peer_left {
-        // A client may half-close after its last request: answer what it asked.
-        while tasks.join_next().await.is_some() {}
-    } else {
-        tasks.abort_all();
+        // A client may half-close after its last request: answer what it asked, unless it
+        // is gone altogether (the writer failed) or the session is closed meanwhile.
+        loop {
+            tokio::select! {
+                biased;
+                _ = until_true(&mut closing) => break,
+                done = tasks.join_next() => if done.is_none() { break },
+            }
+        }
     }
+    tasks.abort_all();
     ctx.close();
     let _ = write_task.await;
     dispatch.closed(&ctx);
 }
 
+/// Decodes and dispatches one message; returns how many requests it left running.
 async fn on_message<D: Dispatch>(
     ctx: &Arc<SessionContext>,
     dispatch: &Arc<D>,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut JoinSet<usize>,
     message: Vec<u8>,
-) {
+) -> usize {
     if ctx.is_logged() {
         info!(
             session = ctx.id,
@@ -575,6 +593,7 @@ async fn on_message<D: Dispatch>(
             if let Some(reply) = error.reply {
                 ctx.send(reply).await;
             }
+            0
         }
         Ok(Incoming::Single(request)) => {
             // Negotiation finishes before the next message is read, so requests pipelined
@@ -583,20 +602,32 @@ async fn on_message<D: Dispatch>(
             let answer = answer_single(ctx.clone(), dispatch.clone(), request);
             if negotiating {
                 answer.await;
-            } else {
-                tasks.spawn(answer);
+                return 0;
             }
+            tasks.spawn(async move {
+                answer.await;
+                1
+            });
+            1
         }
         Ok(Incoming::Batch(members)) => {
             let (ctx, dispatch) = (ctx.clone(), dispatch.clone());
-            tasks.spawn(async move { run_batch(&ctx, &*dispatch, members).await });
+            let count = members.len();
+            tasks.spawn(async move {
+                run_batch(&ctx, &*dispatch, members).await;
+                count
+            });
+            count
         }
     }
 }
 
 async fn answer_single<D: Dispatch>(ctx: Arc<SessionContext>, dispatch: Arc<D>, request: Request) {
     let id = request.id.clone();
-    let outcome = throttled(&ctx, &*dispatch, request).await;
+    let (outcome, timed_out) = throttled(&ctx, &*dispatch, request, deadline(&ctx)).await;
+    if timed_out {
+        log_timeout(&ctx, "incoming request");
+    }
     if let Some(id) = id {
         let reply = lock(&ctx.codec).encode_response(&outcome.result, &id, ctx.limits.max_send);
         ctx.send(reply).await;
@@ -614,18 +645,33 @@ async fn run_batch<D: Dispatch>(
     let answers_expected = members
         .iter()
         .any(|m| matches!(m, Ok(Request { id: Some(_), .. })));
+    // One deadline for all members, as if they had all started now (aiorpcx starts them
+    // together): members still waiting their turn at it are answered "server busy".
+    let deadline = deadline(ctx);
+    let timeouts = AtomicUsize::new(0);
+    let timeouts = &timeouts;
     let futures = members.into_iter().map(|member| async move {
         match member {
             Err(reply) => (Some(reply), false),
             Ok(request) => {
                 let id = request.id.clone();
-                let outcome = throttled(ctx, dispatch, request).await;
+                let (outcome, timed_out) = throttled(ctx, dispatch, request, deadline).await;
+                if timed_out {
+                    timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 let reply = id.map(|id| lock(&ctx.codec).encode_response(&outcome.result, &id, 0));
                 (reply, outcome.disconnect)
             }
         }
     });
-    let answers = futures_util::future::join_all(futures).await;
+    let answers: Vec<_> = futures_util::stream::iter(futures)
+        .buffered(BATCH_CONCURRENCY)
+        .collect()
+        .await;
+    match timeouts.load(Ordering::Relaxed) {
+        0 => {}
+        n => log_timeout(ctx, &format!("{n} of {} batch requests", answers.len())),
+    }
     let disconnect = answers.iter().any(|(_, d)| *d);
     if answers_expected {
         // Like aiorpcx, the running size decides: members past the limit become errors.
@@ -653,16 +699,32 @@ async fn run_batch<D: Dispatch>(
     }
 }
 
+/// When a request starting now must be answered by (REQUEST_TIMEOUT), if ever.
+fn deadline(ctx: &SessionContext) -> Option<tokio::time::Instant> {
+    ctx.limits
+        .request_timeout
+        .map(|limit| tokio::time::Instant::now() + limit)
+}
+
+fn log_timeout(ctx: &SessionContext, what: &str) {
+    let secs = ctx.limits.request_timeout.unwrap_or_default().as_secs_f64();
+    info!(session = ctx.id, "{what} timed out after {secs} secs");
+}
+
 /// aiorpcx's `_throttled_request`: timeout, concurrency slot, cost sleep, then the handler.
+/// Also says whether it timed out (the caller logs it).
 async fn throttled<D: Dispatch>(
     ctx: &Arc<SessionContext>,
     dispatch: &D,
     request: Request,
-) -> Outcome {
+    deadline: Option<tokio::time::Instant>,
+) -> (Outcome, bool) {
     ctx.pending.fetch_add(1, Ordering::Relaxed);
     let work = async {
         let Ok(_slot) = ctx.concurrency.enter().await else {
-            info!(session = ctx.id, "disconnecting: excessive resource usage");
+            if !ctx.over_limit.swap(true, Ordering::Relaxed) {
+                info!(session = ctx.id, "disconnecting: excessive resource usage");
+            }
             return Outcome::reply_and_disconnect(RpcError::new(
                 EXCESSIVE_RESOURCE_USAGE,
                 "excessive resource usage",
@@ -685,28 +747,21 @@ async fn throttled<D: Dispatch>(
             }
         }
     };
-    let outcome = match ctx.limits.request_timeout {
-        Some(limit) => match tokio::time::timeout(limit, work).await {
-            Ok(outcome) => outcome,
+    let (outcome, timed_out) = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+            Ok(outcome) => (outcome, false),
             Err(_) => {
-                info!(
-                    session = ctx.id,
-                    "incoming request timed out after {} secs",
-                    limit.as_secs_f64()
-                );
-                Outcome::reply(Err(RpcError::new(
-                    SERVER_BUSY,
-                    "server busy - request timed out",
-                )))
+                let busy = RpcError::new(SERVER_BUSY, "server busy - request timed out");
+                (Outcome::reply(Err(busy)), true)
             }
         },
-        None => work.await,
+        None => (work.await, false),
     };
     if let Err(error) = &outcome.result {
         ctx.bump_errors(error.cost);
     }
     ctx.pending.fetch_sub(1, Ordering::Relaxed);
-    outcome
+    (outcome, timed_out)
 }
 
 /// Resolves once the flag is set (or its sender is gone). Returns nothing: a borrowed

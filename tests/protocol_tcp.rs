@@ -230,6 +230,47 @@ async fn batches() {
 }
 
 #[tokio::test]
+async fn a_batch_counts_each_member_towards_the_pending_limit() {
+    let s = server().await;
+    let mut c = s.tcp().await;
+    c.hello("1.6").await;
+    // 2,000 members are past the 1,024 pending requests: the ping behind the batch is read,
+    // and answered, only once the batch is. (Counted as one, the batch let a client queue
+    // batch after batch: 130 MB each.)
+    let members: Vec<String> = (0..2000)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"test.sleep","params":[5],"id":{i}}}"#))
+        .collect();
+    c.send(&format!("[{}]", members.join(","))).await;
+    c.send(r#"{"jsonrpc":"2.0","method":"server.ping","id":"after"}"#)
+        .await;
+    let first = c.recv_json().await;
+    assert_eq!(first.as_array().map(Vec::len), Some(2000), "{first}");
+    assert_eq!(
+        first[1999],
+        json!({"jsonrpc": "2.0", "result": 5, "id": 1999})
+    );
+    assert_eq!(c.recv_json().await["id"], "after");
+}
+
+#[tokio::test]
+async fn a_batch_shares_one_deadline() {
+    let s = TestServer::start(&["tcp"], &[("REQUEST_TIMEOUT", "1".into())]).await;
+    let mut c = s.tcp().await;
+    c.hello("1.6").await;
+    // Ten at a time (INITIAL_CONCURRENT), 300 ms each: the last of 60 cannot make 1 s.
+    let members: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"test.sleep","params":[300],"id":{i}}}"#))
+        .collect();
+    c.send(&format!("[{}]", members.join(","))).await;
+    let reply = c.recv_json().await;
+    let busy = json!({"code": -102, "message": "server busy - request timed out"});
+    assert_eq!(reply[0]["result"], 300, "{reply}");
+    assert_eq!(reply[59]["error"], busy, "{reply}");
+    // The session goes on.
+    assert_eq!(c.call(61, "test.sleep", json!([10])).await["result"], 10);
+}
+
+#[tokio::test]
 async fn named_parameters() {
     let s = server().await;
     let mut c = s.tcp().await;
