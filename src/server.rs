@@ -39,6 +39,8 @@ struct Registry {
     /// The local RPC's `log new`: log the requests of sessions yet to come.
     log_new: AtomicBool,
     groups: Groups,
+    /// Transactions sent by sessions that have ended: `getinfo` counts the server's life.
+    ended_txs_sent: AtomicU64,
 }
 
 impl Registry {
@@ -59,7 +61,10 @@ impl Registry {
 
     fn remove(&self, id: u64) {
         let mut sessions = self.lock();
-        sessions.remove(&id);
+        if let Some(ended) = sessions.remove(&id) {
+            self.ended_txs_sent
+                .fetch_add(ended.txs_sent(), Ordering::Relaxed);
+        }
         let wallets = sessions
             .values()
             .filter(|s| s.kind() != Protocol::Rpc)
@@ -69,6 +74,14 @@ impl Registry {
 
     fn snapshot(&self) -> Vec<Arc<SessionContext>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Transactions sent in the server's life, by ended sessions and open ones.
+    fn txs_sent(&self) -> u64 {
+        // Under the lock `remove` moves a session's count with, so none is counted twice.
+        let sessions = self.lock();
+        let open: u64 = sessions.values().map(|s| s.txs_sent()).sum();
+        open + self.ended_txs_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -113,6 +126,7 @@ impl<B: Backend> Server<B> {
                 next_id: AtomicU64::new(0),
                 log_new: AtomicBool::new(false),
                 groups: Groups::default(),
+                ended_txs_sent: AtomicU64::new(0),
             },
             tls,
             shutdown: watch::Sender::new(false),

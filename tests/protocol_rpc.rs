@@ -55,6 +55,33 @@ async fn getinfo_and_sessions() {
 }
 
 #[tokio::test]
+async fn txs_sent_counts_the_servers_life() {
+    let s = TestServer::start(&["tcp", "rpc"], &[]).await;
+    let mut rpc = s.rpc().await;
+    let mut wallet = s.tcp().await;
+    wallet.hello("1.6").await;
+    wallet.call(1, "test.sent", json!([])).await;
+    wallet.call(2, "test.sent", json!([])).await;
+    let info = rpc.call(1, "getinfo", json!([])).await["result"].clone();
+    assert_eq!(info["txs sent"], 2);
+    // Sessions that have ended still count, as in ElectrumX.
+    drop(wallet);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info = rpc.call(2, "getinfo", json!([])).await["result"].clone();
+        if info["sessions"]["count"] == 1 {
+            assert_eq!(info["txs sent"], 2, "{info}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wallet session never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn disconnect_and_log() {
     let s = TestServer::start(&["tcp", "rpc"], &[]).await;
     let mut wallet = s.tcp().await;

@@ -155,10 +155,7 @@ impl<B: Backend> AdminDispatch<B> {
                 "subs_sh": sessions.iter().map(|s| s.subscription_count()).sum::<usize>(),
             }),
         );
-        info.insert(
-            "txs sent".into(),
-            json!(sessions.iter().map(|s| s.txs_sent()).sum::<u64>()),
-        );
+        info.insert("txs sent".into(), json!(server.registry.txs_sent()));
         info.insert(
             "uptime".into(),
             json!(formatted_time(server.started.elapsed().as_secs(), " ")),

@@ -84,6 +84,11 @@ impl Backend for TestBackend {
                     &[args[0].clone().unwrap_or(Value::Null)]
                 )))
             }
+            // Counts a transaction sent, as a broadcast does.
+            "test.sent" => {
+                session.add_tx_sent();
+                Ok(json!(true))
+            }
             "test.cost" => {
                 let amount = params.bind(method, &ONE_ARG)?[0]
                     .as_ref()
