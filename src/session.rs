@@ -516,9 +516,14 @@ pub async fn run_connection<R, W, D>(
         tokio::select! {
             biased;
             _ = until_true(&mut closing) => break,
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                in_flight -= done.unwrap_or(0);
-            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                Ok(answered) => in_flight -= answered,
+                // Handlers' panics are caught; one past them leaves the session unsound.
+                Err(e) => {
+                    error!(session = ctx.id, "closing session: a request task failed: {e}");
+                    break;
+                }
+            },
             _ = tokio::time::sleep_until(idle_deadline) => {
                 info!(session = ctx.id, "closing stale session");
                 break;
