@@ -1173,6 +1173,27 @@ mod tests {
         (pruning, go)
     }
 
+    /// Two runs of 1,000 txs merging in the background (held until `go`), then two newer
+    /// runs of 10: the writer, the background merge's file id, the last id used and `go`.
+    fn held_merge_and_two_small_runs(
+        dir: &Path,
+    ) -> (TxIndexWriter, u64, u64, std::sync::mpsc::Sender<()>) {
+        let (mut w, mut id) = filled(dir, false, &[1000, 1000]);
+        let (pruning, go) = held_pruning();
+        let bg_id = id;
+        assert!(!w
+            .compact(&mut || bg_id, 1 << 20, false, pruning, 0)
+            .unwrap());
+        for n in 2000..2020 {
+            w.add(txid(n), n, 1);
+            if n % 10 == 9 {
+                id += 1;
+                w.flush(&mut || id).unwrap();
+            }
+        }
+        (w, bg_id, id, go)
+    }
+
     #[test]
     fn a_background_merge_writes_what_an_inline_merge_writes() {
         for lean in [false, true] {
@@ -1205,21 +1226,9 @@ mod tests {
     #[test]
     fn newer_runs_are_merged_while_a_background_merge_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut id) = filled(dir.path(), false, &[1000, 1000]);
-        let (pruning, go) = held_pruning();
-        let bg_id = id;
-        assert!(!w
-            .compact(&mut || bg_id, 1 << 20, false, pruning, 0)
-            .unwrap());
-        for n in 2000..2020 {
-            w.add(txid(n), n, 1);
-            if n % 10 == 9 {
-                id += 1;
-                w.flush(&mut || id).unwrap();
-            }
-        }
+        let (mut w, bg_id, id, go) = held_merge_and_two_small_runs(dir.path());
         // The two small runs merge in place, after the background merge's inputs.
-        id += 1;
+        let id = id + 1;
         assert!(w
             .compact(&mut || id, 1 << 20, false, Pruning::none(), u64::MAX)
             .unwrap());
@@ -1241,19 +1250,7 @@ mod tests {
     #[test]
     fn a_big_merge_waits_for_the_running_background_one() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, mut id) = filled(dir.path(), false, &[1000, 1000]);
-        let (pruning, go) = held_pruning();
-        let bg_id = id;
-        assert!(!w
-            .compact(&mut || bg_id, 1 << 20, false, pruning, 0)
-            .unwrap());
-        for n in 2000..2020 {
-            w.add(txid(n), n, 1);
-            if n % 10 == 9 {
-                id += 1;
-                w.flush(&mut || id).unwrap();
-            }
-        }
+        let (mut w, bg_id, id, go) = held_merge_and_two_small_runs(dir.path());
         // Big enough for the background too (threshold 0): it waits, nothing is merged.
         let next = id + 1;
         assert!(!w
