@@ -392,23 +392,17 @@ impl Daemon {
 
     /// One JSON-RPC call. Warm-up and connection problems are retried; node errors are not.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
-        let body = serde_json::to_vec(&body).expect("JSON values serialize");
+        let body = self.call_body(method, params);
         self.exchange(method, "POST", "/", &body, |resp| {
-            let reply = match parse_json(&resp) {
-                Ok(v) => v,
-                Err(o) => return o,
-            };
-            match rpc_result(method, reply) {
-                Err(Error::Rpc { code, message, .. }) if code == RPC_IN_WARMUP => {
-                    Outcome::Retry(warming_up(&message))
-                }
-                Err(e) => Outcome::Fatal(e),
-                Ok(v) => Outcome::Done(v),
-            }
+            call_outcome(method, resp)
         })
         .await
+    }
+
+    fn call_body(&self, method: &str, params: Value) -> Vec<u8> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
+        serde_json::to_vec(&body).expect("JSON values serialize")
     }
 
     /// A JSON-RPC batch in one request. The outer error is for the whole exchange; each call's
@@ -624,65 +618,56 @@ impl Daemon {
         body: &[u8],
         classify: impl Fn(Response) -> Outcome<T>,
     ) -> Result<T> {
+        let retried = async {
+            let started = Instant::now();
+            let mut backoff = INITIAL_BACKOFF;
+            let mut failed_in_round = 0;
+            loop {
+                let nodes = self.nodes();
+                let idx = self.current.load(Ordering::Relaxed) % nodes.len();
+                let node = &nodes[idx];
+                let problem = match self.checked_attempt(node, method, path, body).await {
+                    Ok(resp) => match classify(resp) {
+                        Outcome::Done(v) => {
+                            recovered(node);
+                            return Ok(v);
+                        }
+                        Outcome::Fatal(e) => {
+                            recovered(node);
+                            return Err(e);
+                        }
+                        Outcome::Retry(p) => p,
+                    },
+                    Err(p) => p,
+                };
+                report(node, &problem);
+                if let Some(limit) = self.give_up_after {
+                    if started.elapsed() >= limit {
+                        return Err(Error::Unavailable(format!(
+                            "{what}: gave up after {:.1}s: daemon {}: {}",
+                            started.elapsed().as_secs_f64(),
+                            node.url.logged(),
+                            problem.message
+                        )));
+                    }
+                }
+                failed_in_round += 1;
+                if nodes.len() > 1 {
+                    self.failover(&nodes, idx);
+                }
+                // Try every node once before sleeping, then back off (capped) between rounds.
+                if failed_in_round >= nodes.len() {
+                    failed_in_round = 0;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
         let mut stopped = self.stopped.subscribe();
         tokio::select! {
             biased; // once stopped, nothing more is sent
             _ = stopped.wait_for(|stopped| *stopped) => Err(Error::Stopped),
-            result = self.retried(what, method, path, body, classify) => result,
-        }
-    }
-
-    /// The retries and failovers of [`Daemon::exchange`].
-    async fn retried<T>(
-        &self,
-        what: &str,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        classify: impl Fn(Response) -> Outcome<T>,
-    ) -> Result<T> {
-        let started = Instant::now();
-        let mut backoff = INITIAL_BACKOFF;
-        let mut failed_in_round = 0;
-        loop {
-            let nodes = self.nodes();
-            let idx = self.current.load(Ordering::Relaxed) % nodes.len();
-            let node = &nodes[idx];
-            let problem = match self.checked_attempt(node, method, path, body).await {
-                Ok(resp) => match classify(resp) {
-                    Outcome::Done(v) => {
-                        recovered(node);
-                        return Ok(v);
-                    }
-                    Outcome::Fatal(e) => {
-                        recovered(node);
-                        return Err(e);
-                    }
-                    Outcome::Retry(p) => p,
-                },
-                Err(p) => p,
-            };
-            report(node, &problem);
-            if let Some(limit) = self.give_up_after {
-                if started.elapsed() >= limit {
-                    return Err(Error::Unavailable(format!(
-                        "{what}: gave up after {:.1}s: daemon {}: {}",
-                        started.elapsed().as_secs_f64(),
-                        node.url.logged(),
-                        problem.message
-                    )));
-                }
-            }
-            failed_in_round += 1;
-            if nodes.len() > 1 {
-                self.failover(&nodes, idx);
-            }
-            // Try every node once before sleeping, then back off (capped) between rounds.
-            if failed_in_round >= nodes.len() {
-                failed_in_round = 0;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            result = retried => result,
         }
     }
 
@@ -713,25 +698,18 @@ impl Daemon {
 
     /// Asks `node` for its genesis block; another network's is a problem that keeps it unused.
     async fn check_network(&self, node: &Node) -> std::result::Result<(), Problem> {
-        let body = json!({"jsonrpc": "1.0", "id": 0, "method": "getblockhash", "params": [0]});
-        let body = serde_json::to_vec(&body).expect("JSON values serialize");
+        let body = self.call_body("getblockhash", json!([0]));
         let resp = self.attempt(node, "POST", "/", &body).await?;
         let problem = |message: String| Problem {
             message,
             on_recovery: "running normally",
         };
-        let reply = serde_json::from_slice(&resp.body).map_err(|_| {
-            problem(format!(
-                "getblockhash 0: HTTP {} {}, not a JSON-RPC reply",
-                resp.status, resp.reason
-            ))
-        })?;
-        let genesis = match rpc_result("getblockhash", reply) {
-            Err(Error::Rpc { code, message, .. }) if code == RPC_IN_WARMUP => {
-                return Err(warming_up(&message))
+        let genesis = match call_outcome("getblockhash", resp) {
+            Outcome::Done(v) => {
+                as_block_hash("getblockhash", &v).map_err(|e| problem(e.to_string()))?
             }
-            Err(e) => return Err(problem(e.to_string())),
-            Ok(v) => as_block_hash("getblockhash", &v).map_err(|e| problem(e.to_string()))?,
+            Outcome::Retry(p) => return Err(p),
+            Outcome::Fatal(e) => return Err(problem(e.to_string())),
         };
         if genesis != self.genesis {
             return Err(problem(format!(
@@ -985,6 +963,22 @@ fn parse_json<T>(resp: &Response) -> std::result::Result<Value, Outcome<T>> {
             ),
             on_recovery: "running normally",
         })),
+    }
+}
+
+/// What one JSON-RPC call's response means: its result, a node still warming up (retried),
+/// or an error.
+fn call_outcome(method: &str, resp: Response) -> Outcome<Value> {
+    let reply = match parse_json(&resp) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    match rpc_result(method, reply) {
+        Err(Error::Rpc { code, message, .. }) if code == RPC_IN_WARMUP => {
+            Outcome::Retry(warming_up(&message))
+        }
+        Err(e) => Outcome::Fatal(e),
+        Ok(v) => Outcome::Done(v),
     }
 }
 
