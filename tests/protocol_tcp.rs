@@ -229,6 +229,14 @@ async fn batches() {
     assert_eq!(reply[1]["result"], json!({"value": 3, "version": "1.5"}));
 }
 
+/// A batch of `count` `test.sleep` requests of `ms` milliseconds, ids 0 up.
+fn sleep_batch(count: usize, ms: u64) -> String {
+    let members: Vec<String> = (0..count)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"test.sleep","params":[{ms}],"id":{i}}}"#))
+        .collect();
+    format!("[{}]", members.join(","))
+}
+
 #[tokio::test]
 async fn a_batch_counts_each_member_towards_the_pending_limit() {
     let s = server().await;
@@ -237,10 +245,7 @@ async fn a_batch_counts_each_member_towards_the_pending_limit() {
     // 2,000 members are past the 1,024 pending requests: the ping behind the batch is read,
     // and answered, only once the batch is. (Counted as one, the batch let a client queue
     // batch after batch: 130 MB each.)
-    let members: Vec<String> = (0..2000)
-        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"test.sleep","params":[5],"id":{i}}}"#))
-        .collect();
-    c.send(&format!("[{}]", members.join(","))).await;
+    c.send(&sleep_batch(2000, 5)).await;
     c.send(r#"{"jsonrpc":"2.0","method":"server.ping","id":"after"}"#)
         .await;
     let first = c.recv_json().await;
@@ -258,10 +263,7 @@ async fn a_batch_shares_one_deadline() {
     let mut c = s.tcp().await;
     c.hello("1.6").await;
     // Ten at a time (INITIAL_CONCURRENT), 300 ms each: the last of 60 cannot make 1 s.
-    let members: Vec<String> = (0..60)
-        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"test.sleep","params":[300],"id":{i}}}"#))
-        .collect();
-    c.send(&format!("[{}]", members.join(","))).await;
+    c.send(&sleep_batch(60, 300)).await;
     let reply = c.recv_json().await;
     let busy = json!({"code": -102, "message": "server busy - request timed out"});
     assert_eq!(reply[0]["result"], 300, "{reply}");
