@@ -262,7 +262,8 @@ pub struct Daemon {
     nodes: RwLock<Arc<Vec<Node>>>,
     /// `DAEMON_URL` as configured: what the `daemon_url` admin command restores.
     configured: Vec<String>,
-    default_port: u16,
+    /// The network every node must be on; its RPC port is the URLs' default.
+    network: &'static Network,
     cookie_file: Option<PathBuf>,
     cookie: Mutex<Option<String>>,
     /// Index of the node in use (modulo the list's length).
@@ -276,19 +277,16 @@ pub struct Daemon {
     give_up_after: Option<Duration>,
     next_id: AtomicU64,
     rest: AtomicBool,
-    /// The network's genesis block and name, which every node is checked against.
-    genesis: BlockHash,
-    network: String,
     /// [`Daemon::check`] passed: from then on a node not yet used is checked on first use.
     checked: AtomicBool,
 }
 
 impl Daemon {
-    pub fn new(settings: &DaemonSettings, network: &Network) -> Result<Daemon> {
+    pub fn new(settings: &DaemonSettings, network: &'static Network) -> Result<Daemon> {
         let daemon = Daemon {
             nodes: RwLock::new(Arc::new(Vec::new())),
             configured: settings.urls.clone(),
-            default_port: network.rpc_port,
+            network,
             cookie_file: settings.cookie_file.clone(),
             cookie: Mutex::new(None),
             current: AtomicUsize::new(0),
@@ -299,8 +297,6 @@ impl Daemon {
             give_up_after: settings.give_up_after,
             next_id: AtomicU64::new(1),
             rest: AtomicBool::new(true),
-            genesis: network.genesis(),
-            network: network.to_string(),
             checked: AtomicBool::new(false),
         };
         daemon.set_urls(&settings.urls)?;
@@ -315,7 +311,7 @@ impl Daemon {
     /// Replaces the node list and rotates to its first entry (the `daemon_url` admin command).
     /// On error the current list stays.
     pub fn set_urls(&self, urls: &[String]) -> Result<()> {
-        let urls = parse_daemon_urls(urls, self.default_port)?;
+        let urls = parse_daemon_urls(urls, self.network.rpc_port)?;
         if self.cookie_file.is_none() {
             if let Some(u) = urls.iter().find(|u| u.user.is_none()) {
                 return Err(Error::Config(format!(
@@ -533,8 +529,10 @@ impl Daemon {
         }
     }
 
-    /// Start-up checks: the node is on `network`, recent enough, and whether REST is on.
-    pub async fn check(&self, network: &Network) -> Result<NodeInfo> {
+    /// Start-up checks: the node is on the client's network, recent enough, and whether REST
+    /// and a txindex are on.
+    pub async fn check(&self) -> Result<NodeInfo> {
+        let network = self.network;
         let genesis = self.block_hash(0).await?;
         // The node that answered, which need not be the first if that one is down.
         let url = self.current_url();
@@ -711,11 +709,12 @@ impl Daemon {
             Outcome::Retry(p) => return Err(p),
             Outcome::Fatal(e) => return Err(problem(e.to_string())),
         };
-        if genesis != self.genesis {
+        let network = self.network;
+        if genesis != network.genesis() {
             return Err(problem(format!(
-                "on another network: its genesis block is {genesis}, but {} starts with {}; \
-                 it is not used: fix or remove this DAEMON_URL entry",
-                self.network, self.genesis
+                "on another network: its genesis block is {genesis}, but {network} starts with \
+                 {}; it is not used: fix or remove this DAEMON_URL entry",
+                network.genesis_hash
             )));
         }
         Ok(())
@@ -762,7 +761,7 @@ impl Daemon {
                 // The P2P port, say: nothing that speaks HTTP.
                 e @ HttpError::Malformed(_) => format!(
                     "{e}; is this the node's RPC port (rpcport, {} by default on {})?",
-                    self.default_port, self.network
+                    self.network.rpc_port, self.network
                 ),
             },
             on_recovery: "connection restored",
@@ -1131,14 +1130,14 @@ mod tests {
     }
 
     fn daemon(urls: Vec<String>) -> Daemon {
+        daemon_on(urls, Network::lookup("Bitcoin", Some("regtest")).unwrap())
+    }
+
+    fn daemon_on(urls: Vec<String>, network: &'static Network) -> Daemon {
         let mut settings = DaemonSettings::new(urls);
         settings.give_up_after = Some(Duration::from_secs(2));
         settings.request_timeout = Duration::from_secs(5);
-        Daemon::new(
-            &settings,
-            Network::lookup("Bitcoin", Some("regtest")).unwrap(),
-        )
-        .unwrap()
+        Daemon::new(&settings, network).unwrap()
     }
 
     #[test]
@@ -1670,7 +1669,7 @@ mod tests {
         )
         .await;
         let daemon = daemon(vec![node.url()]);
-        let info = daemon.check(regtest).await.unwrap();
+        let info = daemon.check().await.unwrap();
         assert_eq!(
             (info.version, info.rest, info.prune_height, info.txindex),
             (300000, false, None, Some(false))
@@ -1679,10 +1678,11 @@ mod tests {
         // Without REST, blocks come as JSON-RPC hex.
         assert_eq!(daemon.block_raw(&regtest.genesis()).await.unwrap(), raw);
         rest_on.store(true, Ordering::SeqCst);
-        let info = daemon.check(regtest).await.unwrap();
+        let info = daemon.check().await.unwrap();
         assert_eq!((info.rest, info.txindex), (true, Some(true)));
 
-        let err = daemon.check(mainnet).await.unwrap_err().to_string();
+        let on_mainnet = daemon_on(vec![node.url()], mainnet);
+        let err = on_mainnet.check().await.unwrap_err().to_string();
         assert_eq!(err, format!(
             "the node at 127.0.0.1:{}/ is on another network: its genesis block is {}, but \
              Bitcoin mainnet starts with {}; point DAEMON_URL at a mainnet node or set COIN/NET to match",
@@ -1692,8 +1692,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let refused = format!("u:p@{}", listener.local_addr().unwrap());
         drop(listener);
-        let two = super::tests::daemon(vec![refused, node.url()]);
-        let err = two.check(mainnet).await.unwrap_err().to_string();
+        let two = daemon_on(vec![refused, node.url()], mainnet);
+        let err = two.check().await.unwrap_err().to_string();
         assert!(
             err.starts_with(&format!(
                 "the node at 127.0.0.1:{}/ is on another",

@@ -443,7 +443,7 @@ impl Indexer {
     }
 
     async fn main_loop(&mut self) -> Result<()> {
-        let node = self.daemon.check(self.network).await?;
+        let node = self.daemon.check().await?;
         // Time spent waiting for the node is no sync time: rates and ETAs count from here.
         let now = Instant::now();
         (self.progress.started, self.progress.last_log) = (now, now);

@@ -25,7 +25,7 @@ async fn measure(node: &str, settings: DaemonSettings, height: u32) {
     for rest in [true, false] {
         let daemon = Arc::new(Daemon::new(&settings, regtest()).unwrap());
         assert!(
-            daemon.check(regtest()).await.unwrap().rest,
+            daemon.check().await.unwrap().rest,
             "the node must serve REST"
         );
         daemon.set_rest(rest);
