@@ -94,6 +94,17 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// Asking again cannot help: the settings are wrong, no node answered in time, or the
+    /// client is stopped.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Error::Config(_) | Error::Unavailable(_) | Error::Stopped
+        )
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One parsed `DAEMON_URL` entry.

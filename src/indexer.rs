@@ -470,10 +470,6 @@ impl Indexer {
         let mut failing_height: Option<Option<u32>> = None;
         let mut last_message = String::new();
         loop {
-            // Whatever a failed call was taken for, a stopped client answers nothing more.
-            if self.daemon.is_stopped() {
-                return Err(IndexError::Daemon(daemon::Error::Stopped));
-            }
             let step = match self.deferred.take() {
                 Some(command) => self.run_command(command).await,
                 None => self.step().await,
@@ -1119,11 +1115,9 @@ use StepError::{Fatal, Transient};
 
 impl StepError {
     fn daemon(e: daemon::Error) -> StepError {
-        match e {
-            daemon::Error::Config(_) | daemon::Error::Unavailable(_) | daemon::Error::Stopped => {
-                Fatal(IndexError::Daemon(e))
-            }
-            e => Transient {
+        match e.is_final() {
+            true => Fatal(IndexError::Daemon(e)),
+            false => Transient {
                 height: None,
                 message: e.to_string(),
             },
@@ -1131,19 +1125,14 @@ impl StepError {
     }
 
     fn fetch(e: FetchError) -> StepError {
-        if let FetchError::Daemon {
-            error:
-                error @ (daemon::Error::Config(_)
-                | daemon::Error::Unavailable(_)
-                | daemon::Error::Stopped),
-            ..
-        } = e
-        {
-            return Fatal(IndexError::Daemon(error));
-        }
-        Transient {
-            height: Some(e.height()),
-            message: e.to_string(),
+        match e {
+            FetchError::Daemon { error, .. } if error.is_final() => {
+                Fatal(IndexError::Daemon(error))
+            }
+            e => Transient {
+                height: Some(e.height()),
+                message: e.to_string(),
+            },
         }
     }
 }
